@@ -1,0 +1,189 @@
+"""Read ``config.toml`` once, validate it into frozen dataclasses.
+
+Every key has a default (see the shipped ``config.toml``); an unknown key, a wrong type
+or a bad value raises :class:`ConfigError` naming the dotted key. Paths are relative to
+the config file. The pipeline's graph (processors, their options, emitted tags) is
+checked by :func:`workers.engine.compile_graph`, which needs to import processors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from workers.errors import ConfigError
+
+ON_ERROR = ("fail_file", "skip_line")
+DECODE_ERRORS = ("strict", "replace")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    dir: Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    tag: str
+    processor: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    max_hops: int = 64
+    on_error: str = "fail_file"
+    encoding: str = "utf-8"
+    decode_errors: str = "strict"
+    max_line_bytes: int = 1_048_576
+    nodes: tuple[NodeConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    watch: WatchConfig
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def output_dir(self) -> Path:
+        return self.watch.dir / "output"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; raise ConfigError (never a bare exception)."""
+    path = Path(path).resolve()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document; ``path`` anchors relative paths."""
+    table = _Table(data, "")
+    watch = _parse_watch(table.sub("watch"), path.parent)
+    pipeline = _parse_pipeline(table.sub("pipeline"))
+    table.done()
+    return Config(path=path, watch=watch, pipeline=pipeline)
+
+
+def _parse_watch(t: _Table, base: Path) -> WatchConfig:
+    raw = t.get("dir", str, "watch_dir", check=_non_empty)
+    t.done()
+    return WatchConfig(dir=(base / raw).resolve())
+
+
+def _parse_pipeline(t: _Table) -> PipelineConfig:
+    d = PipelineConfig()
+    cfg = PipelineConfig(
+        max_hops=t.get("max_hops", int, d.max_hops, check=_at_least(1)),
+        on_error=t.get("on_error", str, d.on_error, check=_one_of(ON_ERROR)),
+        encoding=t.get("encoding", str, d.encoding, check=_ascii_compatible),
+        decode_errors=t.get("decode_errors", str, d.decode_errors, check=_one_of(DECODE_ERRORS)),
+        max_line_bytes=t.get("max_line_bytes", int, d.max_line_bytes, check=_at_least(16)),
+        nodes=_parse_nodes(t.sub("nodes")),
+    )
+    t.done()
+    return cfg
+
+
+def _parse_nodes(t: _Table) -> tuple[NodeConfig, ...]:
+    nodes = []
+    for tag in list(t.data):
+        node = t.sub(tag)
+        if tag == "end":
+            raise ConfigError(node.key, "'end' is the terminal tag and cannot be a node")
+        processor = node.get("processor", str, None, check=_non_empty)
+        options = {k: v for k, v in node.data.items() if k != "processor"}
+        nodes.append(NodeConfig(tag, processor, MappingProxyType(options)))
+        t.seen.add(tag)
+    if not any(n.tag == "start" for n in nodes):
+        raise ConfigError(t.key, "there is no [pipeline.nodes.start]: every line enters with tag 'start'")
+    return tuple(nodes)
+
+
+class _Table:
+    """One TOML table being validated: remembers which keys were read."""
+
+    def __init__(self, data: Any, key: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(key, f"must be a table, got {_type_name(data)}")
+        self.data = data
+        self.key = key
+        self.seen: set[str] = set()
+
+    def _dotted(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def sub(self, name: str) -> _Table:
+        self.seen.add(name)
+        return _Table(self.data.get(name, {}), self._dotted(name))
+
+    def get(self, name: str, kind: type, default: Any, check: Callable | None = None) -> Any:
+        self.seen.add(name)
+        key = self._dotted(name)
+        if name not in self.data:
+            if default is None:
+                raise ConfigError(key, "is required")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(key, f"must be {_type_name(kind())}, got {_type_name(value)} {value!r}")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(key, f"{problem}, got {value!r}")
+        return value
+
+    def done(self) -> None:
+        unknown = [k for k in self.data if k not in self.seen]
+        if unknown:
+            raise ConfigError(self._dotted(unknown[0]), "unknown key")
+
+
+def _type_name(value: Any) -> str:
+    return {
+        "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+        "dict": "a table", "list": "an array",
+    }.get(type(value).__name__, type(value).__name__)
+
+
+def _non_empty(value: str) -> str:
+    return "" if value.strip() else "must not be empty"
+
+
+def _at_least(low: int) -> Callable[[int], str]:
+    return lambda value: "" if value >= low else f"must be at least {low}"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    return lambda value: "" if value in choices else "must be one of " + ", ".join(map(repr, choices))
+
+
+def _ascii_compatible(value: str) -> str:
+    """Lines are split on the byte 0x0A, so the encoding must write newline as that byte."""
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        return "is not an encoding Python knows"
+    if "\n".encode(value) != b"\n" or "a".encode(value) != b"a":
+        return "must be ASCII-compatible (UTF-8, Latin-1, cp1252, ...): lines are split on byte 0x0A"
+    return ""

@@ -1,0 +1,474 @@
+"""The tag-routing engine: one file's lines through the graph, in batches.
+
+Pure: no processes, no queue folders. The caller hands in an open binary source and an
+:class:`OutputSink`; the engine reads the source in chunks, splits it into batches of
+lines and, for each batch, runs the nodes until no line is pending, then writes the
+lines that reached ``end``.
+
+Order (README, "Order of output lines"). Each copy of a line carries a key: its input
+line number, extended by the copy's position among its siblings whenever a node
+emitted more than one pair for one line. Lines reaching ``end`` are written in key
+order, which is the order a depth-first, one-line-at-a-time run would produce: all
+descendants of line i before those of line i+1, copies emitted together in emission
+order, a copy's own descendants before its later siblings. Within a batch, nodes run in
+the graph's topological order (``Graph.rank``), each on all its pending lines in key
+order, so in an acyclic graph where every node declares its tags each node sees the
+file's lines in input order.
+"""
+
+from __future__ import annotations
+
+import codecs
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from operator import length_hint
+from typing import IO, Any, BinaryIO
+
+from workers.errors import InputError, ProcessingError
+from workers.graph import END, START, Graph
+
+CHUNK_BYTES = 256 * 1024
+MAX_REPORTED_ERRORS = 100
+MAX_TRACED_ROUTES = 50
+
+# A segment: lines pending at one node, emitted by one node call.
+# keys: ints (input line index) or tuples (index, sibling positions...);
+# hops: an int shared by all lines, or one int per line.
+Segment = tuple[Any, list[str], Any]
+
+
+class OutputSink:
+    """Where a file's outputs go: ``main`` for ``end``, ``side_output`` for sinks."""
+
+    def __init__(self, name: str, main: IO[str], side: Callable[[str], IO[str]]) -> None:
+        self.name = name
+        self.main = main
+        self._side = side
+
+    def side_output(self, suffix: str) -> IO[str]:
+        return self._side(suffix)
+
+
+@dataclass
+class NodeStats:
+    lines_in: int = 0
+    lines_out: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class FileResult:
+    lines_in: int = 0
+    lines_out: int = 0
+    bytes_in: int = 0
+    nodes: dict[str, NodeStats] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # skip_line reports
+    error_count: int = 0
+    routes: list[tuple[int, list[str]]] = field(default_factory=list)  # traced lines
+
+
+Progress = Callable[[int, int], None]  # (bytes done, lines done) after each batch
+
+
+def run_file(
+    graph: Graph,
+    name: str,
+    source: BinaryIO,
+    sink: OutputSink,
+    progress: Progress | None = None,
+    trace_every: int = 0,
+) -> FileResult:
+    """Process one file. Raises InputError/ProcessingError when the file fails."""
+    return _FileRun(graph, name, sink, trace_every).run(source, progress)
+
+
+class _Node:
+    """A processor instance plus how the engine calls it."""
+
+    __slots__ = ("tag", "instance", "process", "batch", "streaming", "finish", "trusted", "stats")
+
+    def __init__(self, tag: str, instance: Any, builtin: bool, stats: NodeStats) -> None:
+        self.tag = tag
+        self.instance = instance
+        method = getattr(instance, "process", None)
+        self.process = method if callable(method) else instance
+        self.batch = getattr(instance, "process_batch", None) if builtin else None
+        # A generator is fed whole batches: its outputs are attributed to the line it
+        # was reading when it yielded. Anything else gets one line per call.
+        self.streaming = inspect.isgeneratorfunction(self.process) and getattr(instance, "batch", True)
+        self.finish = getattr(instance, "finish", None)
+        self.trusted = builtin
+        self.stats = stats
+
+
+class _Lines(list):
+    """The list a streaming processor gets; remembers its iterator to attribute outputs."""
+
+    __slots__ = ("it",)
+
+    def __iter__(self) -> Iterator[str]:
+        self.it = list.__iter__(self)
+        return self.it
+
+
+class _FileRun:
+    def __init__(self, graph: Graph, name: str, sink: OutputSink, trace_every: int) -> None:
+        self.graph = graph
+        self.settings = graph.settings
+        self.name = name
+        self.sink = sink
+        self.result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
+        self.nodes = {
+            tag: _Node(tag, spec.instantiate(), spec.builtin, self.result.nodes[tag])
+            for tag, spec in graph.nodes.items()
+        }
+        self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
+        self.pending: dict[str, list[Segment]] = {}
+        self.end: list[Segment] = []
+        self.base = 0  # key of the current batch's first line
+        self.input_lines = 0  # input lines read so far, the current batch included
+        self.skip = self.settings.on_error == "skip_line"
+        self.trace_every = trace_every
+        self.traced: dict[int, list[str]] = {}
+        for node in self.nodes.values():
+            start = getattr(node.instance, "start", None)
+            if callable(start):
+                start(sink)
+
+    # -- the file ------------------------------------------------------------------
+
+    def run(self, source: BinaryIO, progress: Progress | None) -> FileResult:
+        result = self.result
+        for lines in _read_batches(source, self.name, self.settings, result):
+            self._run_batch(lines)
+            if progress is not None:
+                progress(result.bytes_in, result.lines_in)
+        self._finish()
+        return result
+
+    def _run_batch(self, lines: list[str]) -> None:
+        n = len(lines)
+        keys = range(self.base, self.base + n)
+        self.input_lines += n
+        if self.trace_every:
+            first = -self.base % self.trace_every
+            for i in range(self.base + first, self.base + n, self.trace_every):
+                self.traced[i] = [START]
+        self.pending[START] = [(keys, lines, 0)]
+        self._drain()
+        self.base += n
+        self.result.lines_in += n
+        if self.traced:
+            self._collect_routes()
+
+    def _finish(self) -> None:
+        """Call each node's finish() in rank order; route what it yields like any line."""
+        for tag in self.order:
+            node = self.nodes[tag]
+            if node.finish is None:
+                continue
+            virtual = self.base  # a key after every input line
+            self.base += 1
+            outputs = [(0, pair) for pair in self._call_checked(node, node.finish, virtual)]
+            self._route(node, [virtual], outputs, 0)
+            self._drain()
+
+    # -- one batch -------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        pending = self.pending
+        while pending:
+            tag = min(pending, key=self.graph.rank.__getitem__)
+            keys, lines, hops = _merge(pending.pop(tag))
+            self._run_node(self.nodes[tag], keys, lines, hops)
+        self._write_end()
+
+    def _run_node(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+        keys, lines, hops = self._check_hops(node, keys, lines, hops)
+        if not lines:
+            return
+        stats = node.stats
+        stats.lines_in += len(lines)
+        started = time.perf_counter()
+        if node.batch is not None:
+            self._run_batch_path(node, keys, lines, hops)
+        elif node.streaming:
+            self._run_streaming(node, keys, lines, hops)
+        else:
+            self._run_per_line(node, keys, lines, hops)
+        stats.seconds += time.perf_counter() - started
+
+    def _run_batch_path(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+        """A built-in's fast path: disjoint (tag, positions, texts) entries, no fan-out."""
+        try:
+            routes = node.batch(lines)
+        except Exception as exc:
+            if not self.skip:
+                self._fail(node, keys[0], exc)
+            # Built-in fast paths are stateless or count once per line: retrying one
+            # line at a time isolates the failing ones.
+            for i, line in enumerate(lines):
+                try:
+                    node.batch([line])
+                except Exception as line_exc:
+                    self._fail(node, keys[i], line_exc)
+            return
+        nxt = hops + 1 if type(hops) is int else None
+        for tag, pos, texts in routes:
+            if pos is None:
+                seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
+            else:
+                seg = (
+                    [keys[i] for i in pos],
+                    texts if texts is not None else [lines[i] for i in pos],
+                    nxt if nxt is not None else [hops[i] + 1 for i in pos],
+                )
+            node.stats.lines_out += len(seg[1])
+            self._emit(tag, seg)
+
+    def _run_streaming(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+        """Feed the whole batch; attribute each output to the line being read."""
+        start = 0
+        while start < len(lines):
+            feed = _Lines(lines[start:] if start else lines)
+            outputs: list[tuple[int, Any]] = []
+            failed_at = None
+            try:
+                for pair in node.process(feed):
+                    it = getattr(feed, "it", None)
+                    at = len(feed) - length_hint(it) - 1 if it is not None else 0
+                    outputs.append((max(at, 0), pair))
+            except Exception as exc:
+                it = getattr(feed, "it", None)
+                failed_at = max(len(feed) - length_hint(it) - 1, 0) if it is not None else 0
+                self._fail(node, keys[start + failed_at], exc)
+            sub_keys = keys[start:] if start else keys
+            sub_hops = hops if type(hops) is int else hops[start:]
+            if failed_at is not None:
+                outputs = [o for o in outputs if o[0] != failed_at]
+            self._route(node, sub_keys, outputs, sub_hops)
+            if failed_at is None:
+                return
+            start += failed_at + 1
+
+    def _run_per_line(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+        """A processor that returns a list: one line per call, so attribution is exact."""
+        process = node.process
+        outputs: list[tuple[int, Any]] = []
+        for i, line in enumerate(lines):
+            try:
+                outputs.extend((i, pair) for pair in process([line]))
+            except Exception as exc:
+                self._fail(node, keys[i], exc)
+                outputs = [o for o in outputs if o[0] != i]
+        self._route(node, keys, outputs, hops)
+
+    def _call_checked(self, node: _Node, fn: Callable[[], Any], key: Any) -> list[Any]:
+        try:
+            return list(fn() or ())
+        except Exception as exc:
+            self._fail(node, key, exc, what="finish()")
+            return []
+
+    def _route(self, node: _Node, keys: Any, outputs: list[tuple[int, Any]], hops: Any) -> None:
+        """Turn attributed (position, pair) outputs into segments, one per tag.
+
+        A line that emitted several pairs gives each copy its sibling position in the
+        key, so copies keep their emission order at ``end``.
+        """
+        counts: dict[int, int] = {}
+        for at, _ in outputs:
+            counts[at] = counts.get(at, 0) + 1
+        by_tag: dict[str, Segment] = {}
+        sibling: dict[int, int] = {}
+        for at, pair in outputs:
+            tag, line = self._check_pair(node, keys[at], pair)
+            if tag is None:
+                continue
+            key = keys[at]
+            if counts[at] > 1:
+                pos = sibling.get(at, 0)
+                sibling[at] = pos + 1
+                key = (*key, pos) if type(key) is tuple else (key, pos)
+            seg = by_tag.get(tag)
+            if seg is None:
+                seg = by_tag[tag] = ([], [], [])
+            seg[0].append(key)
+            seg[1].append(line)
+            seg[2].append((hops if type(hops) is int else hops[at]) + 1)
+        for tag, seg in by_tag.items():
+            node.stats.lines_out += len(seg[1])
+            self._emit(tag, seg)
+
+    def _check_pair(self, node: _Node, key: Any, pair: Any) -> tuple[str | None, str]:
+        """A user processor's output must be a (tag, str) pair with a known tag."""
+        if node.trusted:
+            return pair
+        try:
+            tag, line = pair
+        except (TypeError, ValueError):
+            self._fail(node, key, TypeError(f"emitted {pair!r}, not a (tag, line) pair"))
+            return None, ""
+        if type(line) is not str or type(tag) is not str:
+            self._fail(node, key, TypeError(f"emitted {pair!r}: tag and line must be strings"))
+            return None, ""
+        if tag != END and tag not in self.nodes:
+            self._fail(node, key, None, what=f"emitted unknown tag {tag!r}")
+            return None, ""
+        return tag, line
+
+    def _emit(self, tag: str, seg: Segment) -> None:
+        if not seg[1]:
+            return
+        if self.traced:
+            self._trace(tag, seg[0])
+        if tag == END:
+            self.end.append(seg)
+        else:
+            self.pending.setdefault(tag, []).append(seg)
+
+    def _check_hops(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> Segment:
+        limit = self.settings.max_hops
+        if type(hops) is int:
+            if hops < limit:
+                return keys, lines, hops
+            over = range(len(lines))
+        else:
+            over = [i for i, h in enumerate(hops) if h >= limit]
+            if not over:
+                return keys, lines, hops
+        for i in over:
+            self._fail(node, keys[i], None, what=f"line went past max_hops = {limit}")
+        if type(hops) is int:
+            return keys, [], hops
+        keep = [i for i, h in enumerate(hops) if h < limit]
+        return [keys[i] for i in keep], [lines[i] for i in keep], [hops[i] for i in keep]
+
+    def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
+        """One line failed at a node: fail the file, or report and drop it (skip_line)."""
+        origin = key[0] if type(key) is tuple else key
+        line_no = origin + 1 if origin < self.input_lines else None
+        if exc is not None:
+            detail = f"{type(exc).__name__}: {exc}"
+            what = f"{what or 'processor'} {self.graph.nodes[node.tag].processor} raised {detail}"
+        node.stats.errors += 1
+        error = ProcessingError(self.name, line_no, what, node.tag)
+        if not self.skip:
+            raise error from exc
+        self.result.error_count += 1
+        if len(self.result.errors) < MAX_REPORTED_ERRORS:
+            self.result.errors.append({"line": line_no, "node": node.tag, "message": what})
+
+    def _write_end(self) -> None:
+        segs, self.end = self.end, []
+        if not segs:
+            return
+        if len(segs) == 1:
+            lines = segs[0][1]
+        else:
+            keys, lines, _ = _merge(segs)
+        self.result.lines_out += len(lines)
+        out = self.sink.main
+        out.write("\n".join(lines))
+        out.write("\n")
+
+    def _trace(self, tag: str, keys: Any) -> None:
+        traced = self.traced
+        for key in keys:
+            origin = key[0] if type(key) is tuple else key
+            route = traced.get(origin)
+            if route is not None:
+                route.append(tag)
+
+    def _collect_routes(self) -> None:
+        """Keep the routes of the most recent sampled lines (bounded)."""
+        routes = self.result.routes
+        routes.extend((i + 1, route) for i, route in sorted(self.traced.items()))
+        del routes[:-MAX_TRACED_ROUTES]
+        self.traced = {}
+
+
+def _merge(segs: list[Segment]) -> Segment:
+    """Join the segments pending at one node into one, in key order."""
+    if len(segs) == 1:
+        return segs[0]
+    keys: list[Any] = []
+    lines: list[str] = []
+    hops: list[int] = []
+    tuples = False
+    for k, ln, h in segs:
+        keys.extend(k)
+        lines.extend(ln)
+        hops.extend([h] * len(ln) if type(h) is int else h)
+        tuples = tuples or any(type(x) is tuple for x in k)
+    if tuples:
+        keys = [x if type(x) is tuple else (x,) for x in keys]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [keys[i] for i in order], [lines[i] for i in order], [hops[i] for i in order]
+
+
+def _read_batches(source: BinaryIO, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:
+    """Yield lists of lines (newline stripped), one per chunk read; never an unbounded read.
+
+    Checks per chunk, in C: NUL bytes (a binary file), a line longer than
+    ``max_line_bytes``, bytes that do not decode.
+    """
+    limit = settings.max_line_bytes
+    decode = codecs.getdecoder(settings.encoding)
+    errors = settings.decode_errors
+    carry = b""
+    line_base = 0
+    while True:
+        chunk = source.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        result.bytes_in += len(chunk)
+        if b"\x00" in chunk:
+            at = line_base + (carry + chunk[: chunk.index(b"\x00")]).count(b"\n") + 1
+            raise InputError(name, at, "binary file: NUL byte (only text files can be processed)")
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            _check_long(carry, name, line_base, limit)
+            continue
+        complete, carry = data[: cut + 1], data[cut + 1 :]
+        _check_long(carry, name, line_base + complete.count(b"\n"), limit)
+        if len(complete) > limit:
+            _check_lines(complete, name, line_base, limit)
+        lines = _decode(decode, complete, errors, name, line_base)
+        line_base += len(lines)
+        yield lines
+    if carry:
+        yield _decode(decode, carry + b"\n", errors, name, line_base)
+
+
+def _check_long(data: bytes, name: str, line_base: int, limit: int) -> None:
+    if len(data) > limit:
+        raise InputError(name, line_base + 1, f"line longer than max_line_bytes ({limit} bytes)")
+
+
+def _check_lines(complete: bytes, name: str, line_base: int, limit: int) -> None:
+    for i, raw in enumerate(complete[:-1].split(b"\n")):
+        if len(raw) > limit:
+            raise InputError(name, line_base + i + 1, f"line longer than max_line_bytes ({limit} bytes)")
+
+
+def _decode(decode: Any, data: bytes, errors: str, name: str, line_base: int) -> list[str]:
+    try:
+        text = decode(data, errors)[0]
+    except UnicodeDecodeError as exc:
+        line = line_base + data.count(b"\n", 0, exc.start) + 1
+        raise InputError(
+            name, line,
+            f"cannot decode byte 0x{data[exc.start]:02x} as {exc.encoding} "
+            '(set [pipeline] decode_errors = "replace" to accept such files)',
+        ) from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    lines.pop()  # data ends with a newline: the last piece is empty
+    return lines
