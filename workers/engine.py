@@ -23,7 +23,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from operator import length_hint
+from operator import itemgetter, length_hint
 from typing import IO, Any, BinaryIO
 
 from workers.errors import InputError, ProcessingError
@@ -150,19 +150,20 @@ class _FileRun:
         return result
 
     def _run_batch(self, lines: list[str]) -> None:
+        # Keys are local to the batch (0..n-1): a fast path's positions are then the
+        # keys of the lines it selected, with nothing to compute per line.
         n = len(lines)
-        keys = range(self.base, self.base + n)
         self.input_lines += n
         if self.trace_every:
             first = -self.base % self.trace_every
-            for i in range(self.base + first, self.base + n, self.trace_every):
+            for i in range(first, n, self.trace_every):
                 self.traced[i] = [START]
-        self.pending[START] = [(keys, lines, 0)]
+        self.pending[START] = [(range(n), lines, 0)]
         self._drain()
-        self.base += n
-        self.result.lines_in += n
         if self.traced:
             self._collect_routes()
+        self.base += n
+        self.result.lines_in += n
 
     def _finish(self) -> None:
         """Call each node's finish() in rank order; route what it yields like any line."""
@@ -170,10 +171,9 @@ class _FileRun:
             node = self.nodes[tag]
             if node.finish is None:
                 continue
-            virtual = self.base  # a key after every input line
-            self.base += 1
-            outputs = [(0, pair) for pair in self._call_checked(node, node.finish, virtual)]
-            self._route(node, [virtual], outputs, 0)
+            outputs = [(0, pair) for pair in self._call_checked(node, node.finish, 0)]
+            self._route(node, [0], outputs, 0)
+            self.base += 1  # the next node's finish() lines get keys after these
             self._drain()
 
     # -- one batch -------------------------------------------------------------------
@@ -222,8 +222,8 @@ class _FileRun:
                 seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
             else:
                 seg = (
-                    [keys[i] for i in pos],
-                    texts if texts is not None else [lines[i] for i in pos],
+                    pos if type(keys) is range else _take(keys, pos),
+                    texts if texts is not None else _take(lines, pos),
                     nxt if nxt is not None else [hops[i] + 1 for i in pos],
                 )
             node.stats.lines_out += len(seg[1])
@@ -349,7 +349,7 @@ class _FileRun:
 
     def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
         """One line failed at a node: fail the file, or report and drop it (skip_line)."""
-        origin = key[0] if type(key) is tuple else key
+        origin = self.base + (key[0] if type(key) is tuple else key)
         line_no = origin + 1 if origin < self.input_lines else None
         if exc is not None:
             detail = f"{type(exc).__name__}: {exc}"
@@ -386,9 +386,16 @@ class _FileRun:
     def _collect_routes(self) -> None:
         """Keep the routes of the most recent sampled lines (bounded)."""
         routes = self.result.routes
-        routes.extend((i + 1, route) for i, route in sorted(self.traced.items()))
+        routes.extend((self.base + i + 1, route) for i, route in sorted(self.traced.items()))
         del routes[:-MAX_TRACED_ROUTES]
         self.traced = {}
+
+
+def _take(seq: Any, positions: list[int]) -> list[Any]:
+    """``[seq[i] for i in positions]`` at C speed."""
+    if len(positions) == 1:
+        return [seq[positions[0]]]
+    return list(itemgetter(*positions)(seq)) if positions else []
 
 
 def _merge(segs: list[Segment]) -> Segment:
@@ -436,7 +443,8 @@ def _read_batches(source: BinaryIO, name: str, settings: Any, result: FileResult
             _check_long(carry, name, line_base, limit)
             continue
         complete, carry = data[: cut + 1], data[cut + 1 :]
-        _check_long(carry, name, line_base + complete.count(b"\n"), limit)
+        if len(carry) > limit:
+            _check_long(carry, name, line_base + complete.count(b"\n"), limit)
         if len(complete) > limit:
             _check_lines(complete, name, line_base, limit)
         lines = _decode(decode, complete, errors, name, line_base)
