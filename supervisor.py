@@ -81,7 +81,7 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool) -> bool:
 
     started = time.monotonic()
     try:
-        source = open(path, "rb")
+        source = open(path, "rb")  # noqa: SIM115 - the with block below closes it
     except OSError as exc:
         print(f"{path}: cannot open: {exc.strerror}", file=sys.stderr)
         return False

@@ -300,8 +300,8 @@ def test_a_line_over_max_line_bytes_is_refused_without_reading_it_whole() -> Non
             self.read_bytes += n
             return b"z" * n
 
-    from workers.engine import run_file
     from tests.helpers import MemoryOutputs
+    from workers.engine import run_file
 
     source = Endless()
     with pytest.raises(InputError, match="longer than max_line_bytes"):

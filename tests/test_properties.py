@@ -36,14 +36,16 @@ def _options(draw: Any, kind: str, targets: list[str], tag: str) -> dict[str, An
         return {"processor": "regex_route", "routes": routes, "default": draw(st.sampled_from([*targets, ""])),
                 "all": kind == "regex_route_all"}
     if kind == "fanout":
-        return {"processor": "fanout", "to": draw(st.lists(st.sampled_from(targets), min_size=1, max_size=3, unique=True))}
+        to = draw(st.lists(st.sampled_from(targets), min_size=1, max_size=3, unique=True))
+        return {"processor": "fanout", "to": to}
     if kind in ("upper", "lower", "strip", "dedupe"):
         return {"processor": kind, "next": pick()}
     if kind == "replace":
         return {"processor": "replace", "pattern": rx(), "replacement": draw(st.sampled_from(["", "Z", "<\\g<0>>"])),
                 "next": pick()}
     if kind == "filter":
-        return {"processor": "filter", draw(st.sampled_from(["keep", "drop"])): rx(), "next": pick()}
+        mode = draw(st.sampled_from(["keep", "drop"]))
+        return {"processor": "filter", mode: rx(), "next": pick()}
     if kind == "twice":
         return {"processor": "tests.prop_procs:Twice", "a": pick(), "b": pick()}
     if kind == "eager":

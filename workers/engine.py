@@ -88,7 +88,7 @@ def run_file(
 class _Node:
     """A processor instance plus how the engine calls it."""
 
-    __slots__ = ("tag", "instance", "process", "batch", "streaming", "finish", "trusted", "stats")
+    __slots__ = ("batch", "finish", "instance", "process", "stats", "streaming", "tag", "trusted")
 
     def __init__(self, tag: str, instance: Any, builtin: bool, stats: NodeStats) -> None:
         self.tag = tag
@@ -369,7 +369,7 @@ class _FileRun:
         if len(segs) == 1:
             lines = segs[0][1]
         else:
-            keys, lines, _ = _merge(segs)
+            _, lines, _ = _merge(segs)
         self.result.lines_out += len(lines)
         out = self.sink.main
         out.write("\n".join(lines))

@@ -85,7 +85,8 @@ def _compile_node(node: NodeConfig) -> NodeSpec:
     is_class = inspect.isclass(factory)
     options = dict(node.options)
     if not is_class and options:
-        raise ConfigError(f"{where}.{next(iter(options))}", f"unknown option: {node.processor} is a function and takes none")
+        key = f"{where}.{next(iter(options))}"
+        raise ConfigError(key, f"unknown option: {node.processor} is a function and takes none")
     if is_class:
         _check_signature(factory, options, where)
     try:

@@ -55,7 +55,10 @@ class StagedOutputs:
             return self.staged[suffix][1]
         final = self.final_name + (f".{suffix}" if suffix else "")
         temp = self.out_dir / f".{final}.{self.token}.tmp"
-        stream = open(temp, "w", encoding=self.encoding, errors="replace", newline="\n", buffering=BUFFER_BYTES)
+        # Closed by commit() or abort(), which every caller reaches.
+        stream = open(  # noqa: SIM115
+            temp, "w", encoding=self.encoding, errors="replace", newline="\n", buffering=BUFFER_BYTES
+        )
         self.staged[suffix] = (temp, stream)
         return stream
 

@@ -15,9 +15,9 @@ disjoint), so the engine can keep each line's identity without per-line bookkeep
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Callable, Protocol
+from typing import IO, Protocol
 
 # One entry per destination tag: (tag, positions or None for "every input line",
 # new texts aligned with those positions or None for "unchanged").

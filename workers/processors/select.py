@@ -104,10 +104,7 @@ class Dedupe(Processor):
                 yield next_, line
 
     def process_batch(self, lines: list[str]) -> Routes:
-        digests = [
-            blake2b(line.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            for line in lines
-        ]
+        digests = [blake2b(line.encode("utf-8", "surrogatepass"), digest_size=16).digest() for line in lines]
         seen = self.seen
         if len(seen) + len(digests) <= self.max_entries:
             # Nothing can be evicted in this batch: inline admit(). set.add returns

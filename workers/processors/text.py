@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from itertools import repeat
 
@@ -42,7 +43,7 @@ class Replace(Processor):
             # re compiles the template before searching, so a bad group reference
             # fails here even though "" may not match.
             self.rx.sub(self.replacement, "")
-        except (IndexError, ValueError) as exc:  # re.error is a ValueError
+        except (re.error, IndexError) as exc:  # IndexError: unknown group name
             raise OptionError("replacement", f"is not a valid replacement: {exc}") from None
 
     def emits(self) -> dict[str, str]:
