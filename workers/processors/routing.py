@@ -33,14 +33,14 @@ def group_by_tag(tags: list[str]) -> Routes:
     return [(tag, [i for i, t in enumerate(tags) if t == tag], None) for tag in dict.fromkeys(tags) if tag]
 
 
-def _add_route(routes: Routes, tag: str, positions: list[int]) -> None:
+def _add_route(routes: Routes, tag: str, positions: list[int], texts: list[str] | None = None) -> None:
     """Append an entry, merging with an earlier entry for the same tag (positions
     must stay ascending, and one entry per tag is what the engine expects)."""
     for k, (other, previous, _) in enumerate(routes):
         if other == tag:
             routes[k] = (tag, sorted(previous + positions), None)
             return
-    routes.append((tag, positions, None))
+    routes.append((tag, positions, texts))
 
 
 class RegexRoute(Processor):
@@ -116,14 +116,16 @@ class RegexRoute(Processor):
                 continue
             if len(taken) == n:
                 return [(tag, None, None)]
-            out.append((tag, taken, None))
+            # The texts come along (compress is C-speed), so the engine need not
+            # look each line up again.
+            out.append((tag, taken, list(compress(rest, hits))))
             misses = list(map(not_, hits))
             index = list(compress(index, misses))
             rest = list(compress(rest, misses))
         if self.default and rest:
             if len(rest) == n:
                 return [(self.default, None, None)]
-            _add_route(out, self.default, list(index))
+            _add_route(out, self.default, list(index), rest)
         return out
 
 
