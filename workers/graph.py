@@ -60,7 +60,9 @@ class Graph:
         for tag in sorted(self.nodes, key=self.rank.__getitem__):
             spec = self.nodes[tag]
             emits = ", ".join(spec.emits) if spec.emits is not None else "(not declared)"
-            out.append(f"{tag} -> {spec.processor} -> {emits or '(nothing)'}")
+            is_sink = spec.builtin and spec.processor == "write"
+            side = f"  [side output <name>.{spec.options['output']}]" if is_sink else ""
+            out.append(f"{tag} -> {spec.processor} -> {emits or '(nothing)'}{side}")
         return out
 
 

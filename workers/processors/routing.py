@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
-from itertools import compress
-from operator import not_
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .base import (
     OptionError,
@@ -33,14 +33,14 @@ def group_by_tag(tags: list[str]) -> Routes:
     return [(tag, [i for i, t in enumerate(tags) if t == tag], None) for tag in dict.fromkeys(tags) if tag]
 
 
-def _add_route(routes: Routes, tag: str, positions: list[int], texts: list[str] | None = None) -> None:
+def _add_route(routes: Routes, tag: str, positions: list[int]) -> None:
     """Append an entry, merging with an earlier entry for the same tag (positions
     must stay ascending, and one entry per tag is what the engine expects)."""
     for k, (other, previous, _) in enumerate(routes):
         if other == tag:
             routes[k] = (tag, sorted(previous + positions), None)
             return
-    routes.append((tag, positions, texts))
+    routes.append((tag, positions, None))
 
 
 class RegexRoute(Processor):
@@ -67,6 +67,7 @@ class RegexRoute(Processor):
             )
             for tag, rx in require_table("routes", routes).items()
         ]
+        self._router: Callable[[list[str]], tuple[list[int], ...]] | None = None
         if self.all:
             # The fast path cannot copy a line to two tags: the engine checks
             # `getattr(node, "process_batch", None)` and falls back to process().
@@ -100,33 +101,41 @@ class RegexRoute(Processor):
                     yield default, line
 
     def process_batch(self, lines: list[str]) -> Routes:
-        # A cascade: each route is tried, at C speed (map/compress), only on the
-        # lines no earlier route took, which is exactly first-match order.
+        if self._router is None:
+            self._router = first_match_router(len(self.routes))(*(search for _, search in self.routes))
+        groups = self._router(lines)  # positions per route, then the default's
         n = len(lines)
         out: Routes = []
-        index: range | list[int] = range(n)
-        rest = lines
-        for tag, search in self.routes:
-            if not rest:
-                break
-            # bool() frees each Match at once: keeping them alive costs ~15%.
-            hits = list(map(bool, map(search, rest)))
-            taken = list(compress(index, hits))
-            if not taken:
+        tags = [tag for tag, _ in self.routes] + [self.default]
+        for tag, positions in zip(tags, groups, strict=True):
+            if not positions or not tag:
                 continue
-            if len(taken) == n:
+            if len(positions) == n:
                 return [(tag, None, None)]
-            # The texts come along (compress is C-speed), so the engine need not
-            # look each line up again.
-            out.append((tag, taken, list(compress(rest, hits))))
-            misses = list(map(not_, hits))
-            index = list(compress(index, misses))
-            rest = list(compress(rest, misses))
-        if self.default and rest:
-            if len(rest) == n:
-                return [(self.default, None, None)]
-            _add_route(out, self.default, list(index), rest)
+            _add_route(out, tag, positions)
         return out
+
+
+@functools.cache
+def first_match_router(count: int) -> Callable[..., Callable[[list[str]], tuple[list[int], ...]]]:
+    """A factory for a loop that sorts line positions by the first of ``count``
+    searches that matches (the last group takes the lines none matched).
+
+    An if/elif chain costs ~100 ns a line less than a loop over the routes, or than
+    C-speed cascades of map/compress (each route's pass plus the partitions). The
+    generated source depends only on ``count``: patterns are passed in as arguments.
+    """
+    names = [f"s{k}" for k in range(count)]
+    body = [f"def make({', '.join(names)}):", "    def route(lines):"]
+    body += [f"        p{k} = []; a{k} = p{k}.append" for k in range(count + 1)]
+    body += ["        i = 0", "        for line in lines:"]
+    for k in range(count):
+        body += [f"            {'if' if k == 0 else 'elif'} s{k}(line):", f"                a{k}(i)"]
+    body += ["            else:", f"                a{count}(i)", "            i += 1"]
+    body += [f"        return ({', '.join(f'p{k}' for k in range(count + 1))},)", "    return route"]
+    namespace: dict[str, Any] = {}
+    exec("\n".join(body), namespace)  # the source holds no user input: only `count`
+    return namespace["make"]
 
 
 def _reject_constant(name: str) -> None:
