@@ -1,34 +1,94 @@
 """foldermill: a fault-tolerant hot-folder processor.
 
+    python supervisor.py -c config.toml [--once] [--trace] [--workers N]   the daemon
     python supervisor.py -c config.toml check          validate, print the routing graph
     python supervisor.py -c config.toml run FILE...    run the pipeline on files directly
 
-Exit status: 0 success, 1 some file failed (``run``), 2 bad configuration or usage,
-3 another fatal start-up error.
+Exit status: 0 success or a clean stop, 1 some file failed (``run``), 2 bad
+configuration or usage, 3 another fatal start-up error.
+
+The supervisor is the only process that moves queue files, holds claim locks, and
+creates the multiprocessing manager; workers (``workers/worker.py``) only read claimed
+files and stage outputs. Its loop is one short step at a time (``step``); signal
+handlers only count signals.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import socket
+import stat
 import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from workers.config import Config, load_config
 from workers.engine import run_file
 from workers.errors import ConfigError, InputError
 from workers.graph import Graph, compile_graph
-from workers.outputs import StagedOutputs, unique_name
+from workers.intake import MOVED_IN, start_observer
+from workers.outputs import StagedOutputs, remove_staged, rename_staged, unique_name
+from workers.queue import Candidate, FolderQueue, QueueSetupError
+from workers.readiness import Readiness, open_for_writing
+from workers.store import FileRecord, Journal, Store
+from workers.worker import (
+    P_ITEM,
+    P_JOB,
+    P_PID,
+    P_SENT,
+    P_STARTED,
+    SLOT_SIZE,
+    ItemResult,
+    Job,
+    JobItem,
+    JobResult,
+    WorkerArgs,
+    worker_main,
+)
 
 EXIT_OK = 0
 EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
 
+PREFETCH_JOBS = 2  # jobs per worker: one running, one waiting
+RECOVER_EVERY_S = 5.0
+PUBLISH_EVERY_S = 0.5
+MEMORY_CHECK_EVERY_S = 0.25
+QUICK_DEATH_S = 5.0  # a worker that dies this soon after start, before any job, is flapping
+FLAP_DEATHS = 3  # ... this many times in a row: its slot backs off
+FLAP_BACKOFF_MAX_S = 60.0
+ORPHAN_WAIT_S = 5.0
+SUMMARY_EVERY_S = 10.0
+
+log = logging.getLogger("foldermill")
+
+
+# -- command line ------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor.py", description="foldermill hot-folder processor")
     parser.add_argument("-c", "--config", default="config.toml", help="path to config.toml (default: %(default)s)")
+    parser.add_argument("--once", action="store_true", help="process what is ready, wait for it, exit 0")
+    parser.add_argument("--trace", action="store_true", help="trace line routes and log every file transition")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (overrides [workers] count)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("check", help="validate the config and print the routing graph")
     run = sub.add_parser("run", help="run the pipeline on files directly (no folders, no pool)")
@@ -39,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
         config = load_config(args.config)
         graph = compile_graph(config.pipeline, str(config.base_dir))
@@ -50,8 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(config, graph)
     if args.command == "run":
         return cmd_run(config, graph, args.files, args.output_dir, args.trace)
-    print("foldermill: the daemon is not available yet; use 'check' or 'run FILE...'", file=sys.stderr)
-    return EXIT_USAGE
+    setup_logging(args.log_format)
+    options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
+    supervisor = Supervisor(config, graph, options)
+    try:
+        supervisor.start()
+    except QueueSetupError as exc:
+        log.error("cannot start: %s", exc)
+        supervisor.shutdown()
+        return EXIT_FATAL
+    return supervisor.run()
 
 
 def cmd_check(config: Config, graph: Graph) -> int:
@@ -106,6 +177,675 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool) -> bool:
     for line_no, route in result.routes:
         print(f"  trace line {line_no}: {' -> '.join(route)}")
     return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname.lower(), "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    once: bool = False
+    trace: bool = False
+    workers: int = 1
+
+
+@dataclass
+class Flight:
+    """A claimed file: in underprocess/, its lock held by us."""
+
+    record: FileRecord
+    size: int
+    seq: int = 0  # the job carrying it, 0 while waiting for dispatch
+
+
+@dataclass
+class Slot:
+    """One worker position: the process in it is replaced when it dies."""
+
+    index: int
+    process: Any = None
+    jobs: Any = None  # its manager queue
+    assigned: dict[int, Job] = field(default_factory=dict)
+    started_at: float = 0.0
+    kill_cause: str = ""  # why we killed it (timeout, memory), if we did
+    recycling: bool = False
+    quick_deaths: int = 0
+    not_before: float = 0.0
+    files_done: int = 0
+    rss: int = 0
+
+
+class Supervisor:
+    def __init__(self, config: Config, graph: Graph, options: Options) -> None:
+        self.config = config
+        self.graph = graph
+        self.options = options
+        w = config.watch
+        self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
+        self.readiness = Readiness(w.settle)
+        # SimpleQueue: put() is reentrant, so the signal handler may use it.
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.flights: dict[str, Flight] = {}
+        self.by_id: dict[int, str] = {}
+        self.redispatch: list[str] = []
+        self.to_commit: list[tuple[Flight, ItemResult, int]] = []
+        self.orphans: dict[int, tuple[Job, float]] = {}
+        self.backlog: deque[Candidate] = deque()
+        self.next_settle = float("inf")  # when a settling file may become ready
+        self.events: list[dict[str, Any]] = []
+        self.slots: list[Slot] = []
+        self.seq = 0
+        self.signals = 0
+        self.stop_deadline = 0.0
+        self.scan_due = True
+        self.last_scan = self.last_recover = self.last_publish = self.last_memory = 0.0
+        self.last_summary = time.monotonic()
+        self.summary = {"files": 0, "lines": 0, "failed": 0, "retried": 0}
+        self.counters = {"processed": 0, "failed": 0, "retried": 0, "lines": 0}
+        self.restarts: dict[str, int] = {}
+        self.once_idle = False
+        self.manager: Any = None
+        self.store: Store | None = None
+        self.journal: Journal | None = None
+        self.observer: Any = None
+        self._pump_stop = threading.Event()
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.queue.prepare()
+        self.store = Store(self.queue.state_dir / "state.db")
+        w = self.config.watch
+        self.journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
+                               self.queue.locks_dir / "journal.lock")
+        self.ctx = mp.get_context("spawn")
+        self.manager = SyncManager(ctx=self.ctx)
+        self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
+        self.state = self.manager.dict()
+        self.results = self.manager.Queue()
+        self.progress = self.ctx.RawArray("d", self.options.workers * SLOT_SIZE)
+        self.slots = [Slot(i) for i in range(self.options.workers)]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._pump, name="result-pump", daemon=True).start()
+        self.observer = start_observer(self.queue.unprocessed, self.inbox)
+        self._recover(time.monotonic())
+        log.info("foldermill started: watching %s with %d workers (supervisor %s)",
+                 self.queue.unprocessed, self.options.workers, self.owner)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
+        self.inbox.put(("signal", signum))
+
+    def _pump(self) -> None:
+        """Move job results from the manager's queue to the loop's inbox."""
+        while not self._pump_stop.is_set():
+            try:
+                result = self.results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            self.inbox.put(("result", result))
+
+    def run(self) -> int:
+        try:
+            while True:
+                now = time.monotonic()
+                if self.signals >= 2:
+                    log.warning("second signal: stopping at once; files in flight are recovered on the next start")
+                    break
+                self.step(now)
+                if self._done(now):
+                    break
+                self._wait(now)
+        finally:
+            self.shutdown()
+        return EXIT_OK
+
+    def _done(self, now: float) -> bool:
+        if self.signals:
+            if not self.stop_deadline:
+                self.stop_deadline = now + self.config.workers.shutdown_grace
+                log.info("stopping: no new claims; %d files in flight get %.0fs to finish",
+                         len(self.flights), self.config.workers.shutdown_grace)
+            return not self.flights or now >= self.stop_deadline
+        return self.options.once and self.once_idle
+
+    def _wait(self, now: float) -> None:
+        timeout = 0.1 if self.flights else min(0.25, max(0.01, self.last_scan + self.config.watch.poll_interval - now))
+        try:
+            item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self._handle(item)
+
+    def shutdown(self) -> None:
+        self._pump_stop.set()
+        if self.observer is not None:
+            self.observer.stop()
+        for slot in self.slots:
+            self._stop_process(slot)
+        if self.store is not None:
+            self._commit()
+            names = [n for n in self.flights]
+            for name in names:
+                flight = self.flights.pop(name)
+                remove_staged(self.queue.output, str(flight.record.id))
+                self.queue.put_back(name)
+                self._journal("requeued", flight, reason="supervisor stopped before it finished")
+            self.store.requeued(self.by_id)
+            self.by_id.clear()
+            self._flush_journal()
+            self.store.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self.manager is not None:
+            with contextlib.suppress(Exception):
+                self.manager.shutdown()
+        log.info("foldermill stopped")
+
+    def _stop_process(self, slot: Slot) -> None:
+        p = slot.process
+        if p is None:
+            return
+        if p.is_alive():
+            p.kill()
+        p.join(timeout=5)
+        slot.process = None
+
+    # -- one step of the loop --------------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(item)
+        self._commit()
+        self._check_workers(now)
+        if not self.signals:
+            self._intake(now)
+        elif self.redispatch:
+            self._return_undispatched()
+        if now - self.last_recover >= RECOVER_EVERY_S:
+            self._recover(now)
+        self._flush_journal()
+        if now - self.last_publish >= PUBLISH_EVERY_S:
+            self._publish(now)
+        if now - self.last_summary >= SUMMARY_EVERY_S:
+            self._log_summary(now)
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "result":
+            self._on_result(item[1])
+        elif kind == "fs":
+            if item[1] == MOVED_IN:
+                self.readiness.note_moved_in(item[2])
+            else:
+                self.readiness.note_written(item[2])
+            self.scan_due = True
+
+    # -- results and commits ---------------------------------------------------------------------
+
+    def _on_result(self, result: JobResult) -> None:
+        slot = self.slots[result.slot] if result.slot < len(self.slots) else None
+        job = slot.assigned.pop(result.seq, None) if slot else None
+        if job is None:
+            orphan = self.orphans.pop(result.seq, None)
+            job = orphan[0] if orphan else None
+        if job is None:
+            return  # stale: its files were requeued after a crash
+        if slot is not None:
+            slot.rss = result.rss_bytes
+            slot.files_done += len(result.items)
+            if result.rss_bytes > self.config.workers.max_memory_mb * 1024 * 1024 and slot.process is not None:
+                log.info("worker %d uses %d MB (> max_memory_mb): recycling it", result.pid, result.rss_bytes >> 20)
+                self._recycle(slot)
+        for res in result.items:
+            name = self.by_id.get(res.file_id)
+            flight = self.flights.get(name) if name else None
+            if flight is None or flight.seq != result.seq:
+                continue
+            if res.ok:
+                self.to_commit.append((flight, res, result.pid))
+            else:
+                self._attempt_failed(flight, res.reason, res.permanent, result.pid, "error")
+
+    def _commit(self) -> None:
+        """Group commit: one sync for every output staged since the last step."""
+        batch, self.to_commit = self.to_commit, []
+        if not batch:
+            return
+        durable = self.config.workers.durable
+        out = self.queue.output
+        if durable:
+            _syncfs(out)
+        done = []
+        for _, res, _ in batch:
+            rename_staged(out, res.staged, durable=False)
+        if durable:
+            _fsync_dir(out)
+        for flight, res, pid in batch:
+            name = flight.record.name
+            self.queue.finish(name, flight.record.final_name, "processed")
+            self._forget(name)
+            done.append((flight.record.id, "processed"))
+            self.counters["processed"] += 1
+            self.counters["lines"] += res.lines_in
+            self.summary["files"] += 1
+            self.summary["lines"] += res.lines_in
+            self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
+                          lines_out=res.lines_out, skipped=len(res.skipped),
+                          output=[final for _, final in res.staged])
+        assert self.store is not None
+        self.store.finished(done)
+        self.store.add_totals({"files_processed": len(batch), "lines_processed": sum(r.lines_in for _, r, _ in batch)})
+
+    def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str) -> None:
+        """One attempt failed: back to unprocessed/ with a backoff, or to failed/."""
+        assert self.store is not None
+        record = flight.record
+        w = self.config.workers
+        attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
+        remove_staged(self.queue.output, str(record.id))
+        name = record.name
+        if final:
+            why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
+            self.queue.finish(name, record.final_name, "failed", reason=why)
+            self.counters["failed"] += 1
+            self.summary["failed"] += 1
+            self.store.add_totals({"files_failed": 1})
+            self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason)
+            log.warning("failed %r for good after %d attempt(s): %s", name, attempts, reason)
+        else:
+            self.queue.put_back(name)
+            delay = w.retry_backoff * 2 ** (attempts - 1)
+            self.counters["retried"] += 1
+            self.summary["retried"] += 1
+            self.store.add_totals({"files_retried": 1})
+            self._journal("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
+                          retry_in=delay)
+            log.warning("attempt %d of %r failed (%s); retrying in %.1fs", attempts, name, reason, delay)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        flight = self.flights.pop(name, None)
+        if flight is not None:
+            self.by_id.pop(flight.record.id, None)
+        self.readiness.forget(name)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def _check_workers(self, now: float) -> None:
+        check_memory = now - self.last_memory >= MEMORY_CHECK_EVERY_S
+        if check_memory:
+            self.last_memory = now
+        for slot in self.slots:
+            if slot.process is None:
+                if not self.signals and now >= slot.not_before:
+                    self._start_worker(slot, now)
+            elif slot.process.exitcode is not None:
+                self._on_death(slot, now)
+            else:
+                self._watch_limits(slot, check_memory)
+        for seq, (job, deadline) in list(self.orphans.items()):
+            if now >= deadline:  # its result never came: treat its files as not started
+                del self.orphans[seq]
+                self._requeue_items(job.items)
+
+    def _start_worker(self, slot: Slot, now: float) -> None:
+        base = slot.index * SLOT_SIZE
+        for k in range(SLOT_SIZE):
+            self.progress[base + k] = 0
+        self.progress[base + P_ITEM] = -1
+        slot.jobs = self.manager.Queue()
+        args = WorkerArgs(slot.index, os.getpid(), str(self.config.path), dict(self.config.raw),
+                          100 if self.options.trace else 0, self.config.workers.durable,
+                          self.config.workers.max_files_per_worker)
+        process = self.ctx.Process(target=worker_main, args=(args, slot.jobs, self.results, self.progress),
+                                   name=f"foldermill-worker-{slot.index}", daemon=True)
+        process.start()
+        slot.process = process
+        slot.started_at = now
+        slot.kill_cause = ""
+        slot.recycling = False
+        slot.rss = 0
+
+    def _watch_limits(self, slot: Slot, check_memory: bool) -> None:
+        base = slot.index * SLOT_SIZE
+        busy = self.progress[base + P_ITEM] >= 0 and int(self.progress[base + P_JOB]) in slot.assigned
+        if busy and time.time() - self.progress[base + P_STARTED] > self.config.workers.file_timeout:
+            self._kill(slot, "timeout")
+            return
+        if check_memory:
+            slot.rss = _rss_of(slot.process.pid)
+            if slot.rss > self.config.workers.max_memory_mb * 1024 * 1024:
+                if busy:
+                    self._kill(slot, "memory")
+                elif not slot.recycling:
+                    self._recycle(slot)
+
+    def _kill(self, slot: Slot, cause: str) -> None:
+        slot.kill_cause = cause
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.process.pid, signal.SIGKILL)
+
+    def _recycle(self, slot: Slot) -> None:
+        """Let the worker finish its current job, then exit (SIGTERM)."""
+        slot.recycling = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.process.pid, signal.SIGTERM)
+
+    def _on_death(self, slot: Slot, now: float) -> None:
+        process = slot.process
+        process.join(timeout=1)
+        code = process.exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        cause = slot.kill_cause or ("recycled" if slot.recycling or (code == 0) else "crashed")
+        self.restarts[cause] = self.restarts.get(cause, 0) + 1
+        base = slot.index * SLOT_SIZE
+        ran_a_job = self.progress[base + P_JOB] > 0
+        self._settle_jobs(slot, process.pid, how, cause)
+        slot.process = None
+        slot.assigned.clear()
+        if cause == "crashed" and not ran_a_job and now - slot.started_at < QUICK_DEATH_S:
+            slot.quick_deaths += 1
+        elif ran_a_job:
+            slot.quick_deaths = 0
+        if slot.quick_deaths >= FLAP_DEATHS:
+            delay = min(FLAP_BACKOFF_MAX_S, 2.0 ** (slot.quick_deaths - FLAP_DEATHS + 1))
+            slot.not_before = now + delay
+            log.error("worker slot %d is crash-looping (%d deaths right after start, last: %s); "
+                      "next start in %.0fs", slot.index, slot.quick_deaths, how, delay)
+        elif cause != "recycled":
+            log.warning("worker %d %s (%s); starting a new one", process.pid, how, cause)
+
+    def _settle_jobs(self, slot: Slot, pid: int, how: str, cause: str) -> None:
+        """Decide what a worker's death means for each job it held (rq's work-horse
+        monitor does the same): the file it was on costs one attempt; the others were
+        fine or not started, and go out again."""
+        base = slot.index * SLOT_SIZE
+        current = int(self.progress[base + P_JOB])
+        sent = int(self.progress[base + P_SENT])
+        item = int(self.progress[base + P_ITEM])
+        same_pid = int(self.progress[base + P_PID]) == pid
+        reasons = {"timeout": f"took longer than file_timeout = {self.config.workers.file_timeout:g}s",
+                   "memory": f"used more than max_memory_mb = {self.config.workers.max_memory_mb}"}
+        for seq, job in list(slot.assigned.items()):
+            if same_pid and seq == sent:
+                self.orphans[seq] = (job, time.monotonic() + ORPHAN_WAIT_S)  # its result is on the way
+                continue
+            if same_pid and seq == current and 0 <= item < len(job.items):
+                culprit = job.items[item]
+                name = self.by_id.get(culprit.file_id)
+                flight = self.flights.get(name) if name else None
+                if flight is not None and flight.seq == seq:
+                    reason = f"worker {pid} {how} while processing it"
+                    if cause in reasons:
+                        reason = f"{reasons[cause]}: worker {pid} {how}"
+                    self._attempt_failed(flight, reason, False, pid, cause if cause in reasons else "crash")
+                self._requeue_items(job.items[:item] + job.items[item + 1:])
+            else:
+                self._requeue_items(job.items)
+
+    def _return_undispatched(self) -> None:
+        """Stopping: files waiting for a worker go back to unprocessed/ at once."""
+        assert self.store is not None
+        names, self.redispatch = self.redispatch, []
+        ids = []
+        for name in names:
+            flight = self.flights.get(name)
+            if flight is None or flight.seq:
+                continue
+            self.queue.put_back(name)
+            self._journal("requeued", flight, reason="supervisor stopping")
+            ids.append(flight.record.id)
+            self._forget(name)
+        self.store.requeued(ids)
+
+    def _requeue_items(self, items: tuple[JobItem, ...]) -> None:
+        for it in items:
+            name = self.by_id.get(it.file_id)
+            flight = self.flights.get(name) if name else None
+            if flight is not None and flight.seq:
+                flight.seq = 0
+                remove_staged(self.queue.output, str(it.file_id))
+                self.redispatch.append(name)
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def _free_jobs(self) -> list[Slot]:
+        """Live slots with room for another job, least loaded first."""
+        live = [s for s in self.slots if s.process is not None and not s.recycling]
+        return sorted((s for s in live if len(s.assigned) < PREFETCH_JOBS), key=lambda s: len(s.assigned))
+
+    def _intake(self, now: float) -> None:
+        slots = self._free_jobs()
+        if not slots:
+            return
+        room = sum(PREFETCH_JOBS - len(s.assigned) for s in slots) * self.config.workers.batch_files
+        pending = [self.flights[n] for n in self.redispatch if n in self.flights]
+        self.redispatch = []
+        if len(pending) < room:
+            pending += self._claim(now, room - len(pending))
+        if pending:
+            self._dispatch(pending, slots)
+
+    def _claim(self, now: float, limit: int) -> list[Flight]:
+        if self.scan_due or now - self.last_scan >= self.config.watch.poll_interval or self._settling_due(now):
+            self._scan(now)
+        picked = []
+        while self.backlog and len(picked) < limit:
+            candidate = self.backlog.popleft()
+            if not candidate.is_regular:
+                self._reject(candidate)
+            elif self.queue.claim(candidate.name):
+                self.readiness.forget(candidate.name)
+                picked.append(candidate)
+        if not picked:
+            return []
+        assert self.store is not None
+        records = self.store.claim(picked, self.owner, self._name_taken)
+        flights = []
+        for candidate, record in zip(picked, records, strict=True):
+            flight = Flight(record, candidate.size)
+            self.flights[record.name] = flight
+            self.by_id[record.id] = record.name
+            flights.append(flight)
+            self._journal("claimed", flight, attempt=record.attempts + 1)
+        return flights
+
+    def _settling_due(self, now: float) -> bool:
+        return now >= self.next_settle
+
+    def _scan(self, now: float) -> None:
+        """Rescan unprocessed/: what is ready goes to the backlog, oldest first."""
+        self.scan_due = False
+        self.last_scan = now
+        assert self.store is not None
+        candidates = self.queue.scan()
+        writing = open_for_writing(str(self.queue.unprocessed)) if candidates else set()
+        backing_off = self.store.waiting_until(time.time())
+        ready, eligible = deque(), 0
+        self.readiness.keep_only({c.name for c in candidates})
+        for c in candidates:
+            if c.name in self.flights:
+                continue
+            if (c.name, c.ino) in backing_off:
+                eligible += 1
+                continue
+            if self.queue.ready_marker and c.is_regular and not self.queue.has_marker(c.name):
+                continue
+            if not c.is_regular or self.readiness.ready(c, writing, now):
+                ready.append(c)
+                eligible += 1
+            elif c.name not in writing:
+                eligible += 1  # still settling
+        self.backlog = ready
+        wait = self.readiness.next_check_in(now, exclude={c.name for c in ready})
+        self.next_settle = now + wait if wait is not None else float("inf")
+        self.once_idle = (self.options.once and not eligible and not self.flights and not self.redispatch
+                          and not self.to_commit and not self.orphans)
+
+    def _name_taken(self, name: str) -> bool:
+        return self.queue.taken(name, self.graph.side_outputs())
+
+    def _reject(self, candidate: Candidate) -> None:
+        """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
+        assert self.store is not None
+        kind = _kind_of(candidate.mode)
+        reason = f"{candidate.name!r} is {kind}, not a regular file: not processed (symlinks are never followed)"
+        records = self.store.claim([candidate], self.owner, self._name_taken)
+        if not self.queue.reject(candidate, records[0].final_name, reason):
+            return
+        self.store.attempt_failed(records[0].id, reason, 1, 0, permanent=True)
+        flight = Flight(records[0], candidate.size)
+        self.counters["failed"] += 1
+        self.store.add_totals({"files_failed": 1})
+        self._journal("failed", flight, attempt=1, reason=reason)
+        log.warning("failed %r: %s", candidate.name, reason)
+
+    def _dispatch(self, flights: list[Flight], slots: list[Slot]) -> None:
+        """Pack flights into jobs (small files travel together) and hand them out."""
+        w = self.config.workers
+        jobs: list[list[Flight]] = []
+        size = 0
+        for flight in flights:
+            if not jobs or len(jobs[-1]) >= w.batch_files or size + flight.size > w.batch_bytes:
+                jobs.append([])
+                size = 0
+            jobs[-1].append(flight)
+            size += flight.size
+        for batch in jobs:
+            slot = min(self._free_jobs() or slots, key=lambda s: len(s.assigned))
+            self.seq += 1
+            job = Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size)
+                                      for f in batch))
+            for f in batch:
+                f.seq = self.seq
+            slot.assigned[self.seq] = job
+            slot.jobs.put(job)
+
+    # -- recovery, journal, state ----------------------------------------------------------------
+
+    def _recover(self, now: float) -> None:
+        self.last_recover = now
+        assert self.store is not None
+        names = self.queue.recover(set(self.flights))
+        if names:
+            self.store.recovered(names)
+            for name in names:
+                self.events.append(_event("recovered", name, supervisor=self.owner,
+                                          reason="its owner died; back to unprocessed/"))
+            log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(repr, names[:5])))
+            self.scan_due = True
+
+    def _journal(self, event: str, flight: Flight, **fields: Any) -> None:
+        self.events.append(_event(event, flight.record.name, final=flight.record.final_name, size=flight.size,
+                                  supervisor=self.owner, **fields))
+        if self.options.trace:
+            extra = " ".join(f"{k}={v!r}" for k, v in fields.items())
+            log.info("%s %r %s", event, flight.record.name, extra)
+
+    def _flush_journal(self) -> None:
+        if self.events and self.journal is not None:
+            events, self.events = self.events, []
+            self.journal.write(events)
+
+    def _publish(self, now: float) -> None:
+        """One snapshot into the manager dict (one round trip) for the dashboard."""
+        self.last_publish = now
+        workers = []
+        for slot in self.slots:
+            base = slot.index * SLOT_SIZE
+            workers.append({"slot": slot.index, "pid": slot.process.pid if slot.process else None,
+                            "busy": self.progress[base + P_ITEM] >= 0, "files_done": slot.files_done,
+                            "rss": slot.rss})
+        snapshot = {"time": time.time(), "owner": self.owner, "counters": dict(self.counters),
+                    "restarts": dict(self.restarts), "in_flight": len(self.flights), "workers": workers}
+        with contextlib.suppress(Exception):
+            self.state["snapshot"] = snapshot
+
+    def _log_summary(self, now: float) -> None:
+        s = self.summary
+        if any(s.values()):
+            log.info("last %.0fs: %d files processed (%d lines), %d retried, %d failed; %d in flight",
+                     now - self.last_summary, s["files"], s["lines"], s["retried"], s["failed"], len(self.flights))
+        self.summary = dict.fromkeys(s, 0)
+        self.last_summary = now
+
+
+def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:
+    return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "event": event, "file": name, **fields}
+
+
+def _manager_init(parent_pid: int) -> None:
+    """The manager process dies with the supervisor and leaves SIGINT to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` (one call for a whole
+    batch of staged outputs: group commit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rss_of(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 if __name__ == "__main__":

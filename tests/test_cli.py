@@ -102,11 +102,6 @@ def test_run_reports_a_failing_file_and_commits_nothing_for_it(tmp_path: Path) -
     assert (out / "good.txt").read_text() == "OK\n"
 
 
-def test_without_a_command_the_daemon_is_not_there_yet(tmp_path: Path) -> None:
-    config = write_config(tmp_path, '[pipeline.nodes.start]\nprocessor = "upper"\n')
-    assert cli("-c", config).returncode == 2
-
-
 @pytest.mark.slow
 def test_a_200_mb_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     config = write_config(tmp_path, """

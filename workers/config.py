@@ -9,6 +9,7 @@ checked by :func:`workers.engine.compile_graph`, which needs to import processor
 from __future__ import annotations
 
 import codecs
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,30 @@ DECODE_ERRORS = ("strict", "replace")
 @dataclass(frozen=True)
 class WatchConfig:
     dir: Path
+    poll_interval: float = 1.0  # seconds between full rescans (events wake it sooner)
+    settle: float = 0.5  # seconds a file's size and mtime must stay unchanged
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.swp", "*~")
+    ready_marker: str = ""  # e.g. "{name}.ready"
+    journal_max_mb: float = 64.0  # input.log is rotated past this size
+    journal_keep: int = 5  # rotated journals kept: input.log.1 ... input.log.N
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 0  # 0: one per CPU
+    max_attempts: int = 3
+    retry_backoff: float = 1.0
+    file_timeout: float = 600.0
+    max_memory_mb: int = 1024
+    max_files_per_worker: int = 0
+    batch_files: int = 64  # small files travel together, up to this many per job
+    batch_bytes: int = 1_048_576  # ... or this many bytes
+    shutdown_grace: float = 30.0  # seconds in-flight files get to finish on SIGTERM
+    durable: bool = True  # outputs reach the disk (group commit) before the input moves on
+
+    def worker_count(self) -> int:
+        return self.count or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,8 @@ class Config:
     path: Path
     watch: WatchConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -78,15 +105,45 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; ``path`` anchors relative paths."""
     table = _Table(data, "")
     watch = _parse_watch(table.sub("watch"), path.parent)
+    workers = _parse_workers(table.sub("workers"))
     pipeline = _parse_pipeline(table.sub("pipeline"))
     table.done()
-    return Config(path=path, watch=watch, pipeline=pipeline)
+    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, raw=data)
 
 
 def _parse_watch(t: _Table, base: Path) -> WatchConfig:
+    d = WatchConfig(dir=base)
     raw = t.get("dir", str, "watch_dir", check=_non_empty)
+    cfg = WatchConfig(
+        dir=(base / raw).resolve(),
+        poll_interval=t.get("poll_interval", float, d.poll_interval, check=_positive),
+        settle=t.get("settle", float, d.settle, check=_at_least(0)),
+        include=tuple(t.get("include", list, list(d.include), check=_patterns)),
+        exclude=tuple(t.get("exclude", list, list(d.exclude), check=_patterns)),
+        ready_marker=t.get("ready_marker", str, d.ready_marker, check=_marker),
+        journal_max_mb=t.get("journal_max_mb", float, d.journal_max_mb, check=_positive),
+        journal_keep=t.get("journal_keep", int, d.journal_keep, check=_at_least(1)),
+    )
     t.done()
-    return WatchConfig(dir=(base / raw).resolve())
+    return cfg
+
+
+def _parse_workers(t: _Table) -> WorkersConfig:
+    d = WorkersConfig()
+    cfg = WorkersConfig(
+        count=t.get("count", int, d.count, check=_at_least(0)),
+        max_attempts=t.get("max_attempts", int, d.max_attempts, check=_at_least(1)),
+        retry_backoff=t.get("retry_backoff", float, d.retry_backoff, check=_at_least(0)),
+        file_timeout=t.get("file_timeout", float, d.file_timeout, check=_positive),
+        max_memory_mb=t.get("max_memory_mb", int, d.max_memory_mb, check=_at_least(16)),
+        max_files_per_worker=t.get("max_files_per_worker", int, d.max_files_per_worker, check=_at_least(0)),
+        batch_files=t.get("batch_files", int, d.batch_files, check=_at_least(1)),
+        batch_bytes=t.get("batch_bytes", int, d.batch_bytes, check=_at_least(1)),
+        shutdown_grace=t.get("shutdown_grace", float, d.shutdown_grace, check=_at_least(0)),
+        durable=t.get("durable", bool, d.durable),
+    )
+    t.done()
+    return cfg
 
 
 def _parse_pipeline(t: _Table) -> PipelineConfig:
@@ -143,7 +200,7 @@ class _Table:
                 raise ConfigError(key, "is required")
             return default
         value = self.data[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if kind is float and type(value) is int:
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise ConfigError(key, f"must be {_type_name(kind())}, got {_type_name(value)} {value!r}")
@@ -164,6 +221,22 @@ def _type_name(value: Any) -> str:
         "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
         "dict": "a table", "list": "an array",
     }.get(type(value).__name__, type(value).__name__)
+
+
+def _positive(value: float) -> str:
+    return "" if value > 0 else "must be greater than 0"
+
+
+def _patterns(value: list) -> str:
+    if not all(isinstance(v, str) and v for v in value):
+        return "must be a list of non-empty glob patterns (strings)"
+    return ""
+
+
+def _marker(value: str) -> str:
+    if value and ("{name}" not in value or "/" in value or value == "{name}"):
+        return 'must contain "{name}" and no "/", e.g. "{name}.ready" (or be "" for none)'
+    return ""
 
 
 def _non_empty(value: str) -> str:

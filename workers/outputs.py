@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -18,7 +19,7 @@ from workers.engine import OutputSink
 BUFFER_BYTES = 1 << 20
 
 
-def unique_name(name: str, taken: callable) -> str:
+def unique_name(name: str, taken: Callable[[str], bool]) -> str:
     """``name`` if ``taken(name)`` is false, else ``stem-N.ext`` for the smallest free N.
 
     ``app.log`` becomes ``app-1.log``, ``app-2.log``...; a name without an extension
@@ -40,13 +41,18 @@ def unique_name(name: str, taken: callable) -> str:
 
 
 class StagedOutputs:
-    """The outputs of one file being processed; ``commit()`` or ``abort()`` once."""
+    """The outputs of one file being processed; ``commit()`` or ``abort()`` once.
 
-    def __init__(self, out_dir: Path, final_name: str, encoding: str) -> None:
+    Temporary files are named ``.fm-<token>.<final name>.tmp``: hidden, and easy to
+    find again for one file (the daemon uses the file's id as the token, so a retry
+    after a crash overwrites its own leftovers and cleanup knows what to remove).
+    """
+
+    def __init__(self, out_dir: Path, final_name: str, encoding: str, token: str = "") -> None:
         self.out_dir = out_dir
         self.final_name = final_name
         self.encoding = encoding
-        self.token = secrets.token_hex(4)
+        self.token = token or secrets.token_hex(4)
         self.staged: dict[str, tuple[Path, IO[str]]] = {}
         self.sink = OutputSink(final_name, self._open(""), self._open)
 
@@ -54,7 +60,7 @@ class StagedOutputs:
         if suffix in self.staged:
             return self.staged[suffix][1]
         final = self.final_name + (f".{suffix}" if suffix else "")
-        temp = self.out_dir / f".{final}.{self.token}.tmp"
+        temp = self.out_dir / f".fm-{self.token}.{final}.tmp"
         # Closed by commit() or abort(), which every caller reaches.
         stream = open(  # noqa: SIM115
             temp, "w", encoding=self.encoding, errors="replace", newline="\n", buffering=BUFFER_BYTES
@@ -65,26 +71,41 @@ class StagedOutputs:
     def final_paths(self) -> list[Path]:
         return [self.out_dir / (self.final_name + (f".{s}" if s else "")) for s in self.staged]
 
-    def commit(self, durable: bool = True) -> list[Path]:
-        """Flush (and fsync when ``durable``) every stream, then rename each into place."""
+    def close(self, durable: bool = False) -> list[tuple[str, str]]:
+        """Flush and close every stream (fsync each when ``durable``); return the
+        (temporary, final) names to rename, in the output folder."""
         for _, stream in self.staged.values():
             stream.flush()
             if durable:
                 os.fsync(stream.fileno())
             stream.close()
-        finals = []
-        for suffix, (temp, _) in self.staged.items():
-            final = self.out_dir / (self.final_name + (f".{suffix}" if suffix else ""))
-            os.replace(temp, final)
-            finals.append(final)
-        if durable:
-            _fsync_dir(self.out_dir)
-        return finals
+        return [(temp.name, self.final_name + (f".{s}" if s else "")) for s, (temp, _) in self.staged.items()]
+
+    def commit(self, durable: bool = True) -> list[Path]:
+        """Close, then rename every output into place (the one-process path of ``run``)."""
+        pairs = self.close(durable)
+        return rename_staged(self.out_dir, pairs, durable)
 
     def abort(self) -> None:
         for temp, stream in self.staged.values():
             stream.close()
             temp.unlink(missing_ok=True)
+
+
+def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> list[Path]:
+    finals = []
+    for temp, final in pairs:
+        os.replace(out_dir / temp, out_dir / final)
+        finals.append(out_dir / final)
+    if durable:
+        _fsync_dir(out_dir)
+    return finals
+
+
+def remove_staged(out_dir: Path, token: str) -> None:
+    """Remove what an attempt with this token left behind (a worker that died)."""
+    for path in out_dir.glob(f".fm-{token}.*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,286 @@
+"""The folder queue: which files are ready, claiming them with filelock, moving them on.
+
+No processes and no multiprocessing here: the supervisor calls these functions from its
+loop. The protocol (README, "Guarantees"):
+
+- A file's lock is one of ``LOCK_COUNT`` files in ``watch_dir/.locks/``, chosen by a
+  stable hash of its name (filelock never deletes Unix lock files, so one lock per
+  name would grow without bound). Locks are ``flock`` locks: the kernel drops them
+  when their holder dies, which is the "is the owner alive?" signal recovery needs.
+- Claim: take the lock without blocking, check the file is still in ``unprocessed/``,
+  ``rename`` it into ``underprocess/`` (of two claimers only one rename succeeds), and
+  hold the lock until the file has left ``underprocess/``.
+- Recovery: a file in ``underprocess/`` that is not ours and whose lock we can take
+  has a dead owner (a live owner would hold the lock), so it goes back.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from workers.errors import FoldermillError
+
+LOCK_COUNT = 1024
+FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
+REASON_SUFFIX = ".reason"
+PLACEHOLDER = ".gitkeep"
+
+
+class QueueSetupError(FoldermillError):
+    """The watch dir cannot be used: not writable, or folders on different filesystems."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file seen in ``unprocessed/`` (lstat data: symlinks are never followed)."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int
+
+    @property
+    def is_regular(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+class FolderQueue:
+    def __init__(self, root: Path, include: tuple[str, ...], exclude: tuple[str, ...], ready_marker: str) -> None:
+        self.root = root
+        self.unprocessed = root / "unprocessed"
+        self.underprocess = root / "underprocess"
+        self.processed = root / "processed"
+        self.failed = root / "failed"
+        self.output = root / "output"
+        self.locks_dir = root / ".locks"
+        self.state_dir = root / ".foldermill"
+        self.include = include
+        self.exclude = exclude
+        self.ready_marker = ready_marker
+        self._locks: dict[int, FileLock] = {}
+        self._held: dict[str, int] = {}  # name in underprocess/ -> lock index we hold for it
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create missing folders; refuse a watch dir we cannot write or that spans
+        filesystems (rename would not be atomic)."""
+        try:
+            for folder in (*(self.root / f for f in FOLDERS), self.locks_dir, self.state_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueSetupError(f"cannot create the queue folders in {self.root}: {exc.strerror}") from None
+        devices = {}
+        for name in FOLDERS:
+            folder = self.root / name
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise QueueSetupError(f"{folder} is not writable by this user")
+            devices[name] = folder.stat().st_dev
+        if len(set(devices.values())) > 1:
+            raise QueueSetupError(
+                f"the queue folders of {self.root} are on different filesystems ({devices}); "
+                "rename between them would not be atomic: keep them on one filesystem")
+
+    # -- what is waiting ---------------------------------------------------------------
+
+    def is_candidate_name(self, name: str) -> bool:
+        """Matches include, not exclude, and is not a ready marker or placeholder."""
+        if name == PLACEHOLDER or self._is_marker(name):
+            return False
+        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    def _is_marker(self, name: str) -> bool:
+        if not self.ready_marker:
+            return False
+        prefix, _, suffix = self.ready_marker.partition("{name}")
+        return name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix)
+
+    def marker_name(self, name: str) -> str:
+        return self.ready_marker.replace("{name}", name) if self.ready_marker else ""
+
+    def scan(self) -> list[Candidate]:
+        """Every candidate in ``unprocessed/``, oldest mtime first."""
+        found = []
+        try:
+            entries = list(os.scandir(self.unprocessed))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not self.is_candidate_name(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            found.append(Candidate(entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode))
+        found.sort(key=lambda c: (c.mtime_ns, c.name))
+        return found
+
+    def has_marker(self, name: str) -> bool:
+        return (self.unprocessed / self.marker_name(name)).exists()
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def lock_index(self, name: str) -> int:
+        return zlib.crc32(name.encode("utf-8", "surrogateescape")) % LOCK_COUNT
+
+    def _lock(self, index: int) -> FileLock:
+        lock = self._locks.get(index)
+        if lock is None:
+            # One FileLock object per lock file: two flock()s on two descriptors of the
+            # same file conflict even inside one process. The object is reentrant.
+            # fallback_to_soft=False: a filesystem without flock must fail loudly, as an
+            # existence-marker lock would outlive a dead owner and break recovery.
+            lock = self._locks[index] = FileLock(
+                self.locks_dir / f"{index:04d}.lock", timeout=0, thread_local=False, fallback_to_soft=False)
+        return lock
+
+    def _try_lock(self, index: int) -> bool:
+        try:
+            self._lock(index).acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def _unlock(self, index: int) -> None:
+        self._lock(index).release()
+
+    def claim(self, name: str) -> bool:
+        """Move ``name`` from unprocessed/ to underprocess/ under its lock; False if
+        another claimer has it (or it is gone)."""
+        index = self.lock_index(name)
+        if not self._try_lock(index):
+            return False
+        try:
+            os.rename(self.unprocessed / name, self.underprocess / name)
+        except FileNotFoundError:
+            self._unlock(index)
+            return False
+        except OSError:
+            self._unlock(index)
+            raise
+        self._held[name] = index
+        marker = self.marker_name(name)
+        if marker:
+            (self.unprocessed / marker).unlink(missing_ok=True)
+        return True
+
+    def holds(self, name: str) -> bool:
+        return name in self._held
+
+    def release(self, name: str) -> None:
+        index = self._held.pop(name, None)
+        if index is not None:
+            self._unlock(index)
+
+    # -- moving on -----------------------------------------------------------------------
+
+    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> Path:
+        """Move a claimed file to processed/ or failed/ under ``final_name`` (with its
+        reason beside it in failed/), then release its lock."""
+        target_dir = self.processed if folder == "processed" else self.failed
+        target = target_dir / final_name
+        if reason:
+            _write_reason(target_dir / (final_name + REASON_SUFFIX), reason)
+        try:
+            os.rename(self.underprocess / name, target)
+        finally:
+            self.release(name)
+        return target
+
+    def put_back(self, name: str) -> bool:
+        """Return a claimed file to unprocessed/ (a failed attempt, or a stop)."""
+        try:
+            os.rename(self.underprocess / name, self.unprocessed / name)
+            moved = True
+        except FileNotFoundError:
+            moved = False
+        self.release(name)
+        return moved
+
+    def recover(self, mine: set[str]) -> list[str]:
+        """Return files whose owner is dead from underprocess/ to unprocessed/."""
+        recovered = []
+        try:
+            names = os.listdir(self.underprocess)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name in mine or name == PLACEHOLDER or name in self._held:
+                continue
+            index = self.lock_index(name)
+            if not self._try_lock(index):
+                continue  # a live owner holds it
+            try:
+                os.rename(self.underprocess / name, self.unprocessed / name)
+                recovered.append(name)
+            except FileNotFoundError:
+                pass  # its owner finished it between our listing and our lock
+            finally:
+                self._unlock(index)
+        return recovered
+
+    def reject(self, candidate: Candidate, final_name: str, reason: str) -> bool:
+        """Move something that is not a regular file (a symlink, a directory, a FIFO)
+        straight to failed/ without opening it. Claims it first like any file."""
+        if not self.claim(candidate.name):
+            return False
+        self.finish(candidate.name, final_name, "failed", reason)
+        return True
+
+    def taken(self, name: str, suffixes: list[str]) -> bool:
+        """Whether ``name`` is already used in processed/, failed/ or output/."""
+        if (self.processed / name).exists() or os.path.lexists(self.failed / name):
+            return True
+        return any(os.path.lexists(self.output / (name + (f".{s}" if s else ""))) for s in ("", *suffixes))
+
+    def counts(self) -> dict[str, int]:
+        """Files per folder, not counting placeholders, reasons, markers or temp files."""
+        result = {}
+        for folder in ("unprocessed", "underprocess", "processed", "failed"):
+            try:
+                names = os.listdir(self.root / folder)
+            except FileNotFoundError:
+                names = []
+            if folder == "failed":
+                present = set(names)
+                names = [n for n in names if not (n.endswith(REASON_SUFFIX) and n[: -len(REASON_SUFFIX)] in present)]
+            elif folder == "unprocessed":
+                names = [n for n in names if self.is_candidate_name(n)]
+            result[folder] = sum(1 for n in names if n != PLACEHOLDER)
+        return result
+
+
+def open_claimed(path: Path) -> int:
+    """Open a claimed file for reading without following a symlink or blocking on a
+    FIFO; refuse anything but a regular file. Returns a descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionError(errno.ELOOP, "is a symlink (never followed)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _write_reason(path: Path, reason: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8", errors="backslashreplace")
+    os.replace(tmp, path)
+

@@ -1,0 +1,195 @@
+"""The worker process: take a job, run the engine on each file, stage outputs, report.
+
+A worker never moves queue files and holds no lock: the supervisor claimed the files
+and will commit the staged outputs and move the inputs. So a worker can die at any
+moment and cost at most the attempt of the file it was on.
+
+Progress goes to a shared-memory slot (plain stores, no round trip): which job and
+which file the worker is on, since when, lines and bytes done, a heartbeat. That slot
+is also how the supervisor learns, after a crash, which file was the culprit.
+Results go back through the manager's result queue, one message per job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.config import parse_config
+from workers.engine import run_file
+from workers.errors import InputError, ProcessingError
+from workers.graph import Graph, compile_graph
+from workers.outputs import StagedOutputs
+from workers.queue import open_claimed
+
+# Shared-memory progress slot layout (doubles), one slot per worker.
+P_JOB, P_ITEM, P_STARTED, P_LINES, P_BYTES, P_BEAT, P_SENT, P_PID = range(8)
+SLOT_SIZE = 8
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class JobItem:
+    file_id: int
+    name: str
+    final_name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Job:
+    seq: int
+    items: tuple[JobItem, ...]
+
+
+@dataclass
+class ItemResult:
+    file_id: int
+    ok: bool
+    staged: list[tuple[str, str]] = field(default_factory=list)  # (temp, final) in output/
+    lines_in: int = 0
+    lines_out: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    permanent: bool = False  # a retry cannot help (binary, undecodable, ...)
+    error_node: str = ""
+    error_line: int | None = None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[tuple[int, list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class JobResult:
+    slot: int
+    pid: int
+    seq: int
+    items: list[ItemResult]
+    nodes: dict[str, tuple[int, int, int, float]]  # tag -> (in, out, errors, seconds)
+    rss_bytes: int
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    slot: int
+    parent_pid: int
+    config_path: str
+    config_data: dict[str, Any]
+    trace_every: int
+    durable: bool
+    max_files: int
+
+
+def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> None:
+    """Entry point of a worker process (started with the spawn context)."""
+    _die_with_parent(args.parent_pid)
+    stopping = _install_signals()
+    config = parse_config(args.config_data, Path(args.config_path))
+    graph = compile_graph(config.pipeline, str(config.base_dir))
+    base = args.slot * SLOT_SIZE
+    progress[base + P_PID] = os.getpid()
+    done = 0
+    while not stopping and os.getppid() == args.parent_pid:
+        progress[base + P_BEAT] = time.time()
+        try:
+            job = jobs.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        except (EOFError, OSError):
+            return  # the manager is gone: the supervisor is stopping or dead
+        if job is None:
+            return
+        result = _run_job(args, graph, config.output_dir, config.watch.dir / "underprocess", job, progress)
+        results.put(result)
+        progress[base + P_SENT] = job.seq
+        done += len(job.items)
+        if args.max_files and done >= args.max_files:
+            return
+
+
+def _run_job(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, job: Job, progress: Any) -> JobResult:
+    base = args.slot * SLOT_SIZE
+    progress[base + P_JOB] = job.seq
+    nodes: dict[str, list[float]] = {}
+    items = []
+    for i, item in enumerate(job.items):
+        progress[base + P_ITEM] = i
+        progress[base + P_STARTED] = time.time()
+        progress[base + P_LINES] = progress[base + P_BYTES] = 0
+        items.append(_run_item(args, graph, out_dir, in_dir, item, progress, nodes))
+    progress[base + P_ITEM] = -1
+    stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
+    return JobResult(args.slot, os.getpid(), job.seq, items, stats, _rss())
+
+
+def _run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: JobItem, progress: Any,
+              nodes: dict[str, list[float]]) -> ItemResult:
+    """One file, in one try/except: a bad file never stops the worker."""
+    base = args.slot * SLOT_SIZE
+
+    def report(bytes_done: int, lines_done: int) -> None:
+        progress[base + P_BYTES] = bytes_done
+        progress[base + P_LINES] = lines_done
+        progress[base + P_BEAT] = time.time()
+
+    started = time.monotonic()
+    staged = StagedOutputs(out_dir, item.final_name, graph.settings.encoding, token=str(item.file_id))
+    try:
+        with os.fdopen(open_claimed(in_dir / item.name), "rb") as source:
+            result = run_file(graph, item.name, source, staged.sink, report, args.trace_every)
+        pairs = staged.close(durable=False)
+    except InputError as exc:
+        staged.abort()
+        permanent = not isinstance(exc, ProcessingError)
+        return ItemResult(item.file_id, False, reason=str(exc), permanent=permanent, error_node=exc.node,
+                          error_line=exc.line, seconds=time.monotonic() - started)
+    except OSError as exc:
+        staged.abort()
+        return ItemResult(item.file_id, False, reason=f"{item.name}: cannot read: {exc.strerror or exc}",
+                          permanent=True, seconds=time.monotonic() - started)
+    except Exception as exc:  # anything else: a bug or a resource limit; retried
+        staged.abort()
+        return ItemResult(item.file_id, False, reason=f"{item.name}: {type(exc).__name__}: {exc}",
+                          seconds=time.monotonic() - started)
+    for tag, s in result.nodes.items():
+        acc = nodes.setdefault(tag, [0, 0, 0, 0.0])
+        acc[0] += s.lines_in
+        acc[1] += s.lines_out
+        acc[2] += s.errors
+        acc[3] += s.seconds
+    return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
+                      time.monotonic() - started, skipped=result.errors, routes=result.routes)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the getppid() check in the loop still applies
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _install_signals() -> list[bool]:
+    """SIGINT is the supervisor's to handle (a terminal sends it to the whole group);
+    SIGTERM asks the worker to stop after its current job."""
+    stopping: list[bool] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    return stopping
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
