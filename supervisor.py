@@ -58,6 +58,7 @@ from workers.worker import (
     JobItem,
     JobResult,
     WorkerArgs,
+    die_with_parent,
     worker_main,
 )
 
@@ -798,17 +799,15 @@ class Supervisor:
 
 
 def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:
-    return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
-            "event": event, "file": name, **fields}
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {"ts": ts, "event": event, "file": name, **fields}
 
 
 def _manager_init(parent_pid: int) -> None:
     """The manager process dies with the supervisor and leaves SIGINT to it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    die_with_parent(parent_pid, "fm-manager")
 
 
 def _syncfs(path: Path) -> None:

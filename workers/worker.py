@@ -32,6 +32,7 @@ from workers.queue import open_claimed
 P_JOB, P_ITEM, P_STARTED, P_LINES, P_BYTES, P_BEAT, P_SENT, P_PID = range(8)
 SLOT_SIZE = 8
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class WorkerArgs:
 
 def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> None:
     """Entry point of a worker process (started with the spawn context)."""
-    _die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid, f"fm-worker-{args.slot}")
     stopping = _install_signals()
     config = parse_config(args.config_data, Path(args.config_path))
     graph = compile_graph(config.pipeline, str(config.base_dir))
@@ -167,11 +168,13 @@ def _run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item:
                       time.monotonic() - started, skipped=result.errors, routes=result.routes)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL us when the supervisor dies; exit now if it already has."""
+def die_with_parent(parent_pid: int, title: str) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies (exit now if it already has),
+    and name the process (``ps``, ``top`` and the tests see ``title``)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the getppid() check in the loop still applies
     if os.getppid() != parent_pid:

@@ -1,0 +1,167 @@
+"""Running the real supervisor in a subprocess, for the daemon tests and benchmarks."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPERVISOR = ROOT / "supervisor.py"
+
+BASE_CONFIG = """
+[watch]
+dir = "watch_dir"
+poll_interval = 0.2
+settle = 0.3
+
+[workers]
+count = 1
+max_attempts = 2
+retry_backoff = 0.1
+shutdown_grace = 10
+
+[pipeline.nodes.start]
+processor = "upper"
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``
+    saying what was awaited and the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval_s)
+
+
+def write_config(directory: Path, text: str = BASE_CONFIG, extra: str = "") -> Path:
+    path = directory / "config.toml"
+    path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
+    return path
+
+
+class Daemon:
+    """One ``python supervisor.py -c CONFIG`` process; stderr goes to a log file."""
+
+    def __init__(self, config: Path, *args: str, name: str = "supervisor") -> None:
+        self.config = config
+        self.log_path = config.parent / f"{name}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), "-c", str(config), *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=config.parent)
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return self.ps.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def workers(self) -> list[psutil.Process]:
+        """Live worker processes (they name themselves ``fm-worker-N``)."""
+        found = []
+        for child in self.children():
+            try:
+                if child.name().startswith("fm-worker") and child.status() != psutil.STATUS_ZOMBIE:
+                    found.append(child)
+            except psutil.Error:
+                continue
+        return found
+
+    def wait(self, timeout_s: float = 30) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+        return code
+
+    def stop(self, timeout_s: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def folder(watch: Path, name: str) -> list[str]:
+    """Names in a queue folder, without placeholders, reasons or hidden files."""
+    path = watch / name
+    if not path.exists():
+        return []
+    names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    if name == "failed":
+        names = [n for n in names if not n.endswith(".reason")]
+    return names
+
+
+def drop(watch: Path, name: str, content: str | bytes) -> Path:
+    """Hand a file over the way producers should: write beside, rename in."""
+    data = content.encode() if isinstance(content, str) else content
+    tmp = watch / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.write_bytes(data)
+    target = watch / "unprocessed" / name
+    os.rename(tmp, target)
+    return target
+
+
+def journal(watch: Path) -> list[dict[str, Any]]:
+    entries = []
+    for path in sorted(watch.glob("input.log*"), reverse=True):
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            entries.extend(json.loads(line) for line in f if line.strip())
+    return entries
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def start(daemons: list[Daemon], config: Path, *args: str, name: str = "supervisor") -> Daemon:
+    """Start a supervisor, remember it for teardown, wait until it says it started."""
+    d = Daemon(config, *args, name=name)
+    daemons.append(d)
+    wait_for(lambda: "foldermill started" in d.log() or not d.alive(), 30, f"{name} to start")
+    assert d.alive() or "--once" in args, d.log()
+    return d
+
+
+def event_time(entry: dict[str, Any]) -> float:
+    """A journal entry's "ts" (UTC, millisecond precision) as a Unix time."""
+    ts = entry["ts"]
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000

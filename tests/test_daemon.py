@@ -1,0 +1,345 @@
+"""The supervisor daemon with real processes, real files and real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import BASE_CONFIG, alive, drop, event_time, folder, journal, start, wait_for, write_config
+
+BEHAVE = '''
+import ctypes, os, pathlib, time
+
+class Behave:
+    """Upper-cases lines; some lines make it misbehave on purpose."""
+    emits = ["end"]
+
+    def __init__(self, flags=""):
+        self.flags = pathlib.Path(flags)
+
+    def process(self, lines):
+        for line in lines:
+            word, _, arg = line.partition(" ")
+            if word == "EXIT":
+                os._exit(3)
+            if word == "SEGV":
+                ctypes.string_at(0)
+            if word == "ONCE":  # crash on the first attempt only
+                flag = self.flags / arg
+                if not flag.exists():
+                    flag.touch()
+                    os._exit(4)
+            if word == "PID":
+                (self.flags / arg).write_text(str(os.getpid()))
+            if word == "SLEEP":
+                time.sleep(float(arg))
+            if word == "ALLOC":
+                hog = b"x" * (int(arg) << 20)
+                time.sleep(3)
+                del hog
+            yield "end", line.upper()
+'''
+
+
+def behave_config(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "behave.py").write_text(BEHAVE)
+    (tmp_path / "flags").mkdir(exist_ok=True)
+    pipeline = f'[pipeline.nodes.start]\nprocessor = "behave:Behave"\nflags = "{tmp_path / "flags"}"\n'
+    text = BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', "")
+    return write_config(tmp_path, text, textwrap.dedent(extra) + pipeline)
+
+
+def outcome(watch: Path, name: str) -> str:
+    for where in ("processed", "failed", "unprocessed", "underprocess"):
+        if name in folder(watch, where):
+            return where
+    return "missing"
+
+
+def all_done(watch: Path, names: list[str]) -> bool:
+    return all(outcome(watch, n) in ("processed", "failed") for n in names)
+
+
+# -- 1. lifecycle ------------------------------------------------------------------------------
+
+
+def test_lifecycle_files_at_start_and_dropped_while_running(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    for i in range(5):
+        drop(watch, f"early-{i}.log", f"early {i}\nline two\n")
+    (watch / "unprocessed" / ".hidden").write_text("hidden\n")
+    (watch / "unprocessed" / "partial.tmp").write_text("not yet\n")
+    d = start(daemons, config)
+    for i in range(5):
+        drop(watch, f"late-{i}.log", f"late {i}\n")
+    names = [f"early-{i}.log" for i in range(5)] + [f"late-{i}.log" for i in range(5)]
+    wait_for(lambda: folder(watch, "processed") == sorted(names), 30, "all ten files in processed/")
+    assert (watch / "output" / "early-3.log").read_text() == "EARLY 3\nLINE TWO\n"
+    assert (watch / "output" / "late-4.log").read_text() == "LATE 4\n"
+    # Hidden and excluded names are never touched.
+    assert sorted(os.listdir(watch / "unprocessed")) == [".hidden", "partial.tmp"]
+    assert folder(watch, "underprocess") == [] and folder(watch, "failed") == []
+    events = journal(watch)
+    assert sorted(e["file"] for e in events if e["event"] == "processed") == sorted(names)
+    assert d.stop() == 0
+
+
+def test_once_processes_what_is_ready_and_exits(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    for i in range(20):
+        drop(watch, f"f{i:02d}.txt", f"line {i}\n")
+    d = start(daemons, config, "--once")
+    assert d.wait(60) == 0, d.log()
+    assert len(folder(watch, "processed")) == 20 and folder(watch, "unprocessed") == []
+
+
+def test_a_name_already_processed_gets_a_unique_suffix(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "same.log", "first\n")
+    wait_for(lambda: folder(watch, "processed") == ["same.log"], 20, "the first same.log processed")
+    drop(watch, "same.log", "second\n")
+    wait_for(lambda: folder(watch, "processed") == ["same-1.log", "same.log"], 20, "the second one as same-1.log")
+    assert (watch / "output" / "same.log").read_text() == "FIRST\n"
+    assert (watch / "output" / "same-1.log").read_text() == "SECOND\n"
+    assert (watch / "processed" / "same-1.log").read_text() == "second\n"
+
+
+# -- 2. worker crashes ---------------------------------------------------------------------------
+
+
+def test_a_crashing_file_costs_attempts_then_fails_while_others_flow(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "exit.log", "fine\nEXIT\n")
+    drop(watch, "segv.log", "SEGV\n")
+    drop(watch, "once.log", "ONCE once-flag\nfine\n")
+    for i in range(10):
+        drop(watch, f"ok-{i}.log", f"ok {i}\n")
+    names = ["exit.log", "segv.log", "once.log"] + [f"ok-{i}.log" for i in range(10)]
+    wait_for(lambda: all_done(watch, names), 60, "every file processed or failed")
+    assert folder(watch, "failed") == ["exit.log", "segv.log"]
+    assert "exited with status 3" in (watch / "failed" / "exit.log.reason").read_text()
+    assert "SIGSEGV" in (watch / "failed" / "segv.log.reason").read_text()
+    assert outcome(watch, "once.log") == "processed"
+    assert (watch / "output" / "once.log").read_text() == "ONCE ONCE-FLAG\nFINE\n"
+    assert all(outcome(watch, f"ok-{i}.log") == "processed" for i in range(10))
+    events = journal(watch)
+    retried = [e for e in events if e["event"] == "retried"]
+    assert {e["file"] for e in retried} == {"exit.log", "segv.log", "once.log"}
+    assert not (watch / "output" / "exit.log").exists()  # no partial output of a failed file
+    assert not [n for n in os.listdir(watch / "output") if n.endswith(".tmp")]
+
+
+def test_sigkill_of_a_busy_worker_retries_its_file(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "busy.log", "PID busy.pid\nSLEEP 3\nafter\n")
+    pid_file = tmp_path / "flags" / "busy.pid"
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "the worker to start busy.log"))
+    pid_file.unlink()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: outcome(watch, "busy.log") == "processed", 30, "busy.log processed on its second attempt")
+    assert (watch / "output" / "busy.log").read_text() == "PID BUSY.PID\nSLEEP 3\nAFTER\n"
+    retried = [e for e in journal(watch) if e["event"] == "retried"]
+    assert len(retried) == 1 and "SIGKILL" in retried[0]["reason"] and retried[0]["worker"] == pid
+    assert [w.pid for w in d.workers()] and pid not in [w.pid for w in d.workers()]
+
+
+# -- 3. supervisor crash --------------------------------------------------------------------------
+
+
+def test_sigkill_of_the_supervisor_then_restart_processes_everything_once(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path, "[workers]\n") if False else behave_config(tmp_path)
+    config.write_text(config.read_text().replace("count = 1", "count = 2\nbatch_files = 4"))
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = [f"f{i:03d}.log" for i in range(120)]
+    for name in names:
+        drop(watch, name, f"{name}\nSLEEP 0.02\nend of {name}\n")
+    d = start(daemons, config)
+    wait_for(lambda: len(folder(watch, "processed")) >= 20, 60, "some files processed")
+    children = [c.pid for c in d.children()]
+    assert len(children) >= 3  # manager + 2 workers
+    d.kill()
+    wait_for(lambda: not alive(children), 10, "workers and manager to die with their supervisor")
+    assert folder(watch, "underprocess")  # it died with files in flight
+    d2 = start(daemons, config, "--once")
+    assert d2.wait(120) == 0, d2.log()
+    assert folder(watch, "processed") == names
+    assert folder(watch, "underprocess") == [] and folder(watch, "unprocessed") == []
+    for name in names:
+        assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.02\nEND OF {name.upper()}\n"
+    assert sorted(os.listdir(watch / "output")) == names  # nothing twice, no temp files
+
+
+# -- 5. partial writes ---------------------------------------------------------------------------
+
+
+def _slow_writer(path: Path, lines: int, pause_s: float, reopen: bool) -> None:
+    if reopen:
+        for i in range(lines):
+            with open(path, "a") as f:
+                f.write(f"line {i}\n")
+            time.sleep(pause_s)
+        return
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write(f"line {i}\n")
+            f.flush()
+            time.sleep(pause_s)
+
+
+@pytest.mark.parametrize("reopen", [False, True], ids=["held-open", "reopened-per-line"])
+def test_a_slow_writer_is_not_claimed_before_it_is_done(tmp_path: Path, daemons, reopen: bool) -> None:
+    # A writer that reopens the file for every line is only protected by settle, which
+    # must exceed its pauses: 1 s against 0.12 s leaves room for a loaded machine.
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("settle = 0.3", "settle = 1.0"))
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    target = watch / "unprocessed" / "slow.log"
+    writer = threading.Thread(target=_slow_writer, args=(target, 25, 0.12, reopen))
+    writer.start()
+    seen_early = []
+    while writer.is_alive():
+        if outcome(watch, "slow.log") in ("underprocess", "processed", "failed"):
+            seen_early.append(outcome(watch, "slow.log"))
+        writer.join(timeout=0.05)
+    assert not seen_early, "claimed while the writer was still writing"
+    wait_for(lambda: outcome(watch, "slow.log") == "processed", 20, "slow.log processed after the writer finished")
+    assert (watch / "output" / "slow.log").read_text() == "".join(f"LINE {i}\n" for i in range(25))
+
+
+def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    latencies = []
+    for i in range(5):
+        tmp = watch / "unprocessed" / f"x{i}.tmp"
+        tmp.write_text("hello\n")
+        renamed_at = time.time()
+        os.rename(tmp, watch / "unprocessed" / f"x{i}")
+        wait_for(lambda i=i: outcome(watch, f"x{i}") == "processed", 10, f"x{i} processed")
+        claimed = next(e for e in journal(watch) if e["event"] == "claimed" and e["file"] == f"x{i}")
+        latencies.append(event_time(claimed) - renamed_at)
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.1, latencies
+
+
+# -- 6. limits ---------------------------------------------------------------------------------
+
+
+def test_file_timeout_kills_the_worker_and_costs_an_attempt(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path, "")
+    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 1\nfile_timeout = 1"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    before = wait_for(lambda: [w.pid for w in d.workers()], 20, "a worker")
+    drop(watch, "sleepy.log", "SLEEP 30\n")
+    drop(watch, "fine.log", "fine\n")
+    wait_for(lambda: all_done(watch, ["sleepy.log", "fine.log"]), 30, "both files done")
+    assert outcome(watch, "sleepy.log") == "failed" and outcome(watch, "fine.log") == "processed"
+    assert "file_timeout = 1s" in (watch / "failed" / "sleepy.log.reason").read_text()
+    after = wait_for(lambda: [w.pid for w in d.workers()], 20, "a replacement worker")
+    assert not set(before) & set(after)
+
+
+def test_max_memory_kills_the_worker_and_costs_an_attempt(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path, "")
+    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 1\nmax_memory_mb = 150"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    before = wait_for(lambda: [w.pid for w in d.workers()], 20, "a worker")
+    drop(watch, "hog.log", "ALLOC 400\n")
+    wait_for(lambda: all_done(watch, ["hog.log"]), 30, "hog.log done")
+    assert outcome(watch, "hog.log") == "failed"
+    assert "max_memory_mb = 150" in (watch / "failed" / "hog.log.reason").read_text()
+    after = wait_for(lambda: [w.pid for w in d.workers()], 20, "a replacement worker")
+    assert not set(before) & set(after)
+
+
+# -- 7. graceful stop --------------------------------------------------------------------------
+
+
+def test_sigterm_lets_in_flight_files_finish(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "inflight.log", "PID inflight.pid\nSLEEP 1\ndone\n")
+    wait_for(lambda: (tmp_path / "flags" / "inflight.pid").exists(), 20, "inflight.log to start")
+    children = [c.pid for c in d.children()]
+    assert d.stop() == 0
+    assert outcome(watch, "inflight.log") == "processed"
+    assert folder(watch, "underprocess") == []
+    wait_for(lambda: not alive(children), 10, "no child to outlive the supervisor")
+    assert "Traceback" not in d.log()
+
+
+def test_sigterm_past_the_grace_period_returns_files_to_unprocessed(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("shutdown_grace = 10", "shutdown_grace = 0.5"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "long.log", "PID long.pid\nSLEEP 30\n")
+    wait_for(lambda: (tmp_path / "flags" / "long.pid").exists(), 20, "long.log to start")
+    assert d.stop() == 0
+    assert outcome(watch, "long.log") == "unprocessed"
+    assert folder(watch, "underprocess") == []
+    assert [e["event"] for e in journal(watch) if e["file"] == "long.log"][-1] == "requeued"
+
+
+# -- 8. bad input ------------------------------------------------------------------------------
+
+
+def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    secret = tmp_path / "outside-secret.txt"
+    secret.write_text("TOP SECRET\n")
+    unp = watch / "unprocessed"
+    drop(watch, "empty.log", "")
+    drop(watch, "binary.bin", b"\x7fELF\x00\x01\x02\n")
+    drop(watch, "latin1.log", b"caf\xe9\n")
+    drop(watch, "with space.log", "a b\n")
+    drop(watch, "ünïcødé.log", "ü\n")
+    drop(watch, "new\nline.log", "nl\n")
+    unreadable = drop(watch, "unreadable.log", "locked\n")
+    os.chmod(unreadable, 0)
+    os.symlink(secret, unp / "link.log")
+    (unp / "adir").mkdir()
+    names = ["empty.log", "binary.bin", "latin1.log", "with space.log", "ünïcødé.log", "new\nline.log",
+             "unreadable.log", "link.log", "adir"]
+    wait_for(lambda: all_done(watch, names), 30, "every bad input handled")
+    assert outcome(watch, "empty.log") == "processed" and (watch / "output" / "empty.log").read_text() == ""
+    for name in ("with space.log", "ünïcødé.log", "new\nline.log"):
+        assert outcome(watch, name) == "processed", name
+    assert (watch / "output" / "ünïcødé.log").read_text() == "Ü\n"
+    reasons = {n: (watch / "failed" / f"{n}.reason").read_text() for n in folder(watch, "failed")}
+    assert "binary file: NUL byte" in reasons["binary.bin"] and "line 1" in reasons["binary.bin"]
+    assert "cannot decode byte 0xe9" in reasons["latin1.log"]
+    assert "is a symlink" in reasons["link.log"] and "is a directory" in reasons["adir"]
+    assert os.path.islink(watch / "failed" / "link.log")  # moved as a link, never followed
+    assert not any("SECRET" in p.read_text() for p in (watch / "output").iterdir() if p.is_file())
+    if os.geteuid() == 0:  # root reads a chmod 000 file anyway
+        assert outcome(watch, "unreadable.log") == "processed"
+    else:
+        assert "Permission denied" in reasons["unreadable.log"]
+    assert d.alive()
+    drop(watch, "after.log", "still here\n")
+    wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the bad ones")
