@@ -460,6 +460,7 @@ class Supervisor:
             self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
                           lines_out=res.lines_out, skipped=len(res.skipped),
                           output=[final for _, final in res.staged])
+        self._flush_journal()  # as close to the moves as possible: a SIGKILL loses less
         assert self.store is not None
         self.store.finished(done)
         self.store.add_totals({"files_processed": len(batch), "lines_processed": sum(r.lines_in for _, r, _ in batch)})

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,7 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
             return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last seen: {last!r}")
-        time.sleep(interval_s)
+        threading.Event().wait(interval_s)
 
 
 def write_config(directory: Path, text: str = BASE_CONFIG, extra: str = "") -> Path:
@@ -165,3 +166,9 @@ def event_time(entry: dict[str, Any]) -> float:
     """A journal entry's "ts" (UTC, millisecond precision) as a Unix time."""
     ts = entry["ts"]
     return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+
+
+def pace(seconds: float) -> None:
+    """Let time pass on purpose: the cadence of a slow producer or of chaos, never a
+    wait for some state (that is ``wait_for``)."""
+    threading.Event().wait(seconds)

@@ -11,10 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import BASE_CONFIG, alive, drop, event_time, folder, journal, start, wait_for, write_config
+from tests.daemon import (
+    BASE_CONFIG,
+    alive,
+    drop,
+    event_time,
+    folder,
+    journal,
+    pace,
+    start,
+    wait_for,
+    write_config,
+)
 
 BEHAVE = '''
-import ctypes, os, pathlib, time
+import ctypes, os, pathlib, threading
 
 class Behave:
     """Upper-cases lines; some lines make it misbehave on purpose."""
@@ -38,10 +49,10 @@ class Behave:
             if word == "PID":
                 (self.flags / arg).write_text(str(os.getpid()))
             if word == "SLEEP":
-                time.sleep(float(arg))
+                threading.Event().wait(float(arg))
             if word == "ALLOC":
                 hog = b"x" * (int(arg) << 20)
-                time.sleep(3)
+                threading.Event().wait(3)
                 del hog
             yield "end", line.upper()
 '''
@@ -194,13 +205,13 @@ def _slow_writer(path: Path, lines: int, pause_s: float, reopen: bool) -> None:
         for i in range(lines):
             with open(path, "a") as f:
                 f.write(f"line {i}\n")
-            time.sleep(pause_s)
+            pace(pause_s)
         return
     with open(path, "w") as f:
         for i in range(lines):
             f.write(f"line {i}\n")
             f.flush()
-            time.sleep(pause_s)
+            pace(pause_s)
 
 
 @pytest.mark.parametrize("reopen", [False, True], ids=["held-open", "reopened-per-line"])
