@@ -7,6 +7,7 @@ import io
 import os
 import random
 import signal
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,6 +125,24 @@ def test_chaos_random_sigkills_of_workers_and_supervisors(tmp_path: Path, daemon
     seconds = float(os.environ.get("FOLDERMILL_CHAOS_SECONDS", "25"))
     files = int(os.environ.get("FOLDERMILL_CHAOS_FILES", "2000"))
     config = shipped_config(tmp_path, workers=1, max_attempts=1000, settle=0.1)
+    # Each file costs its worker ~4 ms more, so that the run lasts long enough for chaos.
+    (tmp_path / "dawdle.py").write_text(textwrap.dedent("""
+        import threading
+
+        class Dawdle:
+            emits = ["end"]
+
+            def process(self, lines):
+                for line in lines:
+                    yield "end", line
+
+            def finish(self):
+                threading.Event().wait(0.004)
+                return ()
+    """))
+    config.write_text(config.read_text().replace('default = "end"', 'default = "dawdle"').replace(
+        'output = "errors"\nnext = "end"', 'output = "errors"\nnext = "dawdle"')
+        + '\n[pipeline.nodes.dawdle]\nprocessor = "dawdle:Dawdle"\n')
     watch = tmp_path / "watch_dir"
     (watch / "unprocessed").mkdir(parents=True)
     names = [f"c{i:05d}.log" for i in range(files)]
@@ -134,7 +153,7 @@ def test_chaos_random_sigkills_of_workers_and_supervisors(tmp_path: Path, daemon
     kills = Counter()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and len(folder(watch, "processed")) < files:
-        pace(rng.uniform(0.2, 0.6))
+        pace(rng.uniform(0.1, 0.4))
         victim = rng.choice(running)
         workers = victim.workers()
         if workers and rng.random() < 0.6:

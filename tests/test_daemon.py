@@ -354,3 +354,111 @@ def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Pa
     assert d.alive()
     drop(watch, "after.log", "still here\n")
     wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the bad ones")
+
+
+# -- attempts, retries, crash loops, start-up errors ------------------------------------------
+
+
+def test_attempt_counts_survive_a_supervisor_restart(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 3").replace(
+        "retry_backoff = 0.1", "retry_backoff = 30"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "poison.log", "EXIT\n")
+    wait_for(lambda: [e for e in journal(watch) if e["event"] == "retried"], 20, "the first failed attempt")
+    assert d.stop() == 0
+    # Restart with no backoff: the file needs two more deaths, not three.
+    config.write_text(config.read_text().replace("retry_backoff = 30", "retry_backoff = 0.05"))
+    start(daemons, config)
+    wait_for(lambda: outcome(watch, "poison.log") == "failed", 30, "poison.log in failed/")
+    attempts = [e["attempt"] for e in journal(watch) if e["event"] in ("retried", "failed")]
+    assert attempts == [1, 2, 3]
+    assert "attempt 3 of 3" in (watch / "failed" / "poison.log.reason").read_text()
+
+
+def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "once.log", "ONCE first\n")
+    config_text = config.read_text()
+    assert "max_attempts = 2" in config_text
+    wait_for(lambda: outcome(watch, "once.log") == "processed", 20, "once.log processed on its second attempt")
+    drop(watch, "bad.log", "EXIT\n")
+    wait_for(lambda: outcome(watch, "bad.log") == "failed", 20, "bad.log in failed/")
+    # The operator fixes the cause (here: the line that kills the worker) and moves it back.
+    (watch / "failed" / "bad.log").write_text("fixed\n")
+    os.rename(watch / "failed" / "bad.log", watch / "unprocessed" / "bad.log")
+    wait_for(lambda: outcome(watch, "bad.log") == "processed", 20, "bad.log processed after the retry")
+    assert (watch / "output" / "bad.log").read_text() == "FIXED\n"
+
+
+def test_a_worker_that_dies_right_after_start_is_backed_off(tmp_path: Path, daemons) -> None:
+    # The module imports fine in the supervisor (config check) but kills every worker.
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        import multiprocessing, os
+        if multiprocessing.current_process().name.startswith("foldermill-worker"):
+            os._exit(7)
+        def process(lines):
+            for line in lines:
+                yield "end", line
+    """))
+    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "broken:process"'))
+    d = start(daemons, config)
+    wait_for(lambda: "crash-looping" in d.log(), 30, "the crash-loop report")
+    deaths = d.log().count("exited with status 7")
+    assert 3 <= deaths <= 4, d.log()
+    assert "next start in" in d.log()
+    assert d.alive()
+
+
+def test_journal_rotates_by_size_and_keeps_every_transition(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path, BASE_CONFIG.replace("settle = 0.3", "settle = 0.3\njournal_max_mb = 0.002\n"
+                                                                         "journal_keep = 50"))
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = [f"r{i:03d}.log" for i in range(60)]
+    for name in names:
+        drop(watch, name, "x\n")
+    d = start(daemons, config, "--once")
+    assert d.wait(60) == 0
+    rotated = sorted(p.name for p in watch.glob("input.log.*"))
+    assert len(rotated) >= 2, rotated  # one write per step, so a rotation per step at most
+    events = journal(watch)
+    assert sorted(e["file"] for e in events if e["event"] == "claimed") == names
+    assert sorted(e["file"] for e in events if e["event"] == "processed") == names
+
+
+def test_ready_marker_decides_and_is_consumed_with_the_file(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path, BASE_CONFIG.replace("settle = 0.3", 'settle = 0.3\nready_marker = "{name}.ready"'))
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "batch.csv", "a,b\n")
+    drop(watch, "other.csv", "c\n")
+    drop(watch, "other.csv.ready", "")
+    wait_for(lambda: outcome(watch, "other.csv") == "processed", 20, "other.csv (it has its marker)")
+    assert outcome(watch, "batch.csv") == "unprocessed"
+    drop(watch, "batch.csv.ready", "")
+    wait_for(lambda: outcome(watch, "batch.csv") == "processed", 20, "batch.csv once its marker came")
+    assert sorted(os.listdir(watch / "unprocessed")) == [".gitkeep"] or not os.listdir(watch / "unprocessed")
+
+
+def test_start_up_errors_exit_3_with_a_clear_message(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path, BASE_CONFIG.replace('dir = "watch_dir"', 'dir = "/proc/foldermill-nope"'))
+    d = start(daemons, config, "--once")
+    assert d.wait(30) == 3
+    assert "cannot create the queue folders in /proc/foldermill-nope" in d.log()
+    # processed/ on another filesystem: rename would not be atomic.
+    other = Path("/dev/shm") / f"fm-test-{os.getpid()}"
+    other.mkdir(exist_ok=True)
+    try:
+        config = write_config(tmp_path)
+        watch = tmp_path / "watch_dir"
+        (watch / "unprocessed").mkdir(parents=True)
+        os.symlink(other, watch / "processed")
+        d = start(daemons, config, "--once")
+        assert d.wait(30) == 3
+        assert "different filesystems" in d.log()
+    finally:
+        os.rmdir(other)
