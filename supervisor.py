@@ -58,7 +58,7 @@ from workers.worker import (
     JobItem,
     JobResult,
     WorkerArgs,
-    die_with_parent,
+    manager_init,
     worker_main,
 )
 
@@ -274,13 +274,16 @@ class Supervisor:
 
     def start(self) -> None:
         self.queue.prepare()
+        # The manager is forked first, while this process holds no lock, no database
+        # and no thread (forking is ~50x quicker than spawning it). Workers are spawned:
+        # they start after claims began, and must inherit nothing.
+        self.manager = SyncManager(ctx=mp.get_context("fork"))
+        self.manager.start(initializer=manager_init, initargs=(os.getpid(),))
+        self.ctx = mp.get_context("spawn")
         self.store = Store(self.queue.state_dir / "state.db")
         w = self.config.watch
         self.journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                                self.queue.locks_dir / "journal.lock")
-        self.ctx = mp.get_context("spawn")
-        self.manager = SyncManager(ctx=self.ctx)
-        self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
         self.state = self.manager.dict()
         self.results = self.manager.Queue()
         self.progress = self.ctx.RawArray("d", self.options.workers * SLOT_SIZE)
@@ -431,6 +434,8 @@ class Supervisor:
                 continue
             if res.ok:
                 self.to_commit.append((flight, res, result.pid))
+                if self.options.once:
+                    self.scan_due = True  # --once: look again soon, to notice we are done
             else:
                 self._attempt_failed(flight, res.reason, res.permanent, result.pid, "error")
 
@@ -803,12 +808,6 @@ def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:
     now = time.time()
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return {"ts": ts, "event": event, "file": name, **fields}
-
-
-def _manager_init(parent_pid: int) -> None:
-    """The manager process dies with the supervisor and leaves SIGINT to it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent_pid, "fm-manager")
 
 
 def _syncfs(path: Path) -> None:

@@ -16,7 +16,8 @@ from typing import IO
 
 from workers.engine import OutputSink
 
-BUFFER_BYTES = 1 << 20
+# 64 KiB: a bigger buffer is an mmap per stream (glibc), ~0.4 ms per file opened.
+BUFFER_BYTES = 64 * 1024
 
 
 def unique_name(name: str, taken: Callable[[str], bool]) -> str:
@@ -94,8 +95,9 @@ class StagedOutputs:
 
 def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> list[Path]:
     finals = []
+    base = str(out_dir) + "/"
     for temp, final in pairs:
-        os.replace(out_dir / temp, out_dir / final)
+        os.replace(base + temp, base + final)
         finals.append(out_dir / final)
     if durable:
         _fsync_dir(out_dir)

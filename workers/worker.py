@@ -181,6 +181,13 @@ def die_with_parent(parent_pid: int, title: str) -> None:
         os._exit(1)
 
 
+def manager_init(parent_pid: int) -> None:
+    """Runs first in the manager's server process: it dies with the supervisor and
+    leaves SIGINT (a terminal's Ctrl-C reaches the whole group) to the supervisor."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid, "fm-manager")
+
+
 def _install_signals() -> list[bool]:
     """SIGINT is the supervisor's to handle (a terminal sends it to the whole group);
     SIGTERM asks the worker to stop after its current job."""

@@ -107,6 +107,7 @@ class Measure:
     seconds: float
     startup: float | None = None  # foldermill: process start -> first "claimed"
     tail: float | None = None  # foldermill: last "processed" -> process exit
+    warnings: int = 0  # foldermill: WARNING/ERROR lines in its log
 
 
 @dataclass
@@ -179,7 +180,7 @@ def fresh_watch_dir(watch: Path, workload: Workload) -> None:
     os.sync()
 
 
-def check_done(watch: Path, workload: Workload, who: str) -> None:
+def check_done(watch: Path, workload: Workload, who: str, log: str = "") -> None:
     """Every input in processed/ with its main output; nothing left in the queue."""
     processed, outputs = set(folder(watch, "processed")), set(folder(watch, "output"))
     missing = [n for n in workload.names if n not in processed or n not in outputs]
@@ -189,7 +190,7 @@ def check_done(watch: Path, workload: Workload, who: str) -> None:
         raise BenchError(
             f"{who}: {len(missing)} of {len(workload.names)} files lack processed/ or output/ "
             f"(first: {missing[:3]}); left behind: { {f: len(v) for f, v in left.items()} }, "
-            f"staged outputs: {len(staged)}; see {watch.parent}")
+            f"staged outputs: {len(staged)}" + (f"; its log ends:\n{log[-2000:]}" if log else ""))
 
 
 # -- the floor ---------------------------------------------------------------------------------
@@ -277,8 +278,8 @@ def wait_exit(proc: subprocess.Popen, timeout_s: float) -> int:
     return code
 
 
-def run_supervisor_once(config: Path, workers: int) -> tuple[float, float, float]:
-    """Run ``--once`` in its own process group; (seconds, wall start, wall end)."""
+def run_supervisor_once(config: Path, workers: int) -> tuple[float, float, float, str]:
+    """Run ``--once`` in its own process group; (seconds, wall start, wall end, its log)."""
     log_path = config.parent / f"{config.stem}.log"
     cmd = [sys.executable, str(SUPERVISOR), "-c", str(config), "--once", "--workers", str(workers)]
     with open(log_path, "w") as log:
@@ -292,11 +293,12 @@ def run_supervisor_once(config: Path, workers: int) -> tuple[float, float, float
         except BaseException:
             kill_group(proc.pid)
             raise
+    text = log_path.read_text(errors="replace")
     if code != 0:
-        raise BenchError(f"supervisor exited with status {code}; log {log_path}:\n{log_path.read_text()[-2000:]}")
+        raise BenchError(f"supervisor exited with status {code}; its log ends:\n{text[-2000:]}")
     if left:
         raise BenchError(f"supervisor exited but left processes behind (killed): {left}")
-    return seconds, wall_start, wall_end
+    return seconds, wall_start, wall_end, text
 
 
 def wait_for_group_exit(pgid: int, timeout_s: float = 5.0) -> list[int]:
@@ -310,9 +312,9 @@ def wait_for_group_exit(pgid: int, timeout_s: float = 5.0) -> list[int]:
 
 
 def run_foldermill(config: Path, workload: Workload, workers: int) -> Measure:
-    seconds, wall_start, wall_end = run_supervisor_once(config, workers)
+    seconds, wall_start, wall_end, log = run_supervisor_once(config, workers)
     watch = config.parent / "watch_dir"
-    check_done(watch, workload, config.stem)
+    check_done(watch, workload, config.stem, log)
     entries = journal(watch)
     claimed = [parse_ts(e["ts"]) for e in entries if e["event"] == "claimed"]
     done = [e for e in entries if e["event"] == "processed"]
@@ -321,7 +323,8 @@ def run_foldermill(config: Path, workload: Workload, workers: int) -> Measure:
         raise BenchError(f"{config.stem}: journal has {len(done)} processed files, {lines} lines; "
                          f"expected {len(workload.files)}, {workload.lines}")
     last = max(parse_ts(e["ts"]) for e in done)
-    return Measure(seconds, min(claimed) - wall_start, wall_end - last)
+    warnings = sum(1 for line in log.splitlines() if " WARNING " in line or " ERROR " in line)
+    return Measure(seconds, min(claimed) - wall_start, wall_end - last, warnings)
 
 
 def parse_ts(ts: str) -> float:
@@ -354,10 +357,12 @@ def run_contender(name: str, run_dir: Path, workload: Workload, workers: int) ->
 
 
 def describe(name: str, m: Measure, workload: Workload) -> str:
-    text = (f"{name:<26} {m.seconds:8.2f} s {len(workload.files) / m.seconds:10,.0f} files/s "
+    text = (f"{name:<26} {m.seconds:7.2f} s {len(workload.files) / m.seconds:10,.0f} files/s "
             f"{workload.lines / m.seconds:12,.0f} lines/s")
     if m.startup is not None and m.tail is not None:
         text += f"   (start -> first claim {m.startup:.2f} s, last commit -> exit {m.tail:.2f} s)"
+    if m.warnings:
+        text += f"   {m.warnings} WARNING/ERROR log lines"
     return text
 
 
@@ -429,18 +434,21 @@ def report_workload(workload: Workload, results: Results, args: argparse.Namespa
     size = sum(f.stat().st_size for f in workload.files) / files
     print(f"\n{workload.name}: {files:,} files x {workload.lines // files:,} lines (~{size / 1024:,.1f} KiB each), "
           f"{args.runs} runs (medians), {args.workers} workers")
-    print(f"  {'':<26} {'seconds':>8}   {'files/s':>10}         {'lines/s':>12}")
+    print(f"  {'':<34} {'seconds':>8} {'files/s':>10} {'lines/s':>12}")
     seconds = {c: results.median(c) for c in CONTENDERS}
     for c in CONTENDERS:
         s = seconds[c]
-        print(f"  {c:<26} {s:8.2f}   {files / s:10,.0f}         {workload.lines / s:12,.0f}")
+        print(f"  {c:<34} {s:8.2f} {files / s:10,.0f} {workload.lines / s:12,.0f}")
     unit, target = TARGETS[workload.name]
     for c, label in ((DURABLE, "foldermill"), (NOT_DURABLE, "durable=false")):
         ratio = seconds[FLOOR] / seconds[c]  # same work: the rate ratio is the inverse time ratio
         verdict = f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})" if c == DURABLE else ""
-        print(f"  {f'ratio {label}/floor, {unit}':<26} {ratio:8.2f}{verdict}")
+        print(f"  {f'ratio {label}/floor, {unit}':<34} {ratio:8.2f}{verdict}")
     startup, tail = results.median(DURABLE, "startup"), results.median(DURABLE, "tail")
     print(f"  foldermill fixed costs: start -> first claim {startup:.2f} s, last commit -> exit {tail:.2f} s")
+    warnings = sum(m.warnings for c in (DURABLE, NOT_DURABLE) for m in results.runs[c])
+    if warnings:
+        print(f"  foldermill logged {warnings} WARNING/ERROR lines over all runs")
 
 
 def report_latency(latencies: list[float]) -> None:
