@@ -434,8 +434,9 @@ class Supervisor:
                 continue
             if res.ok:
                 self.to_commit.append((flight, res, result.pid))
-                if self.options.once:
-                    self.scan_due = True  # --once: look again soon, to notice we are done
+                if self.options.trace:
+                    for line_no, route in res.routes:
+                        log.info("route %r line %d: %s", name, line_no, " -> ".join(route))
             else:
                 self._attempt_failed(flight, res.reason, res.permanent, result.pid, "error")
 
@@ -661,7 +662,9 @@ class Supervisor:
             self._dispatch(pending, slots)
 
     def _claim(self, now: float, limit: int) -> list[Flight]:
-        if self.scan_due or now - self.last_scan >= self.config.watch.poll_interval or self._settling_due(now):
+        # --once also rescans as soon as it runs dry, to notice promptly that it is done.
+        dry = self.options.once and not self.backlog and not self.flights
+        if self.scan_due or dry or now - self.last_scan >= self.config.watch.poll_interval or self._settling_due(now):
             self._scan(now)
         picked = []
         while self.backlog and len(picked) < limit:

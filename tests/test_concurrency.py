@@ -25,16 +25,20 @@ SHIPPED = (Path(__file__).resolve().parents[1] / "config.toml").read_text()
 
 def shipped_config(tmp_path: Path, workers: int = 1, max_attempts: int = 3, settle: float = 0.3) -> Path:
     """The shipped pipeline with test-friendly queue settings."""
-    text = SHIPPED.replace("[pipeline]\n", f"""[workers]
+    pipeline = SHIPPED[SHIPPED.index("[pipeline]\n"):]
+    return write_config(tmp_path, f"""[watch]
+dir = "watch_dir"
+poll_interval = 0.2
+settle = {settle}
+
+[workers]
 count = {workers}
 max_attempts = {max_attempts}
 retry_backoff = 0.05
 batch_files = 16
 shutdown_grace = 5
 
-[pipeline]
-""").replace('dir = "watch_dir"', f'dir = "watch_dir"\npoll_interval = 0.2\nsettle = {settle}')
-    return write_config(tmp_path, text)
+""" + pipeline)
 
 
 def log_content(i: int) -> str:

@@ -11,7 +11,6 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,7 @@ class NodeSpec:
         """A fresh processor for one file (a plain function is shared: it has no state)."""
         if not self.is_class:
             return self.factory
-        return self.factory(**deepcopy(dict(self.options)))
+        return self.factory(**{k: _fresh(v) for k, v in self.options.items()})
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,16 @@ class Graph:
             side = f"  [side output <name>.{spec.options['output']}]" if is_sink else ""
             out.append(f"{tag} -> {spec.processor} -> {emits or '(nothing)'}{side}")
         return out
+
+
+def _fresh(value: Any) -> Any:
+    """A private copy of an option value (TOML gives tables, arrays and scalars): a
+    processor may keep and change what it is given. Much cheaper than deepcopy."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
 
 
 def compile_graph(pipeline: PipelineConfig, import_dir: str | None = None) -> Graph:

@@ -85,7 +85,8 @@ class StagedOutputs:
     def commit(self, durable: bool = True) -> list[Path]:
         """Close, then rename every output into place (the one-process path of ``run``)."""
         pairs = self.close(durable)
-        return rename_staged(self.out_dir, pairs, durable)
+        rename_staged(self.out_dir, pairs, durable)
+        return [self.out_dir / final for _, final in pairs]
 
     def abort(self) -> None:
         for temp, stream in self.staged.values():
@@ -93,15 +94,12 @@ class StagedOutputs:
             temp.unlink(missing_ok=True)
 
 
-def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> list[Path]:
-    finals = []
+def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> None:
     base = str(out_dir) + "/"
     for temp, final in pairs:
         os.replace(base + temp, base + final)
-        finals.append(out_dir / final)
     if durable:
         _fsync_dir(out_dir)
-    return finals
 
 
 def remove_staged(out_dir: Path, token: str) -> None:

@@ -191,7 +191,7 @@ class FolderQueue:
 
     # -- moving on -----------------------------------------------------------------------
 
-    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> Path:
+    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> None:
         """Move a claimed file to processed/ or failed/ under ``final_name`` (with its
         reason beside it in failed/), then release its lock."""
         target_dir = self._proc if folder == "processed" else self._fail
@@ -202,7 +202,6 @@ class FolderQueue:
             os.rename(self._under + name, target)
         finally:
             self.release(name)
-        return Path(target)
 
     def put_back(self, name: str) -> bool:
         """Return a claimed file to unprocessed/ (a failed attempt, or a stop)."""

@@ -13,8 +13,8 @@ Each run copies a workload into a fresh ``watch_dir/unprocessed/`` for each cont
 names, mtime 10 s in the past, so every file is ready at once; then ``sync``, so that no
 contender pays for flushing the copies) and times it, alternating the contenders:
 
-- **floor**: this process, no supervisor: for each file, lock (filelock, the daemon's lock
-  file for the name), rename into underprocess/, run the engine with the shipped pipeline
+- **floor**: this process, no supervisor: for each file, lock (the daemon's own claim
+  lock for the name, ``workers.queue.LockTable``), rename into underprocess/, run the engine with the shipped pipeline
   writing through ``StagedOutputs`` (no fsync), rename into processed/, unlock. The graph is
   compiled before the clock starts.
 - **foldermill**: ``supervisor.py -c CONFIG --once --workers N`` in a subprocess, from its
@@ -53,7 +53,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -63,7 +62,7 @@ from workers.config import load_config  # noqa: E402
 from workers.engine import run_file  # noqa: E402
 from workers.graph import Graph, compile_graph  # noqa: E402
 from workers.outputs import StagedOutputs  # noqa: E402
-from workers.queue import LOCK_COUNT  # noqa: E402
+from workers.queue import LOCK_COUNT, LockTable  # noqa: E402
 
 SUPERVISOR = ROOT / "supervisor.py"
 RUN_TIMEOUT_S = 1800.0  # one contender on one workload
@@ -213,19 +212,20 @@ def floor_loop(graph: Graph, watch: Path) -> int:
     dirs = {n: watch / n for n in ("unprocessed", "underprocess", "processed", "output", ".locks")}
     for d in dirs.values():
         d.mkdir(exist_ok=True)
-    locks: dict[int, FileLock] = {}
+    locks = LockTable(dirs[".locks"])  # the daemon's own claim locks: same cost on both sides
     with os.scandir(dirs["unprocessed"]) as entries:
         names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
     lines = 0
     for name in names:
         index = zlib.crc32(name.encode("utf-8", "surrogateescape")) % LOCK_COUNT
-        lock = locks.get(index)
-        if lock is None:
-            lock = locks[index] = FileLock(dirs[".locks"] / f"{index:04d}.lock", timeout=0, thread_local=False)
-        with lock:
+        if not locks.try_acquire(index):
+            raise BenchError(f"floor: lock {index} is taken")
+        try:
             os.rename(dirs["unprocessed"] / name, dirs["underprocess"] / name)
             lines += floor_file(graph, dirs["underprocess"] / name, dirs["output"])
             os.rename(dirs["underprocess"] / name, dirs["processed"] / name)
+        finally:
+            locks.release(index)
     return lines
 
 
