@@ -42,7 +42,7 @@ from workers.engine import run_file
 from workers.errors import ConfigError, InputError
 from workers.graph import Graph, compile_graph
 from workers.intake import MOVED_IN, start_observer
-from workers.outputs import StagedOutputs, remove_staged, rename_staged, unique_name
+from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
 from workers.store import FileRecord, Journal, Store
@@ -453,7 +453,7 @@ class Supervisor:
         for _, res, _ in batch:
             rename_staged(out, res.staged, durable=False)
         if durable:
-            _fsync_dir(out)
+            fsync_dir(out)
         for flight, res, pid in batch:
             name = flight.record.name
             self.queue.finish(name, flight.record.final_name, "processed")
@@ -823,14 +823,6 @@ def _syncfs(path: Path) -> None:
             os.sync()
     except (OSError, AttributeError):
         os.sync()
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -99,7 +99,7 @@ def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) ->
     for temp, final in pairs:
         os.replace(base + temp, base + final)
     if durable:
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
 
 
 def remove_staged(out_dir: Path, token: str) -> None:
@@ -108,7 +108,7 @@ def remove_staged(out_dir: Path, token: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
