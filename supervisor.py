@@ -37,6 +37,7 @@ from typing import Any
 
 import psutil
 
+from web.server import WebArgs, serve_web
 from workers.config import Config, load_config
 from workers.engine import run_file
 from workers.errors import ConfigError, InputError
@@ -45,10 +46,13 @@ from workers.intake import MOVED_IN, start_observer
 from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
-from workers.store import FileRecord, Journal, Store
+from workers.state import Stats, errors_from_journal
+from workers.store import FileRecord, Journal, Store, read_journal
 from workers.worker import (
+    P_BYTES,
     P_ITEM,
     P_JOB,
+    P_LINES,
     P_PID,
     P_SENT,
     P_STARTED,
@@ -232,6 +236,8 @@ class Slot:
     not_before: float = 0.0
     files_done: int = 0
     rss: int = 0
+    restarts: int = 0
+    cpu: Any = None  # psutil.Process, for CPU %
 
 
 class Supervisor:
@@ -261,8 +267,12 @@ class Supervisor:
         self.last_scan = self.last_recover = self.last_publish = self.last_memory = 0.0
         self.last_summary = time.monotonic()
         self.summary = {"files": 0, "lines": 0, "failed": 0, "retried": 0}
-        self.counters = {"processed": 0, "failed": 0, "retried": 0, "lines": 0}
-        self.restarts: dict[str, int] = {}
+        self.stats = Stats(time.time(), {})
+        self.paused = False
+        self.waiting: dict[str, float] = {}  # unprocessed/ at the last scan: name -> mtime
+        self.web: Any = None
+        self.web_url = ""
+        self.loop_tick = time.time()
         self.once_idle = False
         self.manager: Any = None
         self.store: Store | None = None
@@ -274,6 +284,8 @@ class Supervisor:
 
     def start(self) -> None:
         self.queue.prepare()
+        if self.config.web.enabled:
+            self.web_port = _check_port(self.config.web.host, self.config.web.port)
         # The manager is forked first, while this process holds no lock, no database
         # and no thread (forking is ~50x quicker than spawning it). Workers are spawned:
         # they start after claims began, and must inherit nothing.
@@ -286,13 +298,23 @@ class Supervisor:
                                self.queue.locks_dir / "journal.lock")
         self.state = self.manager.dict()
         self.results = self.manager.Queue()
+        self.commands = self.manager.Queue()
+        self.stats = Stats(time.time(), self.store.totals())
+        tail = list(read_journal(w.dir / "input.log", 1))[-2000:]
+        self.stats.recent_errors.extend(errors_from_journal(tail))
         self.progress = self.ctx.RawArray("d", self.options.workers * SLOT_SIZE)
         self.slots = [Slot(i) for i in range(self.options.workers)]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        threading.Thread(target=self._pump, name="result-pump", daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.results, "result"), name="result-pump", daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.commands, "command"), name="command-pump", daemon=True).start()
+        if self.config.web.enabled:
+            self._start_web()
         self.observer = start_observer(self.queue.unprocessed, self.inbox)
         self._recover(time.monotonic())
+        if self.web is not None:
+            self.web_url = f"http://{_url_host(self.config.web.host)}:{self.web_port}/"
+            log.info("dashboard at %s (JSON: stats, trace, errors, health; Prometheus: metrics)", self.web_url)
         log.info("foldermill started: watching %s with %d workers (supervisor %s)",
                  self.queue.unprocessed, self.options.workers, self.owner)
 
@@ -300,16 +322,28 @@ class Supervisor:
         self.signals += 1
         self.inbox.put(("signal", signum))
 
-    def _pump(self) -> None:
-        """Move job results from the manager's queue to the loop's inbox."""
+    def _pump(self, source: Any, kind: str) -> None:
+        """Move job results (or dashboard commands) from a manager queue to the inbox."""
         while not self._pump_stop.is_set():
             try:
-                result = self.results.get(timeout=0.5)
+                item = source.get(timeout=0.5)
             except queue.Empty:
                 continue
             except (EOFError, OSError):
                 return
-            self.inbox.put(("result", result))
+            self.inbox.put((kind, item))
+
+    def _start_web(self) -> None:
+        """The dashboard runs in its own process: a slow or hostile client cannot stall
+        the loop, and if it dies it is started again (``_check_web``)."""
+        web = self.config.web
+        ready = self.ctx.Event()
+        self.web = self.ctx.Process(target=serve_web, name="foldermill-web", daemon=True,
+                                    args=(WebArgs(os.getpid(), str(self.config.path), dict(self.config.raw),
+                                                  web.host, self.web_port), self.state, self.commands, ready))
+        self.web.start()
+        if not ready.wait(20) or not self.web.is_alive():
+            raise QueueSetupError(f"the dashboard could not start on {web.host}:{self.web_port}")
 
     def run(self) -> int:
         try:
@@ -349,6 +383,9 @@ class Supervisor:
             self.observer.stop()
         for slot in self.slots:
             self._stop_process(slot)
+        if self.web is not None:
+            self.web.kill()
+            self.web.join(timeout=5)
         if self.store is not None:
             self._commit()
             names = [n for n in self.flights]
@@ -388,7 +425,8 @@ class Supervisor:
             self._handle(item)
         self._commit()
         self._check_workers(now)
-        if not self.signals:
+        self.loop_tick = time.time()
+        if not self.signals and not self.paused:
             self._intake(now)
         elif self.redispatch:
             self._return_undispatched()
@@ -404,12 +442,43 @@ class Supervisor:
         kind = item[0]
         if kind == "result":
             self._on_result(item[1])
+        elif kind == "command":
+            self._on_command(item[1])
         elif kind == "fs":
             if item[1] == MOVED_IN:
                 self.readiness.note_moved_in(item[2])
             else:
                 self.readiness.note_written(item[2])
             self.scan_due = True
+
+    def _on_command(self, command: tuple) -> None:
+        """An action from the dashboard (already authorised and validated there)."""
+        action = command[0]
+        if action == "pause":
+            self.paused = True
+            log.info("intake paused from the dashboard")
+        elif action == "resume":
+            self.paused = False
+            self.scan_due = True
+            log.info("intake resumed from the dashboard")
+        elif action == "retry":
+            self._retry_failed(command[1])
+
+    def _retry_failed(self, name: str) -> None:
+        """Move a failed file back to unprocessed/ (its reason file goes); it starts again
+        with fresh attempts, as when an operator moves it by hand."""
+        source = self.queue.failed / name
+        if "/" in name or name in ("", ".", "..") or not os.path.lexists(source):
+            return
+        target = self.queue.unprocessed / name
+        if os.path.lexists(target):
+            log.warning("retry of %r refused: unprocessed/ already holds that name", name)
+            return
+        os.rename(source, target)
+        (self.queue.failed / (name + ".reason")).unlink(missing_ok=True)
+        self.events.append(_event("retry-requested", name, supervisor=self.owner))
+        log.info("retry of failed file %r requested from the dashboard", name)
+        self.scan_due = True
 
     # -- results and commits ---------------------------------------------------------------------
 
@@ -421,6 +490,7 @@ class Supervisor:
             job = orphan[0] if orphan else None
         if job is None:
             return  # stale: its files were requeued after a crash
+        self.stats.merge_nodes(result.nodes)
         if slot is not None:
             slot.rss = result.rss_bytes
             slot.files_done += len(result.items)
@@ -434,11 +504,13 @@ class Supervisor:
                 continue
             if res.ok:
                 self.to_commit.append((flight, res, result.pid))
-                if self.options.trace:
-                    for line_no, route in res.routes:
-                        log.info("route %r line %d: %s", name, line_no, " -> ".join(route))
+                for line_no, route in res.routes:
+                    self.stats.routes.appendleft({"file": name, "line": line_no, "route": route})
+                    log.info("route %r line %d: %s", name, line_no, " -> ".join(route))
             else:
-                self._attempt_failed(flight, res.reason, res.permanent, result.pid, "error")
+                cause = "input" if res.permanent else "error"
+                self._attempt_failed(flight, res.reason, res.permanent, result.pid, cause, res.error_node,
+                                     res.error_line)
 
     def _commit(self) -> None:
         """Group commit: one sync for every output staged since the last step."""
@@ -459,8 +531,7 @@ class Supervisor:
             self.queue.finish(name, flight.record.final_name, "processed")
             self._forget(name)
             done.append((flight.record.id, "processed"))
-            self.counters["processed"] += 1
-            self.counters["lines"] += res.lines_in
+            self.stats.processed(name, res.lines_in, res.seconds, pid, time.time())
             self.summary["files"] += 1
             self.summary["lines"] += res.lines_in
             self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
@@ -471,7 +542,8 @@ class Supervisor:
         self.store.finished(done)
         self.store.add_totals({"files_processed": len(batch), "lines_processed": sum(r.lines_in for _, r, _ in batch)})
 
-    def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str) -> None:
+    def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
+                        node: str = "", line: int | None = None) -> None:
         """One attempt failed: back to unprocessed/ with a backoff, or to failed/."""
         assert self.store is not None
         record = flight.record
@@ -482,20 +554,20 @@ class Supervisor:
         if final:
             why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
             self.queue.finish(name, record.final_name, "failed", reason=why)
-            self.counters["failed"] += 1
             self.summary["failed"] += 1
             self.store.add_totals({"files_failed": 1})
-            self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason)
+            self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
+                          node=node, line=line)
             log.warning("failed %r for good after %d attempt(s): %s", name, attempts, reason)
         else:
             self.queue.put_back(name)
             delay = w.retry_backoff * 2 ** (attempts - 1)
-            self.counters["retried"] += 1
             self.summary["retried"] += 1
             self.store.add_totals({"files_retried": 1})
             self._journal("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
-                          retry_in=delay)
+                          node=node, line=line, retry_in=delay)
             log.warning("attempt %d of %r failed (%s); retrying in %.1fs", attempts, name, reason, delay)
+        self.stats.attempt_failed(name, attempts, reason, cause, final, worker, node, line)
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -510,6 +582,10 @@ class Supervisor:
         check_memory = now - self.last_memory >= MEMORY_CHECK_EVERY_S
         if check_memory:
             self.last_memory = now
+        if self.web is not None and not self.web.is_alive() and not self.signals:
+            log.warning("the dashboard process died (exit %s); starting it again", self.web.exitcode)
+            with contextlib.suppress(QueueSetupError):
+                self._start_web()
         for slot in self.slots:
             if slot.process is None:
                 if not self.signals and now >= slot.not_before:
@@ -572,7 +648,8 @@ class Supervisor:
         code = process.exitcode
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         cause = slot.kill_cause or ("recycled" if slot.recycling or (code == 0) else "crashed")
-        self.restarts[cause] = self.restarts.get(cause, 0) + 1
+        self.stats.restarts[cause] += 1
+        slot.restarts += 1
         base = slot.index * SLOT_SIZE
         ran_a_job = self.progress[base + P_JOB] > 0
         self._settle_jobs(slot, process.pid, how, cause)
@@ -672,6 +749,7 @@ class Supervisor:
             if not candidate.is_regular:
                 self._reject(candidate)
             elif self.queue.claim(candidate.name):
+                self.waiting.pop(candidate.name, None)
                 self.readiness.forget(candidate.name)
                 picked.append(candidate)
         if not picked:
@@ -714,6 +792,7 @@ class Supervisor:
             elif c.name not in writing:
                 eligible += 1  # still settling
         self.backlog = ready
+        self.waiting = {c.name: c.mtime_ns / 1e9 for c in candidates if c.name not in self.flights}
         wait = self.readiness.next_check_in(now, exclude={c.name for c in ready})
         self.next_settle = now + wait if wait is not None else float("inf")
         self.once_idle = (self.options.once and not eligible and not self.flights and not self.redispatch
@@ -732,7 +811,7 @@ class Supervisor:
             return
         self.store.attempt_failed(records[0].id, reason, 1, 0, permanent=True)
         flight = Flight(records[0], candidate.size)
-        self.counters["failed"] += 1
+        self.stats.attempt_failed(candidate.name, 1, reason, "input", True, 0)
         self.store.add_totals({"files_failed": 1})
         self._journal("failed", flight, attempt=1, reason=reason)
         log.warning("failed %r: %s", candidate.name, reason)
@@ -787,16 +866,47 @@ class Supervisor:
     def _publish(self, now: float) -> None:
         """One snapshot into the manager dict (one round trip) for the dashboard."""
         self.last_publish = now
-        workers = []
-        for slot in self.slots:
-            base = slot.index * SLOT_SIZE
-            workers.append({"slot": slot.index, "pid": slot.process.pid if slot.process else None,
-                            "busy": self.progress[base + P_ITEM] >= 0, "files_done": slot.files_done,
-                            "rss": slot.rss})
-        snapshot = {"time": time.time(), "owner": self.owner, "counters": dict(self.counters),
-                    "restarts": dict(self.restarts), "in_flight": len(self.flights), "workers": workers}
-        with contextlib.suppress(Exception):
+        wall = time.time()
+        snapshot = {
+            "time": wall, "owner": self.owner, "started": self.stats.started, "loop_tick": self.loop_tick,
+            "intake_paused": self.paused, "in_flight": len(self.flights), "folders": self.queue.counts(),
+            "oldest_unprocessed_age_s": max(0.0, wall - min(self.waiting.values())) if self.waiting else None,
+            "workers": [self._worker_row(slot, now) for slot in self.slots], "graph": self.graph.describe(),
+            "tracing": self.options.trace, "url": self.web_url, **self.stats.snapshot_part(wall),
+        }
+        with contextlib.suppress(Exception):  # the manager may be gone while stopping
             self.state["snapshot"] = snapshot
+
+    def _worker_row(self, slot: Slot, now: float) -> dict[str, Any]:
+        base = slot.index * SLOT_SIZE
+        process = slot.process
+        row: dict[str, Any] = {"slot": slot.index, "pid": process.pid if process else None,
+                               "alive": bool(process and process.is_alive()), "files_done": slot.files_done,
+                               "restarts": slot.restarts, "rss": slot.rss, "file": None, "progress_percent": None,
+                               "lines_done": 0, "cpu_percent": 0.0,
+                               "uptime_s": round(now - slot.started_at, 1) if process else 0.0}
+        if process is None:
+            row["state"] = "backoff" if slot.not_before > now else "starting"
+            return row
+        if int(self.progress[base + P_PID]) != process.pid:
+            row["state"] = "starting"
+            return row
+        job = slot.assigned.get(int(self.progress[base + P_JOB]))
+        item = int(self.progress[base + P_ITEM])
+        if job is not None and 0 <= item < len(job.items):
+            it = job.items[item]
+            done = self.progress[base + P_BYTES]
+            row.update(state="busy", file=it.name, lines_done=int(self.progress[base + P_LINES]),
+                       progress_percent=round(min(100.0, 100.0 * done / it.size), 1) if it.size else 100.0)
+        else:
+            row["state"] = "idle"
+        try:
+            if slot.cpu is None or slot.cpu.pid != process.pid:
+                slot.cpu = psutil.Process(process.pid)
+            row["cpu_percent"] = slot.cpu.cpu_percent(None)
+        except psutil.Error:
+            pass
+        return row
 
     def _log_summary(self, now: float) -> None:
         s = self.summary
@@ -811,6 +921,25 @@ def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:
     now = time.time()
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return {"ts": ts, "event": event, "file": name, **fields}
+
+
+def _check_port(host: str, port: int) -> int:
+    """Fail early and clearly if the dashboard's port is taken; with port 0, pick one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise QueueSetupError(f"the dashboard cannot listen on {host}:{port}: {exc.strerror} "
+                                  "(set [web] port, or [web] enabled = false)") from None
+        return s.getsockname()[1]
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _syncfs(path: Path) -> None:

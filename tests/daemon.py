@@ -26,6 +26,9 @@ dir = "watch_dir"
 poll_interval = 0.2
 settle = 0.3
 
+[web]
+port = 0
+
 [workers]
 count = 1
 max_attempts = 2

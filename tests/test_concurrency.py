@@ -31,6 +31,9 @@ dir = "watch_dir"
 poll_interval = 0.2
 settle = {settle}
 
+[web]
+port = 0
+
 [workers]
 count = {workers}
 max_attempts = {max_attempts}

@@ -1,0 +1,33 @@
+"""The dashboard, the JSON API and /metrics: a Flask app built by ``create_app``.
+
+The app reads one plain snapshot that the supervisor publishes into the manager dict
+(``workers/state.py``) and never touches queues, locks or processes: an action (retry a
+failed file, pause or resume intake) is validated here and handed to the supervisor
+through ``actions``, which performs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+
+from workers.config import Config
+
+
+def create_app(state: Mapping[str, Any], config: Config,
+               actions: Callable[[tuple], None] | None = None) -> Flask:
+    """Build the app. ``state`` is the manager dict (or any mapping holding "snapshot");
+    ``actions`` receives commands such as ("retry", name) or ("pause",)."""
+    from web.dashboard import bp as dashboard
+    from web.metrics import bp as metrics
+
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config["FOLDERMILL_STATE"] = state
+    app.config["FOLDERMILL_CONFIG"] = config
+    app.config["FOLDERMILL_ACTIONS"] = actions or (lambda command: None)
+    app.json.sort_keys = False
+    app.register_blueprint(dashboard)
+    app.register_blueprint(metrics)
+    return app

@@ -53,6 +53,14 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str = ""  # when set, actions need "Authorization: Bearer <token>"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     tag: str
     processor: str
@@ -75,6 +83,7 @@ class Config:
     watch: WatchConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -106,9 +115,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     table = _Table(data, "")
     watch = _parse_watch(table.sub("watch"), path.parent)
     workers = _parse_workers(table.sub("workers"))
+    web = _parse_web(table.sub("web"))
     pipeline = _parse_pipeline(table.sub("pipeline"))
     table.done()
-    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, raw=data)
+    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, web=web, raw=data)
 
 
 def _parse_watch(t: _Table, base: Path) -> WatchConfig:
@@ -141,6 +151,18 @@ def _parse_workers(t: _Table) -> WorkersConfig:
         batch_bytes=t.get("batch_bytes", int, d.batch_bytes, check=_at_least(1)),
         shutdown_grace=t.get("shutdown_grace", float, d.shutdown_grace, check=_at_least(0)),
         durable=t.get("durable", bool, d.durable),
+    )
+    t.done()
+    return cfg
+
+
+def _parse_web(t: _Table) -> WebConfig:
+    d = WebConfig()
+    cfg = WebConfig(
+        enabled=t.get("enabled", bool, d.enabled),
+        host=t.get("host", str, d.host, check=_non_empty),
+        port=t.get("port", int, d.port, check=lambda v: "" if 0 <= v <= 65535 else "must be a port, 0 to 65535"),
+        token=t.get("token", str, d.token),
     )
     t.done()
     return cfg

@@ -12,7 +12,6 @@ Results go back through the manager's result queue, one message per job.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import signal
@@ -25,14 +24,13 @@ from workers.config import parse_config
 from workers.engine import run_file
 from workers.errors import InputError, ProcessingError
 from workers.graph import Graph, compile_graph
+from workers.lifecycle import die_with_parent
 from workers.outputs import StagedOutputs
 from workers.queue import open_claimed
 
 # Shared-memory progress slot layout (doubles), one slot per worker.
 P_JOB, P_ITEM, P_STARTED, P_LINES, P_BYTES, P_BEAT, P_SENT, P_PID = range(8)
 SLOT_SIZE = 8
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -166,19 +164,6 @@ def _run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item:
         acc[3] += s.seconds
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
                       time.monotonic() - started, skipped=result.errors, routes=result.routes)
-
-
-def die_with_parent(parent_pid: int, title: str) -> None:
-    """Ask Linux to SIGKILL us when the supervisor dies (exit now if it already has),
-    and name the process (``ps``, ``top`` and the tests see ``title``)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the getppid() check in the loop still applies
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def manager_init(parent_pid: int) -> None:

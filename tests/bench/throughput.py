@@ -79,6 +79,9 @@ dir = "watch_dir"
 settle = 0.5
 poll_interval = 1.0
 
+[web]
+port = 0
+
 [workers]
 count = {workers}
 durable = {durable}

@@ -1,0 +1,205 @@
+"""The dashboard app: every endpoint and refusal through the Flask test client, then a
+real supervisor serving it on a real port while files flow and a worker is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon import BASE_CONFIG, drop, folder, start, wait_for, write_config
+from web import create_app
+from workers.config import load_config
+
+SNAPSHOT: dict[str, Any] = {
+    "time": 0.0, "owner": "host:1", "loop_tick": 0.0, "intake_paused": False, "in_flight": 1,
+    "folders": {"unprocessed": 3, "underprocess": 1, "processed": 10, "failed": 1},
+    "oldest_unprocessed_age_s": 4.5,
+    "totals_since_start": {"files_processed": 10, "lines_processed": 200, "files_failed": 1},
+    "totals_since_journal_began": {"files_processed": 110, "lines_processed": 2200, "files_failed": 2},
+    "throughput": {"1m": {"files_per_s": 1.5, "lines_per_s": 30.0}},
+    "history": [[100, 2, 40]],
+    "workers": [{"slot": 0, "pid": 42, "alive": True, "state": "busy", "file": "<img src=x onerror=alert(1)>.log",
+                 "progress_percent": 50.0, "lines_done": 10, "rss": 1000, "cpu_percent": 5.0, "files_done": 9,
+                 "restarts": 1, "uptime_s": 3.0}],
+    "restarts": {"crashed": 1}, "attempts_failed": {"crash": 1, "input": 1},
+    "nodes": {"start": {"lines_in": 200, "lines_out": 200, "errors": 0, "seconds": 0.01, "mean_us_per_line": 50.0}},
+    "histogram": {"buckets": [0.1, 1.0], "counts": [8, 2, 0], "sum": 1.5},
+    "recent_files": [{"time": 1.0, "file": "a.log", "lines": 20, "seconds": 0.01, "outcome": "processed",
+                      "worker": 42}],
+    "recent_errors": [{"time": 2.0, "file": "b.log", "attempt": 1, "node": "start", "line": 3, "message": "boom",
+                       "cause": "error"}],
+    "routes": [{"file": "a.log", "line": 1, "route": ["start", "end"]}], "tracing": True,
+    "graph": ["start -> upper -> end"],
+}
+
+
+@pytest.fixture
+def app_setup(tmp_path: Path):
+    def build(token: str = "", snapshot: dict[str, Any] | None = None):
+        text = BASE_CONFIG + (f'\n[web]\ntoken = "{token}"\n' if token else "")
+        config = load_config(write_config(tmp_path, text.replace("[web]\nport = 0\n", "")))
+        (tmp_path / "watch_dir" / "failed").mkdir(parents=True, exist_ok=True)
+        snap = dict(SNAPSHOT if snapshot is None else snapshot)
+        snap.update(time=time.time(), loop_tick=time.time())
+        actions: list[tuple] = []
+        app = create_app({"snapshot": snap}, config, actions.append)
+        return app.test_client(), actions, tmp_path / "watch_dir" / "failed"
+    return build
+
+
+def test_json_endpoints_serve_the_snapshot(app_setup) -> None:
+    client, _, _ = app_setup()
+    stats = client.get("/stats").get_json()
+    assert stats["folders"]["processed"] == 10 and stats["oldest_unprocessed_age_s"] == 4.5
+    assert stats["totals_since_journal_began"]["files_processed"] == 110
+    assert stats["throughput"]["1m"]["files_per_s"] == 1.5
+    assert stats["workers"][0]["progress_percent"] == 50.0 and stats["nodes"]["start"]["mean_us_per_line"] == 50.0
+    trace = client.get("/trace").get_json()
+    assert trace["current"][0]["file"].startswith("<img") and trace["recent"][0]["file"] == "a.log"
+    assert trace["routes"][0]["route"] == ["start", "end"]
+    assert client.get("/errors").get_json()["errors"][0]["message"] == "boom"
+    assert client.get("/health").status_code == 200
+
+
+def test_health_is_503_with_a_reason(app_setup) -> None:
+    client, _, _ = app_setup(snapshot={**SNAPSHOT, "workers": []})
+    response = client.get("/health")
+    assert response.status_code == 503 and "no worker is alive" in response.get_json()["problems"]
+    client, _, _ = app_setup(snapshot={})
+    assert client.get("/health").status_code == 503
+
+
+def test_metrics_parse_and_carry_every_family(app_setup) -> None:
+    client, _, _ = app_setup()
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    for name in ("foldermill_files_processed", "foldermill_files_failed", "foldermill_file_attempts_failed",
+                 "foldermill_lines_processed", "foldermill_node_lines", "foldermill_node_errors",
+                 "foldermill_worker_restarts", "foldermill_queue_files", "foldermill_oldest_unprocessed_age_seconds",
+                 "foldermill_workers", "foldermill_worker_rss_bytes", "foldermill_file_processing_seconds"):
+        assert name in families, name
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("foldermill_files_processed_total", ())] == 10
+    assert samples[("foldermill_file_processing_seconds_bucket", (("le", "+Inf"),))] == 10
+    assert samples[("foldermill_file_processing_seconds_bucket", (("le", "0.1"),))] == 8
+    assert not any("file" in dict(labels) for _, labels in samples)  # no file name as a label
+
+
+def test_the_page_and_its_assets_are_served_locally(app_setup) -> None:
+    client, _, _ = app_setup()
+    page = client.get("/").get_data(as_text=True)
+    assert '<script src="/static/app.js">' in page and "http" not in page.replace("http-equiv", "")
+    script = client.get("/static/app.js").get_data(as_text=True)
+    assert "textContent" in script and "innerHTML" not in script
+    assert client.get("/static/style.css").status_code == 200
+
+
+def test_actions_from_loopback_without_a_token(app_setup) -> None:
+    client, actions, failed = app_setup()
+    (failed / "bad.log").write_text("x")
+    (failed / "bad.log.reason").write_text("why")
+    assert client.post("/failed/bad.log/retry").status_code == 202
+    assert client.post("/intake/pause").status_code == 202
+    assert client.post("/intake/resume").status_code == 202
+    assert actions == [("retry", "bad.log"), ("pause",), ("resume",)]
+    other = {"REMOTE_ADDR": "10.1.2.3"}
+    assert client.post("/intake/pause", environ_base=other).status_code == 403
+    assert client.post("/failed/bad.log/retry", environ_base=other).status_code == 403
+    assert len(actions) == 3
+
+
+def test_actions_with_a_token(app_setup) -> None:
+    client, actions, failed = app_setup(token="s3cret")
+    (failed / "bad.log").write_text("x")
+    assert client.post("/intake/pause").status_code == 401
+    assert client.post("/intake/pause", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/intake/pause", headers={"Authorization": "s3cret"}).status_code == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.post("/intake/pause", headers=good, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 202
+    assert client.post("/failed/bad.log/retry", headers=good).status_code == 202
+    assert actions == [("pause",), ("retry", "bad.log")]
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/failed/../retry", 400), ("/failed/..%2Fconfig.toml/retry", 404), ("/failed/%2e%2e/retry", 400),
+    ("/failed/.hidden/retry", 400), ("/failed/nope.log/retry", 404), ("/failed/bad.log.reason/retry", 400),
+    ("/failed/a%5Cb/retry", 400),
+])
+def test_retry_refuses_anything_but_a_plain_name_in_failed(app_setup, path: str, status: int) -> None:
+    client, actions, failed = app_setup()
+    (failed / "bad.log").write_text("x")
+    (failed / "bad.log.reason").write_text("why")
+    assert client.post(path).status_code == status
+    assert actions == []
+
+
+def test_wrong_methods_are_refused(app_setup) -> None:
+    client, actions, _ = app_setup()
+    assert client.get("/intake/pause").status_code == 405
+    assert client.get("/failed/x/retry").status_code == 405
+    assert client.post("/stats").status_code == 405
+    assert actions == []
+
+
+# -- a real port ---------------------------------------------------------------------------------
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def counters(url: str) -> dict[tuple, float]:
+    _, text = get(url + "metrics")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) if f.type == "counter" for s in f.samples}
+
+
+def test_served_on_a_real_port_while_files_flow_and_a_worker_dies(tmp_path: Path, daemons) -> None:
+    (tmp_path / "slowish.py").write_text(
+        "import os, pathlib, threading\n"
+        "def process(lines):\n"
+        "    for line in lines:\n"
+        "        if line.startswith('PID '):\n"
+        "            pathlib.Path(line[4:]).write_text(str(os.getpid()))\n"
+        "            threading.Event().wait(5)\n"
+        "        yield 'end', line\n")
+    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "slowish:process"'))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    wait_for(lambda: get(url + "health")[0] == 200, 20, "/health to answer 200")
+    first = json.loads(get(url + "stats")[1])
+    for i in range(30):
+        drop(watch, f"f{i}.log", f"line {i}\n")
+    wait_for(lambda: json.loads(get(url + "stats")[1])["folders"].get("processed") == 30, 30,
+             "/stats to count 30 processed files")
+    after = json.loads(get(url + "stats")[1])
+    assert after["totals_since_start"]["files_processed"] - first["totals_since_start"].get("files_processed", 0) == 30
+    before_kill = counters(url)
+    pid_file = tmp_path / "busy.pid"
+    drop(watch, "busy.log", f"PID {pid_file}\n")
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "the worker to take busy.log"))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: counters(url).get(("foldermill_worker_restarts_total", (("cause", "crashed"),)), 0) >= 1,
+             20, "the restart to show in /metrics")
+    after_kill = counters(url)
+    for key, value in before_kill.items():
+        assert after_kill.get(key, 0) >= value, key  # counters never go backwards
+    status, page = get(url)
+    assert status == 200 and "foldermill" in page
+    assert folder(watch, "failed") == []

@@ -1,0 +1,144 @@
+"""The HTML dashboard, the JSON API (/stats /trace /errors /health) and the actions."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from workers.config import Config
+
+bp = Blueprint("dashboard", __name__)
+HEALTH_MAX_AGE_S = 5.0
+
+
+def snapshot() -> dict[str, Any]:
+    """The latest published snapshot (one round trip to the manager), or {}."""
+    try:
+        return dict(current_app.config["FOLDERMILL_STATE"].get("snapshot") or {})
+    except (OSError, EOFError):  # the manager is gone: the supervisor is stopping
+        return {}
+
+
+def _config() -> Config:
+    return current_app.config["FOLDERMILL_CONFIG"]
+
+
+@bp.get("/", endpoint="index")
+def index() -> Response:
+    return current_app.send_static_file("index.html")
+
+
+@bp.get("/stats", endpoint="stats")
+def stats() -> Response:
+    s = snapshot()
+    return jsonify({
+        "time": s.get("time"),
+        "supervisor": s.get("owner"),
+        "intake_paused": s.get("intake_paused", False),
+        "folders": s.get("folders", {}),
+        "in_flight": s.get("in_flight", 0),
+        "oldest_unprocessed_age_s": s.get("oldest_unprocessed_age_s"),
+        "totals_since_start": s.get("totals_since_start", {}),
+        "totals_since_journal_began": s.get("totals_since_journal_began", {}),
+        "throughput": s.get("throughput", {}),
+        "history": s.get("history", []),
+        "workers": s.get("workers", []),
+        "restarts": s.get("restarts", {}),
+        "attempts_failed": s.get("attempts_failed", {}),
+        "nodes": s.get("nodes", {}),
+        "graph": s.get("graph", []),
+    })
+
+
+@bp.get("/trace", endpoint="trace")
+def trace() -> Response:
+    s = snapshot()
+    current = [{"worker": w.get("pid"), "file": w.get("file"), "progress_percent": w.get("progress_percent"),
+                "lines_done": w.get("lines_done")} for w in s.get("workers", []) if w.get("file")]
+    return jsonify({"current": current, "recent": s.get("recent_files", [])[:10],
+                    "tracing": s.get("tracing", False), "routes": s.get("routes", [])})
+
+
+@bp.get("/errors", endpoint="errors")
+def errors() -> Response:
+    return jsonify({"errors": snapshot().get("recent_errors", [])})
+
+
+@bp.get("/health", endpoint="health")
+def health() -> tuple[Response, int]:
+    s = snapshot()
+    problems = []
+    if not s:
+        problems.append("no state published by the supervisor")
+    else:
+        age = time.time() - float(s.get("loop_tick", 0))
+        if age > HEALTH_MAX_AGE_S:
+            problems.append(f"the supervisor loop has not ticked for {age:.1f}s")
+        if not any(w.get("alive") for w in s.get("workers", [])):
+            problems.append("no worker is alive")
+    body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
+    return jsonify(body), 200 if not problems else 503
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+def _refusal() -> tuple[Response, int] | None:
+    """None if the caller may act: the right bearer token when one is configured,
+    else a loopback address."""
+    token = _config().web.token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+            return jsonify({"error": "a valid 'Authorization: Bearer <token>' header is required"}), 401
+        return None
+    try:
+        loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return jsonify({"error": "actions are accepted from loopback only when [web] token is not set"}), 403
+    return None
+
+
+def _act(command: tuple) -> None:
+    current_app.config["FOLDERMILL_ACTIONS"](command)
+
+
+@bp.post("/failed/<name>/retry", endpoint="retry")
+def retry(name: str) -> tuple[Response, int]:
+    refused = _refusal()
+    if refused:
+        return refused
+    if name in (".", "..") or any(c in name for c in "/\\\x00") or name.startswith("."):
+        return jsonify({"error": "not a plain file name"}), 400
+    failed = _config().watch.dir / "failed"
+    if name.endswith(".reason") and os.path.lexists(failed / name[: -len(".reason")]):
+        return jsonify({"error": "that is a reason file, not a failed file"}), 400
+    if not os.path.lexists(failed / name):
+        return jsonify({"error": "no such file in failed/"}), 404
+    _act(("retry", name))
+    return jsonify({"accepted": True, "file": name}), 202
+
+
+@bp.post("/intake/pause", endpoint="pause")
+def pause() -> tuple[Response, int]:
+    refused = _refusal()
+    if refused:
+        return refused
+    _act(("pause",))
+    return jsonify({"accepted": True, "intake": "paused"}), 202
+
+
+@bp.post("/intake/resume", endpoint="resume")
+def resume() -> tuple[Response, int]:
+    refused = _refusal()
+    if refused:
+        return refused
+    _act(("resume",))
+    return jsonify({"accepted": True, "intake": "running"}), 202

@@ -1,0 +1,97 @@
+"""``/metrics``: Prometheus text format from a custom collector over the snapshot.
+
+The collector computes every value at scrape time from the snapshot handed in and
+keeps nothing between scrapes; it lives in a private registry (prometheus/client_python's
+custom-collector pattern). No file name is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+bp = Blueprint("metrics", __name__)
+
+
+class FoldermillCollector:
+    def __init__(self, source: Callable[[], dict[str, Any]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.source()
+        totals = s.get("totals_since_start", {})
+        yield _counter("foldermill_files_processed", "Files processed since the supervisor started.",
+                       totals.get("files_processed", 0))
+        yield _counter("foldermill_files_failed", "Files given up (moved to failed/) since start.",
+                       totals.get("files_failed", 0))
+        yield _counter("foldermill_lines_processed", "Input lines of processed files since start.",
+                       totals.get("lines_processed", 0))
+        yield _labelled(CounterMetricFamily, "foldermill_file_attempts_failed",
+                        "Failed attempts by reason (crash, timeout, memory, error, input).", "reason",
+                        s.get("attempts_failed", {}))
+        yield _labelled(CounterMetricFamily, "foldermill_worker_restarts",
+                        "Worker processes replaced, by cause.", "cause", s.get("restarts", {}))
+        yield from self._nodes(s.get("nodes", {}))
+        yield _labelled(GaugeMetricFamily, "foldermill_queue_files", "Files in each queue folder.", "folder",
+                        s.get("folders", {}))
+        age = s.get("oldest_unprocessed_age_s")
+        yield GaugeMetricFamily("foldermill_oldest_unprocessed_age_seconds",
+                                "Age of the oldest file waiting in unprocessed/ (0 when none).", value=age or 0)
+        yield from self._workers(s.get("workers", []))
+        yield from self._histogram(s.get("histogram"))
+
+    def _nodes(self, nodes: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+        lines = CounterMetricFamily("foldermill_node_lines", "Lines into and out of each node.",
+                                    labels=["node", "direction"])
+        errors = CounterMetricFamily("foldermill_node_errors", "Lines a node failed on.", labels=["node"])
+        for tag, n in sorted(nodes.items()):
+            lines.add_metric([tag, "in"], n.get("lines_in", 0))
+            lines.add_metric([tag, "out"], n.get("lines_out", 0))
+            errors.add_metric([tag], n.get("errors", 0))
+        yield lines
+        yield errors
+
+    def _workers(self, workers: list[dict[str, Any]]) -> Iterator[Metric]:
+        states = {"busy": 0, "idle": 0, "starting": 0, "backoff": 0}
+        rss = GaugeMetricFamily("foldermill_worker_rss_bytes", "Resident memory of each worker slot.",
+                                labels=["worker"])
+        for w in workers:
+            states[w.get("state", "idle")] = states.get(w.get("state", "idle"), 0) + 1
+            rss.add_metric([str(w.get("slot"))], w.get("rss", 0))
+        yield _labelled(GaugeMetricFamily, "foldermill_workers", "Worker slots by state.", "state", states)
+        yield rss
+
+    def _histogram(self, h: dict[str, Any] | None) -> Iterator[Metric]:
+        if not h:
+            h = {"buckets": [], "counts": [0], "sum": 0.0}
+        running, buckets = 0, []
+        for bound, count in zip([*h["buckets"], float("inf")], h["counts"], strict=False):
+            running += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        yield HistogramMetricFamily("foldermill_file_processing_seconds",
+                                    "Seconds a worker spent on each processed file.",
+                                    buckets=buckets, sum_value=h["sum"])
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _labelled(kind: type, name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
+    family = kind(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
+
+
+@bp.get("/metrics", endpoint="metrics")
+def metrics() -> Response:
+    from web.dashboard import snapshot
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FoldermillCollector(snapshot))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
