@@ -5,7 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint check bench clean
+# System packages the tests drive for real (Debian names). make test installs them with
+# apt-get when it runs as root; otherwise the tests that need them say how to get them
+# (and under CI=true they fail rather than skip).
+SYSTEM_PACKAGES := prometheus chromium
+
+.PHONY: run test lint check bench clean system-deps
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "foldermill needs Python 3.11 or newer (set PYTHON=...)")'
@@ -23,7 +28,20 @@ run: $(VENV)/.runtime
 check: $(VENV)/.runtime
 	$(PY) supervisor.py -c config.toml check
 
-test: $(VENV)/.dev
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "note: missing system packages:$$missing (sudo apt-get install$$missing); their tests will skip"; \
+	  fi; \
+	fi
+
+test: $(VENV)/.dev system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

@@ -1,0 +1,32 @@
+"""System components the tests drive for real: Prometheus, Chromium.
+
+``make test`` installs them (Debian packages) when it runs as root. Under ``CI=true`` a
+missing component fails the test; elsewhere the test skips and says how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+PACKAGES = {"prometheus": "prometheus", "chromium": "chromium"}
+
+
+def require(binary: str) -> str:
+    """The path of ``binary``, or fail (CI) / skip (elsewhere) with the install command."""
+    path = shutil.which(binary)
+    if path:
+        return path
+    how = f"install it with: sudo apt-get install {PACKAGES.get(binary, binary)} (make test does it as root)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{binary} is required under CI=true and was not found; {how}")
+    pytest.skip(f"{binary} not found; {how}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,116 @@
+"""A real Prometheus scrapes a real running foldermill; every PromQL expression of the
+shipped Grafana dashboard evaluates without error and returns data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.components import free_port, require
+from tests.daemon import BASE_CONFIG, drop, start, wait_for, write_config
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
+
+
+def dashboard_exprs() -> list[str]:
+    """Every target expression (rows and nested panels included) and template query."""
+    doc = json.loads(DASHBOARD.read_text())
+    exprs: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            exprs.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
+            walk(panel.get("panels", []))
+
+    walk(doc["panels"])
+    for var in doc.get("templating", {}).get("list", []):
+        query = var.get("query")
+        if isinstance(query, dict):
+            query = query.get("query", "")
+        match = re.match(r"label_values\((.+),\s*\w+\)$", query or "")
+        if match:
+            exprs.append(match.group(1))
+    return exprs
+
+
+def as_promql(expr: str) -> str:
+    """What Grafana would send: its macros and variables substituted."""
+    return expr.replace("$__rate_interval", "1m").replace('=~"$instance"', '=~".+"')
+
+
+def api(base: str, path: str, **params: str) -> dict[str, Any]:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else base + path
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp_path: Path, daemons) -> None:
+    prometheus = require("prometheus")
+    (tmp_path / "behave.py").write_text(
+        "import os, pathlib, threading\n"
+        "def process(lines):\n"
+        "    for line in lines:\n"
+        "        if line.startswith('PID '):\n"
+        "            pathlib.Path(line[4:]).write_text(str(os.getpid()))\n"
+        "            threading.Event().wait(5)\n"
+        "        yield 'end', line\n")
+    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "behave:process"'))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
+    # Series for every panel: processed files, a failure, a worker restart.
+    for i in range(20):
+        drop(watch, f"f{i}.log", f"line {i}\n")
+    drop(watch, "binary.bin", b"\x00\x01\n")
+    pid_file = tmp_path / "busy.pid"
+    drop(watch, "busy.log", f"PID {pid_file}\n")
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "a worker busy on busy.log"))
+    os.kill(pid, signal.SIGKILL)
+
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: foldermill\n    static_configs:\n      - targets: ['{target}']\n")
+    server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 30, "Prometheus to be ready")
+        wait_for(lambda: [t for t in api(base, "/api/v1/targets")["data"]["activeTargets"] if t["health"] == "up"],
+                 30, "the foldermill target to be up")
+        for expr in dashboard_exprs():
+            query = as_promql(expr)
+
+            def answer(q: str = query) -> Any:
+                reply = api(base, "/api/v1/query", query=q)
+                assert reply["status"] == "success", (q, reply)
+                return reply["data"]["result"]
+
+            wait_for(answer, 30, f"data for {query}")
+        # promtool lints the exposition itself (names, types, _total suffixes).
+        with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
+            exposition = response.read()
+        lint = subprocess.run([require("promtool"), "check", "metrics"], input=exposition, capture_output=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/-/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
