@@ -333,16 +333,16 @@ class Supervisor:
                 return
             self.inbox.put((kind, item))
 
-    def _start_web(self) -> None:
+    def _start_web(self, wait: bool = True) -> None:
         """The dashboard runs in its own process: a slow or hostile client cannot stall
-        the loop, and if it dies it is started again (``_check_web``)."""
+        the loop, and if it dies it is started again (without waiting for it)."""
         web = self.config.web
         ready = self.ctx.Event()
         self.web = self.ctx.Process(target=serve_web, name="foldermill-web", daemon=True,
                                     args=(WebArgs(os.getpid(), str(self.config.path), dict(self.config.raw),
                                                   web.host, self.web_port), self.state, self.commands, ready))
         self.web.start()
-        if not ready.wait(20) or not self.web.is_alive():
+        if wait and (not ready.wait(20) or not self.web.is_alive()):
             raise QueueSetupError(f"the dashboard could not start on {web.host}:{self.web_port}")
 
     def run(self) -> int:
@@ -584,8 +584,7 @@ class Supervisor:
             self.last_memory = now
         if self.web is not None and not self.web.is_alive() and not self.signals:
             log.warning("the dashboard process died (exit %s); starting it again", self.web.exitcode)
-            with contextlib.suppress(QueueSetupError):
-                self._start_web()
+            self._start_web(wait=False)
         for slot in self.slots:
             if slot.process is None:
                 if not self.signals and now >= slot.not_before:

@@ -203,3 +203,40 @@ def test_served_on_a_real_port_while_files_flow_and_a_worker_dies(tmp_path: Path
     status, page = get(url)
     assert status == 200 and "foldermill" in page
     assert folder(watch, "failed") == []
+
+
+def test_errors_survive_a_restart_and_a_dead_dashboard_comes_back(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "bin.log", b"\x00\n")
+    wait_for(lambda: folder(watch, "failed") == ["bin.log"], 20, "bin.log in failed/")
+    assert d.stop() == 0
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    errors = wait_for(lambda: json.loads(get(url + "errors")[1])["errors"], 20, "/errors after the restart")
+    assert errors[0]["file"] == "bin.log" and "binary file" in errors[0]["message"]
+    web = wait_for(lambda: [c for c in d.children() if c.name() == "fm-web"], 10, "the dashboard process")
+    web[0].kill()
+    wait_for(lambda: "dashboard process died" in d.log(), 20, "the supervisor to notice")
+    wait_for(lambda: _status(url + "health") == 200, 20, "the dashboard to answer again")
+
+
+def _status(url: str) -> int:
+    try:
+        return get(url)[0]
+    except OSError:
+        return 0
+
+
+def test_a_port_in_use_is_a_clear_start_up_error(tmp_path: Path, daemons) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path, BASE_CONFIG.replace("[web]\nport = 0", f"[web]\nport = {port}"))
+        d = start(daemons, config, "--once")
+        assert d.wait(30) == 3
+        assert f"the dashboard cannot listen on 127.0.0.1:{port}" in d.log()
