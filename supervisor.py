@@ -80,6 +80,7 @@ FLAP_DEATHS = 3  # ... this many times in a row: its slot backs off
 FLAP_BACKOFF_MAX_S = 60.0
 ORPHAN_WAIT_S = 5.0
 SUMMARY_EVERY_S = 10.0
+WEB_RESTART_EVERY_S = 2.0  # a dashboard that keeps dying is restarted at most this often
 
 log = logging.getLogger("foldermill")
 
@@ -337,7 +338,9 @@ class Supervisor:
         """The dashboard runs in its own process: a slow or hostile client cannot stall
         the loop, and if it dies it is started again (without waiting for it)."""
         web = self.config.web
-        ready = self.ctx.Event()
+        # Kept on self: the child unpickles it after start() returns.
+        self.web_ready = ready = self.ctx.Event()
+        self.web_started = time.monotonic()
         self.web = self.ctx.Process(target=serve_web, name="foldermill-web", daemon=True,
                                     args=(WebArgs(os.getpid(), str(self.config.path), dict(self.config.raw),
                                                   web.host, self.web_port), self.state, self.commands, ready))
@@ -582,7 +585,8 @@ class Supervisor:
         check_memory = now - self.last_memory >= MEMORY_CHECK_EVERY_S
         if check_memory:
             self.last_memory = now
-        if self.web is not None and not self.web.is_alive() and not self.signals:
+        if (self.web is not None and not self.web.is_alive() and not self.signals
+                and now - self.web_started >= WEB_RESTART_EVERY_S):
             log.warning("the dashboard process died (exit %s); starting it again", self.web.exitcode)
             self._start_web(wait=False)
         for slot in self.slots:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import threading
 import time
 from typing import Any
 
@@ -16,12 +17,23 @@ bp = Blueprint("dashboard", __name__)
 HEALTH_MAX_AGE_S = 5.0
 
 
+SNAPSHOT_TTL_S = 0.25  # the supervisor publishes twice a second: fresher is not possible
+
+
 def snapshot() -> dict[str, Any]:
-    """The latest published snapshot (one round trip to the manager), or {}."""
-    try:
-        return dict(current_app.config["FOLDERMILL_STATE"].get("snapshot") or {})
-    except (OSError, EOFError):  # the manager is gone: the supervisor is stopping
-        return {}
+    """The latest published snapshot, or {}. One round trip to the manager at most every
+    SNAPSHOT_TTL_S, however many requests come: load on the dashboard must not become
+    load on the manager (and through it on the supervisor's machine)."""
+    cache = current_app.config.setdefault("FOLDERMILL_CACHE", {"at": -1.0, "value": {}, "lock": threading.Lock()})
+    with cache["lock"]:
+        now = time.monotonic()
+        if now - cache["at"] >= SNAPSHOT_TTL_S:
+            try:
+                cache["value"] = dict(current_app.config["FOLDERMILL_STATE"].get("snapshot") or {})
+            except (OSError, EOFError):  # the manager is gone: the supervisor is stopping
+                cache["value"] = {}
+            cache["at"] = now
+        return cache["value"]
 
 
 def _config() -> Config:
