@@ -37,7 +37,6 @@ from typing import Any
 
 import psutil
 
-from web.server import WebArgs, serve_web
 from workers.config import Config, load_config
 from workers.engine import run_file
 from workers.errors import ConfigError, InputError
@@ -337,6 +336,8 @@ class Supervisor:
     def _start_web(self, wait: bool = True) -> None:
         """The dashboard runs in its own process: a slow or hostile client cannot stall
         the loop, and if it dies it is started again (without waiting for it)."""
+        from web.server import WebArgs, serve_web  # Flask and waitress only when serving
+
         web = self.config.web
         # Kept on self: the child unpickles it after start() returns.
         self.web_ready = ready = self.ctx.Event()
