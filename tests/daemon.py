@@ -175,3 +175,45 @@ def pace(seconds: float) -> None:
     """Let time pass on purpose: the cadence of a slow producer or of chaos, never a
     wait for some state (that is ``wait_for``)."""
     threading.Event().wait(seconds)
+
+
+BEHAVE = '''
+import ctypes, os, pathlib, threading
+
+class Behave:
+    """Upper-cases lines; some lines make it misbehave on purpose."""
+    emits = ["end"]
+
+    def __init__(self, flags=""):
+        self.flags = pathlib.Path(flags)
+
+    def process(self, lines):
+        for line in lines:
+            word, _, arg = line.partition(" ")
+            if word == "EXIT":
+                os._exit(3)
+            if word == "SEGV":
+                ctypes.string_at(0)
+            if word == "ONCE":  # crash on the first attempt only
+                flag = self.flags / arg
+                if not flag.exists():
+                    flag.touch()
+                    os._exit(4)
+            if word == "PID":
+                (self.flags / arg).write_text(str(os.getpid()))
+            if word == "SLEEP":
+                threading.Event().wait(float(arg))
+            if word == "ALLOC":
+                hog = b"x" * (int(arg) << 20)
+                threading.Event().wait(3)
+                del hog
+            yield "end", line.upper()
+'''
+
+
+def behave_config(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "behave.py").write_text(BEHAVE)
+    (tmp_path / "flags").mkdir(exist_ok=True)
+    pipeline = f'[pipeline.nodes.start]\nprocessor = "behave:Behave"\nflags = "{tmp_path / "flags"}"\n'
+    text = BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', "")
+    return write_config(tmp_path, text, textwrap.dedent(extra) + pipeline)

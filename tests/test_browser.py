@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from tests.components import require
-from tests.daemon import BASE_CONFIG, drop, start, wait_for, write_config
+from tests.daemon import behave_config, drop, start, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 HOSTILE = "<img src=x onerror=alert(1)>.log"
@@ -20,14 +20,7 @@ def test_dashboard_in_chromium(tmp_path: Path, daemons) -> None:
     chromium = require("chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    (tmp_path / "slowish.py").write_text(
-        "import threading\n"
-        "def process(lines):\n"
-        "    for line in lines:\n"
-        "        if line == 'SLOW':\n"
-        "            threading.Event().wait(1.5)\n"
-        "        yield 'end', line\n")
-    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "slowish:process"'))
+    config = behave_config(tmp_path)
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
@@ -46,7 +39,7 @@ def test_dashboard_in_chromium(tmp_path: Path, daemons) -> None:
                 drop(watch, f"f{i}.log", f"line {i}\n")
             expect(page.locator("#f-processed")).to_have_text("6", timeout=15_000)
             expect(page.locator("#recent tbody")).to_contain_text(HOSTILE, timeout=15_000)
-            drop(watch, "slow.log", "SLOW\n")
+            drop(watch, "slow.log", "SLEEP 1.5\n")
             expect(page.locator("#workers tbody")).to_contain_text("slow.log", timeout=15_000)
             expect(page.locator("#workers tbody")).to_contain_text("busy")
             # An API outage shows "reconnecting" and the page recovers by itself.

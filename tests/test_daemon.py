@@ -14,6 +14,7 @@ import pytest
 from tests.daemon import (
     BASE_CONFIG,
     alive,
+    behave_config,
     drop,
     event_time,
     folder,
@@ -23,47 +24,6 @@ from tests.daemon import (
     wait_for,
     write_config,
 )
-
-BEHAVE = '''
-import ctypes, os, pathlib, threading
-
-class Behave:
-    """Upper-cases lines; some lines make it misbehave on purpose."""
-    emits = ["end"]
-
-    def __init__(self, flags=""):
-        self.flags = pathlib.Path(flags)
-
-    def process(self, lines):
-        for line in lines:
-            word, _, arg = line.partition(" ")
-            if word == "EXIT":
-                os._exit(3)
-            if word == "SEGV":
-                ctypes.string_at(0)
-            if word == "ONCE":  # crash on the first attempt only
-                flag = self.flags / arg
-                if not flag.exists():
-                    flag.touch()
-                    os._exit(4)
-            if word == "PID":
-                (self.flags / arg).write_text(str(os.getpid()))
-            if word == "SLEEP":
-                threading.Event().wait(float(arg))
-            if word == "ALLOC":
-                hog = b"x" * (int(arg) << 20)
-                threading.Event().wait(3)
-                del hog
-            yield "end", line.upper()
-'''
-
-
-def behave_config(tmp_path: Path, extra: str = "") -> Path:
-    (tmp_path / "behave.py").write_text(BEHAVE)
-    (tmp_path / "flags").mkdir(exist_ok=True)
-    pipeline = f'[pipeline.nodes.start]\nprocessor = "behave:Behave"\nflags = "{tmp_path / "flags"}"\n'
-    text = BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', "")
-    return write_config(tmp_path, text, textwrap.dedent(extra) + pipeline)
 
 
 def outcome(watch: Path, name: str) -> str:
@@ -174,7 +134,7 @@ def test_sigkill_of_a_busy_worker_retries_its_file(tmp_path: Path, daemons) -> N
 
 
 def test_sigkill_of_the_supervisor_then_restart_processes_everything_once(tmp_path: Path, daemons) -> None:
-    config = behave_config(tmp_path, "[workers]\n") if False else behave_config(tmp_path)
+    config = behave_config(tmp_path)
     config.write_text(config.read_text().replace("count = 1", "count = 2\nbatch_files = 4"))
     watch = tmp_path / "watch_dir"
     (watch / "unprocessed").mkdir(parents=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.components import free_port, require
-from tests.daemon import BASE_CONFIG, drop, start, wait_for, write_config
+from tests.daemon import behave_config, drop, start, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
 
@@ -56,15 +56,7 @@ def api(base: str, path: str, **params: str) -> dict[str, Any]:
 
 def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp_path: Path, daemons) -> None:
     prometheus = require("prometheus")
-    (tmp_path / "behave.py").write_text(
-        "import os, pathlib, threading\n"
-        "def process(lines):\n"
-        "    for line in lines:\n"
-        "        if line.startswith('PID '):\n"
-        "            pathlib.Path(line[4:]).write_text(str(os.getpid()))\n"
-        "            threading.Event().wait(5)\n"
-        "        yield 'end', line\n")
-    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "behave:process"'))
+    config = behave_config(tmp_path)
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
@@ -72,8 +64,8 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
     for i in range(20):
         drop(watch, f"f{i}.log", f"line {i}\n")
     drop(watch, "binary.bin", b"\x00\x01\n")
-    pid_file = tmp_path / "busy.pid"
-    drop(watch, "busy.log", f"PID {pid_file}\n")
+    pid_file = tmp_path / "flags" / "busy.pid"
+    drop(watch, "busy.log", "PID busy.pid\nSLEEP 5\n")
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "a worker busy on busy.log"))
     os.kill(pid, signal.SIGKILL)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import BASE_CONFIG, drop, folder, start, wait_for, write_config
+from tests.daemon import BASE_CONFIG, behave_config, drop, folder, start, wait_for, write_config
 from web import create_app
 from workers.config import load_config
 
@@ -170,15 +170,7 @@ def counters(url: str) -> dict[tuple, float]:
 
 
 def test_served_on_a_real_port_while_files_flow_and_a_worker_dies(tmp_path: Path, daemons) -> None:
-    (tmp_path / "slowish.py").write_text(
-        "import os, pathlib, threading\n"
-        "def process(lines):\n"
-        "    for line in lines:\n"
-        "        if line.startswith('PID '):\n"
-        "            pathlib.Path(line[4:]).write_text(str(os.getpid()))\n"
-        "            threading.Event().wait(5)\n"
-        "        yield 'end', line\n")
-    config = write_config(tmp_path, BASE_CONFIG.replace('processor = "upper"', 'processor = "slowish:process"'))
+    config = behave_config(tmp_path)
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
@@ -191,8 +183,8 @@ def test_served_on_a_real_port_while_files_flow_and_a_worker_dies(tmp_path: Path
     after = json.loads(get(url + "stats")[1])
     assert after["totals_since_start"]["files_processed"] - first["totals_since_start"].get("files_processed", 0) == 30
     before_kill = counters(url)
-    pid_file = tmp_path / "busy.pid"
-    drop(watch, "busy.log", f"PID {pid_file}\n")
+    pid_file = tmp_path / "flags" / "busy.pid"
+    drop(watch, "busy.log", "PID busy.pid\nSLEEP 5\n")
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "the worker to take busy.log"))
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: counters(url).get(("foldermill_worker_restarts_total", (("cause", "crashed"),)), 0) >= 1,
