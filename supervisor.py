@@ -289,16 +289,12 @@ class Supervisor:
         # The manager is forked first, while this process holds no lock, no database
         # and no thread (forking is ~50x quicker than spawning it). Workers are spawned:
         # they start after claims began, and must inherit nothing.
-        self.manager = SyncManager(ctx=mp.get_context("fork"))
-        self.manager.start(initializer=manager_init, initargs=(os.getpid(),))
         self.ctx = mp.get_context("spawn")
+        self._start_manager(mp.get_context("fork"))
         self.store = Store(self.queue.state_dir / "state.db")
         w = self.config.watch
         self.journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                                self.queue.locks_dir / "journal.lock")
-        self.state = self.manager.dict()
-        self.results = self.manager.Queue()
-        self.commands = self.manager.Queue()
         self.stats = Stats(time.time(), self.store.totals())
         tail = list(read_journal(w.dir / "input.log", 1))[-2000:]
         self.stats.recent_errors.extend(errors_from_journal(tail))
@@ -306,8 +302,7 @@ class Supervisor:
         self.slots = [Slot(i) for i in range(self.options.workers)]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        threading.Thread(target=self._pump, args=(self.results, "result"), name="result-pump", daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.commands, "command"), name="command-pump", daemon=True).start()
+        self._start_pumps()
         if self.config.web.enabled:
             self._start_web()
         self.observer = start_observer(self.queue.unprocessed, self.inbox)
@@ -322,9 +317,49 @@ class Supervisor:
         self.signals += 1
         self.inbox.put(("signal", signum))
 
-    def _pump(self, source: Any, kind: str) -> None:
+    def _start_manager(self, ctx: Any) -> None:
+        self.manager = SyncManager(ctx=ctx)
+        self.manager.start(initializer=manager_init, initargs=(os.getpid(),))
+        self.state = self.manager.dict()
+        self.results = self.manager.Queue()
+        self.commands = self.manager.Queue()
+
+    def _start_pumps(self) -> None:
+        self._pump_stop = stop = threading.Event()
+        for source, kind in ((self.results, "result"), (self.commands, "command")):
+            threading.Thread(target=self._pump, args=(source, kind, stop), name=f"{kind}-pump", daemon=True).start()
+
+    def _manager_died(self) -> bool:
+        process = getattr(self.manager, "_process", None)
+        return process is not None and not process.is_alive()
+
+    def _rebuild_manager(self) -> None:
+        """The manager process died: every queue and the state dict went with it. Start a
+        new one (spawned: this process now holds locks and threads), and the workers
+        and the dashboard that used the old one; their files go out again at no cost."""
+        code = self.manager._process.exitcode
+        log.error("the manager process died (exit %s): restarting it, the workers and the dashboard", code)
+        self._pump_stop.set()
+        for slot in self.slots:
+            for job in slot.assigned.values():
+                self._requeue_items(job.items)
+            slot.assigned.clear()
+            self._stop_process(slot)
+        for job, _ in self.orphans.values():
+            self._requeue_items(job.items)
+        self.orphans.clear()
+        if self.web is not None:
+            self.web.kill()
+            self.web.join(timeout=5)
+        self.stats.restarts["manager"] += 1
+        self._start_manager(self.ctx)
+        self._start_pumps()
+        if self.web is not None:
+            self._start_web(wait=False)
+
+    def _pump(self, source: Any, kind: str, stop: threading.Event) -> None:
         """Move job results (or dashboard commands) from a manager queue to the inbox."""
-        while not self._pump_stop.is_set():
+        while not stop.is_set():
             try:
                 item = source.get(timeout=0.5)
             except queue.Empty:
@@ -583,6 +618,8 @@ class Supervisor:
     # -- workers ---------------------------------------------------------------------------------
 
     def _check_workers(self, now: float) -> None:
+        if self._manager_died() and not self.signals:
+            self._rebuild_manager()
         check_memory = now - self.last_memory >= MEMORY_CHECK_EVERY_S
         if check_memory:
             self.last_memory = now
@@ -608,7 +645,10 @@ class Supervisor:
         for k in range(SLOT_SIZE):
             self.progress[base + k] = 0
         self.progress[base + P_ITEM] = -1
-        slot.jobs = self.manager.Queue()
+        try:
+            slot.jobs = self.manager.Queue()
+        except (OSError, EOFError):
+            return  # the manager is gone: rebuilt on the next step
         args = WorkerArgs(slot.index, os.getpid(), str(self.config.path), dict(self.config.raw),
                           100 if self.options.trace else 0, self.config.workers.durable,
                           self.config.workers.max_files_per_worker)
@@ -839,7 +879,11 @@ class Supervisor:
             for f in batch:
                 f.seq = self.seq
             slot.assigned[self.seq] = job
-            slot.jobs.put(job)
+            try:
+                slot.jobs.put(job)
+            except (OSError, EOFError):  # the manager died: the next step rebuilds it
+                del slot.assigned[self.seq]
+                self._requeue_items(job.items)
 
     # -- recovery, journal, state ----------------------------------------------------------------
 

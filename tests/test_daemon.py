@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -421,3 +423,32 @@ def test_start_up_errors_exit_3_with_a_clear_message(tmp_path: Path, daemons) ->
         assert "different filesystems" in d.log()
     finally:
         os.rmdir(other)
+
+
+def test_sigkill_of_the_manager_is_survived(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("count = 1", "count = 2"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    names = [f"m{i:02d}.log" for i in range(40)]
+    for name in names[:20]:
+        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    manager = wait_for(lambda: [c for c in d.children() if c.name() == "fm-manager"], 10, "the manager process")
+    wait_for(lambda: len(folder(watch, "processed")) >= 3, 30, "some files processed")
+    manager[0].kill()
+    wait_for(lambda: "the manager process died" in d.log(), 20, "the supervisor to notice")
+    for name in names[20:]:
+        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    wait_for(lambda: folder(watch, "processed") == names, 60, "every file processed after the manager restart")
+    assert folder(watch, "failed") == [] and d.alive()
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    wait_for(lambda: _status(url + "health") == 200, 20, "the dashboard to answer again")
+    assert d.stop() == 0
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except OSError:
+        return 0
