@@ -426,6 +426,7 @@ class Supervisor:
             self.web.kill()
             self.web.join(timeout=5)
         if self.store is not None:
+            self._drain_results()
             self._commit()
             names = [n for n in self.flights]
             for name in names:
@@ -443,6 +444,16 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.manager.shutdown()
         log.info("foldermill stopped")
+
+    def _drain_results(self) -> None:
+        """Results that arrived but were not handled yet: commit them rather than redo them."""
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "result":
+                self._on_result(item[1])
 
     def _stop_process(self, slot: Slot) -> None:
         p = slot.process
