@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -452,3 +453,19 @@ def _status(url: str) -> int:
             return response.status
     except OSError:
         return 0
+
+
+def test_trace_json_logs_and_worker_count_options(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config, "--trace", "--log-format", "json", "--workers", "2")
+    wait_for(lambda: len(d.workers()) == 2, 20, "two workers (--workers 2 overrides count = 1)")
+    drop(watch, "t.log", "".join(f"line {i}\n" for i in range(150)))
+    wait_for(lambda: outcome(watch, "t.log") == "processed", 20, "t.log processed")
+    assert d.stop() == 0
+    entries = [json.loads(line) for line in d.log().splitlines() if line.strip()]
+    messages = [e["msg"] for e in entries]
+    assert all({"ts", "level", "msg"} <= set(e) for e in entries)
+    assert any(m.startswith("claimed 't.log'") for m in messages)  # every transition, with --trace
+    assert any(m.startswith("processed 't.log'") for m in messages)
+    assert any(m.startswith("route 't.log' line 1: start -> end") for m in messages)  # sampled routes
