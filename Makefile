@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
 # (and under CI=true they fail rather than skip).
-SYSTEM_PACKAGES := prometheus chromium
+SYSTEM_PACKAGES := prometheus chromium redis-server
 
 .PHONY: run test lint check bench clean system-deps
 
@@ -32,6 +32,7 @@ system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

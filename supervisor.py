@@ -238,6 +238,7 @@ class Slot:
     rss: int = 0
     restarts: int = 0
     cpu: Any = None  # psutil.Process, for CPU %
+    capacity: int = PREFETCH_JOBS  # jobs it may hold at once
 
 
 class Supervisor:
@@ -271,6 +272,8 @@ class Supervisor:
         self.paused = False
         self.waiting: dict[str, float] = {}  # unprocessed/ at the last scan: name -> mtime
         self.web: Any = None
+        self.remote: Any = None  # the Celery backend, when [workers] backend = "celery"
+        self.remote_slot: Slot | None = None
         self.web_url = ""
         self.loop_tick = time.time()
         self.once_idle = False
@@ -279,6 +282,7 @@ class Supervisor:
         self.journal: Journal | None = None
         self.observer: Any = None
         self._pump_stop = threading.Event()
+        self._remote_stop = threading.Event()
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -299,7 +303,10 @@ class Supervisor:
         tail = list(read_journal(w.dir / "input.log", 1))[-2000:]
         self.stats.recent_errors.extend(errors_from_journal(tail))
         self.progress = self.ctx.RawArray("d", self.options.workers * SLOT_SIZE)
-        self.slots = [Slot(i) for i in range(self.options.workers)]
+        if self.config.workers.backend == "celery":
+            self._start_remote()
+        else:
+            self.slots = [Slot(i) for i in range(self.options.workers)]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self._start_pumps()
@@ -316,6 +323,17 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
         self.inbox.put(("signal", signum))
+
+    def _start_remote(self) -> None:
+        """Celery worker nodes do the processing; this process claims, commits, moves."""
+        from workers.remote import CeleryBackend
+
+        self.remote = CeleryBackend(self.config, self.owner, 100 if self.options.trace else 0)
+        self.remote_slot = Slot(-1, capacity=self.config.celery.prefetch_jobs)
+        self.remote_slot.jobs = _RemoteJobs(self.remote)
+        threading.Thread(target=self.remote.pump, args=(self.inbox, self._remote_stop), name="celery-pump",
+                         daemon=True).start()
+        log.info("backend: celery, broker %s, queue %r", self.config.celery.broker_url, self.config.celery.queue)
 
     def _start_manager(self, ctx: Any) -> None:
         self.manager = SyncManager(ctx=ctx)
@@ -418,6 +436,7 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self._pump_stop.set()
+        self._remote_stop.set()
         if self.observer is not None:
             self.observer.stop()
         for slot in self.slots:
@@ -494,12 +513,26 @@ class Supervisor:
             self._on_result(item[1])
         elif kind == "command":
             self._on_command(item[1])
+        elif kind == "broker":
+            self._on_broker(item[1], item[2])
         elif kind == "fs":
             if item[1] == MOVED_IN:
                 self.readiness.note_moved_in(item[2])
             else:
                 self.readiness.note_written(item[2])
             self.scan_due = True
+
+    def _on_broker(self, ok: bool, error: str) -> None:
+        """The broker went away or came back. Jobs sent before an outage may have died
+        with it (a Redis without persistence forgets its lists): send them again; a
+        result that comes twice is ignored the second time."""
+        if not ok:
+            log.error("the broker is unreachable (%s): claimed files wait; new claims stop", error)
+            return
+        log.warning("the broker is back: sending again the %d job(s) that were out", len(self.remote_slot.assigned))
+        for job in list(self.remote_slot.assigned.values()):
+            self._requeue_items(job.items)
+        self.remote_slot.assigned.clear()
 
     def _on_command(self, command: tuple) -> None:
         """An action from the dashboard (already authorised and validated there)."""
@@ -533,7 +566,10 @@ class Supervisor:
     # -- results and commits ---------------------------------------------------------------------
 
     def _on_result(self, result: JobResult) -> None:
-        slot = self.slots[result.slot] if result.slot < len(self.slots) else None
+        if result.slot == -1:
+            slot = self.remote_slot
+        else:
+            slot = self.slots[result.slot] if result.slot < len(self.slots) else None
         job = slot.assigned.pop(result.seq, None) if slot else None
         if job is None:
             orphan = self.orphans.pop(result.seq, None)
@@ -778,14 +814,17 @@ class Supervisor:
 
     def _free_jobs(self) -> list[Slot]:
         """Live slots with room for another job, least loaded first."""
+        if self.remote_slot is not None:
+            room = self.remote.broker_ok and len(self.remote_slot.assigned) < self.remote_slot.capacity
+            return [self.remote_slot] if room else []
         live = [s for s in self.slots if s.process is not None and not s.recycling]
-        return sorted((s for s in live if len(s.assigned) < PREFETCH_JOBS), key=lambda s: len(s.assigned))
+        return sorted((s for s in live if len(s.assigned) < s.capacity), key=lambda s: len(s.assigned))
 
     def _intake(self, now: float) -> None:
         slots = self._free_jobs()
         if not slots:
             return
-        room = sum(PREFETCH_JOBS - len(s.assigned) for s in slots) * self.config.workers.batch_files
+        room = sum(s.capacity - len(s.assigned) for s in slots) * self.config.workers.batch_files
         pending = [self.flights[n] for n in self.redispatch if n in self.flights]
         self.redispatch = []
         if len(pending) < room:
@@ -882,8 +921,14 @@ class Supervisor:
                 size = 0
             jobs[-1].append(flight)
             size += flight.size
-        for batch in jobs:
-            slot = min(self._free_jobs() or slots, key=lambda s: len(s.assigned))
+        for k, batch in enumerate(jobs):
+            free = self._free_jobs()
+            if not free:  # the broker went down while dispatching: these wait for it
+                for f in (f for later in jobs[k:] for f in later):
+                    f.seq = 0
+                    self.redispatch.append(f.record.name)
+                return
+            slot = min(free, key=lambda s: len(s.assigned))
             self.seq += 1
             job = Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size)
                                       for f in batch))
@@ -930,11 +975,21 @@ class Supervisor:
             "time": wall, "owner": self.owner, "started": self.stats.started, "loop_tick": self.loop_tick,
             "intake_paused": self.paused, "in_flight": len(self.flights), "folders": self.queue.counts(),
             "oldest_unprocessed_age_s": max(0.0, wall - min(self.waiting.values())) if self.waiting else None,
-            "workers": [self._worker_row(slot, now) for slot in self.slots], "graph": self.graph.describe(),
+            "workers": [self._worker_row(slot, now) for slot in self.slots]
+            + (self.remote.workers() if self.remote is not None and self.remote.broker_ok else []),
+            "graph": self.graph.describe(), **self._remote_part(),
             "tracing": self.options.trace, "url": self.web_url, **self.stats.snapshot_part(wall),
         }
         with contextlib.suppress(Exception):  # the manager may be gone while stopping
             self.state["snapshot"] = snapshot
+
+    def _remote_part(self) -> dict[str, Any]:
+        if self.remote is None:
+            return {"backend": "local"}
+        ok = self.remote.broker_ok
+        return {"backend": "celery",
+                "broker": {"ok": ok, "error": self.remote.broker_error,
+                           "queue_depth": self.remote.queue_depth() if ok else None}}
 
     def _worker_row(self, slot: Slot, now: float) -> dict[str, Any]:
         base = slot.index * SLOT_SIZE
@@ -974,6 +1029,16 @@ class Supervisor:
                      now - self.last_summary, s["files"], s["lines"], s["retried"], s["failed"], len(self.flights))
         self.summary = dict.fromkeys(s, 0)
         self.last_summary = now
+
+
+class _RemoteJobs:
+    """What a slot's job queue is for the Celery backend: put() sends the job."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def put(self, job: Job) -> None:
+        self.backend.send(job)
 
 
 def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:

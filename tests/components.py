@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-PACKAGES = {"prometheus": "prometheus", "chromium": "chromium"}
+PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
+            "redis-server": "redis-server"}
 
 
 def require(binary: str) -> str:

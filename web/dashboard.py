@@ -64,6 +64,8 @@ def stats() -> Response:
         "attempts_failed": s.get("attempts_failed", {}),
         "nodes": s.get("nodes", {}),
         "graph": s.get("graph", []),
+        "backend": s.get("backend", "local"),
+        "broker": s.get("broker"),
     })
 
 
@@ -93,6 +95,9 @@ def health() -> tuple[Response, int]:
             problems.append(f"the supervisor loop has not ticked for {age:.1f}s")
         if not any(w.get("alive") for w in s.get("workers", [])):
             problems.append("no worker is alive")
+        broker = s.get("broker")
+        if broker and not broker.get("ok"):
+            problems.append(f"the broker is unreachable: {broker.get('error')}")
     body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
     return jsonify(body), 200 if not problems else 503
 

@@ -42,6 +42,10 @@ class FoldermillCollector:
         yield GaugeMetricFamily("foldermill_oldest_unprocessed_age_seconds",
                                 "Age of the oldest file waiting in unprocessed/ (0 when none).", value=age or 0)
         yield from self._workers(s.get("workers", []))
+        broker = s.get("broker") or {}
+        if broker.get("queue_depth") is not None:
+            yield GaugeMetricFamily("foldermill_broker_queue_jobs", "Jobs waiting on the Celery broker's queue.",
+                                    value=broker["queue_depth"])
         yield from self._histogram(s.get("histogram"))
 
     def _nodes(self, nodes: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -61,7 +65,8 @@ class FoldermillCollector:
                                 labels=["worker"])
         for w in workers:
             states[w.get("state", "idle")] = states.get(w.get("state", "idle"), 0) + 1
-            rss.add_metric([str(w.get("slot"))], w.get("rss", 0))
+            if w.get("backend") != "celery":
+                rss.add_metric([str(w.get("slot"))], w.get("rss", 0))
         yield _labelled(GaugeMetricFamily, "foldermill_workers", "Worker slots by state.", "state", states)
         yield rss
 

@@ -47,9 +47,18 @@ class WorkersConfig:
     batch_bytes: int = 1_048_576  # ... or this many bytes
     shutdown_grace: float = 30.0  # seconds in-flight files get to finish on SIGTERM
     durable: bool = True  # outputs reach the disk (group commit) before the input moves on
+    backend: str = "local"  # "local" (a process pool) or "celery" (worker nodes behind a broker)
 
     def worker_count(self) -> int:
         return self.count or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CeleryConfig:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "foldermill"
+    visibility_timeout: float = 3600.0  # a task not acknowledged after this is redelivered
+    prefetch_jobs: int = 8  # jobs the supervisor keeps on the broker at once
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    celery: CeleryConfig = field(default_factory=CeleryConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -116,9 +126,13 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     watch = _parse_watch(table.sub("watch"), path.parent)
     workers = _parse_workers(table.sub("workers"))
     web = _parse_web(table.sub("web"))
+    celery = _parse_celery(table.sub("celery"))
     pipeline = _parse_pipeline(table.sub("pipeline"))
     table.done()
-    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, web=web, raw=data)
+    if celery.visibility_timeout <= workers.file_timeout:
+        raise ConfigError("celery.visibility_timeout", "must be longer than [workers] file_timeout, or a slow "
+                          "file would be handed to a second worker while the first still works on it")
+    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, web=web, celery=celery, raw=data)
 
 
 def _parse_watch(t: _Table, base: Path) -> WatchConfig:
@@ -151,6 +165,7 @@ def _parse_workers(t: _Table) -> WorkersConfig:
         batch_bytes=t.get("batch_bytes", int, d.batch_bytes, check=_at_least(1)),
         shutdown_grace=t.get("shutdown_grace", float, d.shutdown_grace, check=_at_least(0)),
         durable=t.get("durable", bool, d.durable),
+        backend=t.get("backend", str, d.backend, check=_one_of(("local", "celery"))),
     )
     t.done()
     return cfg
@@ -163,6 +178,19 @@ def _parse_web(t: _Table) -> WebConfig:
         host=t.get("host", str, d.host, check=_non_empty),
         port=t.get("port", int, d.port, check=lambda v: "" if 0 <= v <= 65535 else "must be a port, 0 to 65535"),
         token=t.get("token", str, d.token),
+    )
+    t.done()
+    return cfg
+
+
+def _parse_celery(t: _Table) -> CeleryConfig:
+    d = CeleryConfig()
+    cfg = CeleryConfig(
+        broker_url=t.get("broker_url", str, d.broker_url,
+                         check=lambda v: "" if v.startswith(("redis://", "rediss://")) else "must be a redis:// URL"),
+        queue=t.get("queue", str, d.queue, check=_non_empty),
+        visibility_timeout=t.get("visibility_timeout", float, d.visibility_timeout, check=_positive),
+        prefetch_jobs=t.get("prefetch_jobs", int, d.prefetch_jobs, check=_at_least(1)),
     )
     t.done()
     return cfg

@@ -121,13 +121,13 @@ def _run_job(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, job: J
         progress[base + P_ITEM] = i
         progress[base + P_STARTED] = time.time()
         progress[base + P_LINES] = progress[base + P_BYTES] = 0
-        items.append(_run_item(args, graph, out_dir, in_dir, item, progress, nodes))
+        items.append(run_item(args, graph, out_dir, in_dir, item, progress, nodes))
     progress[base + P_ITEM] = -1
     stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
-    return JobResult(args.slot, os.getpid(), job.seq, items, stats, _rss())
+    return JobResult(args.slot, os.getpid(), job.seq, items, stats, process_rss())
 
 
-def _run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: JobItem, progress: Any,
+def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: JobItem, progress: Any,
               nodes: dict[str, list[float]]) -> ItemResult:
     """One file, in one try/except: a bad file never stops the worker."""
     base = args.slot * SLOT_SIZE
@@ -182,7 +182,7 @@ def _install_signals() -> list[bool]:
     return stopping
 
 
-def _rss() -> int:
+def process_rss() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

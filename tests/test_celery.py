@@ -1,0 +1,167 @@
+"""The Celery backend with a real redis-server and two real Celery worker nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.components import free_port, require
+from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, start, wait_for
+
+
+class Redis:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 10, "redis-server to answer PING")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Redis]:
+    server = Redis(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def celery_nodes() -> Iterator[list[subprocess.Popen]]:
+    nodes: list[subprocess.Popen] = []
+    yield nodes
+    for node in nodes:
+        if node.poll() is None:
+            node.terminate()
+    for node in nodes:
+        try:
+            node.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+
+
+def celery_config(tmp_path: Path, redis: Redis) -> Path:
+    config = behave_config(tmp_path, f"""
+        [celery]
+        broker_url = "{redis.url}"
+        queue = "fm-test"
+        visibility_timeout = 30
+        prefetch_jobs = 4
+    """)
+    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 3\nbackend = \"celery\"\n"
+                                                 "file_timeout = 20\nbatch_files = 4"))
+    return config
+
+
+def start_node(nodes: list[subprocess.Popen], config: Path, name: str) -> subprocess.Popen:
+    env = {**os.environ, "FOLDERMILL_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    log = open(config.parent / f"celery-{name}.log", "w")  # noqa: SIM115 - lives as long as the node
+    node = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "1",
+                             "-n", f"{name}@%h", "-Q", "fm-test", "--without-gossip", "--without-mingle",
+                             "--without-heartbeat", "--loglevel", "INFO"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    nodes.append(node)
+    wait_for(lambda: "ready." in (config.parent / f"celery-{name}.log").read_text(), 60, f"celery node {name}")
+    return node
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    config = celery_config(tmp_path, redis_server)
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    names = [f"c{i:02d}.log" for i in range(30)]
+    for name in names:
+        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    wait_for(lambda: folder(watch, "processed") == names, 60, "every file processed by the celery nodes")
+    for name in names:
+        assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    stats = get_json(url + "stats")[1]
+    assert stats["backend"] == "celery" and stats["broker"]["ok"]
+    hosts = wait_for(lambda: {w["hostname"] for w in get_json(url + "stats")[1]["workers"]}, 20,
+                     "the remote workers in /stats")
+    assert {h.split("@")[0] for h in hosts} == {"alpha", "beta"}
+    assert get_json(url + "health")[0] == 200
+    workers = {e["worker"] for e in journal(watch) if e["event"] == "processed"}
+    assert len(workers) == 2  # both nodes took part
+    assert d.stop() == 0
+
+
+def test_sigkill_of_a_celery_worker_costs_one_attempt(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    config = celery_config(tmp_path, redis_server)
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "busy.log", "PID busy.pid\nSLEEP 3\nafter\n")
+    pid_file = tmp_path / "flags" / "busy.pid"
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "a celery worker on busy.log"))
+    pid_file.unlink()
+    os.kill(pid, signal.SIGKILL)
+    drop(watch, "other.log", "fine\n")
+    wait_for(lambda: folder(watch, "processed") == ["busy.log", "other.log"], 60, "both files processed")
+    retried = [e for e in journal(watch) if e["event"] == "retried"]
+    assert len(retried) == 1 and retried[0]["file"] == "busy.log" and "celery worker died" in retried[0]["reason"]
+    assert (watch / "output" / "busy.log").read_text() == "PID BUSY.PID\nSLEEP 3\nAFTER\n"
+
+
+def test_a_broker_outage_is_reported_and_nothing_is_lost(tmp_path: Path, daemons, redis_server,
+                                                         celery_nodes) -> None:
+    config = celery_config(tmp_path, redis_server)
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    names = [f"o{i:02d}.log" for i in range(20)]
+    for name in names[:10]:
+        drop(watch, name, f"{name}\nSLEEP 0.2\n")
+    wait_for(lambda: len(folder(watch, "processed")) >= 2, 60, "some files processed")
+    redis_server.stop()
+    wait_for(lambda: get_json(url + "health")[0] == 503, 20, "/health to report the outage")
+    assert "broker is unreachable" in " ".join(get_json(url + "health")[1]["problems"])
+    for name in names[10:]:
+        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    redis_server.start()
+    wait_for(lambda: folder(watch, "processed") == names, 120, "every file processed after the outage")
+    assert "the broker is unreachable" in d.log() and "the broker is back" in d.log()
+    assert folder(watch, "underprocess") == [] and folder(watch, "failed") == []
+    assert not alive([])
