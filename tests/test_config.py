@@ -88,6 +88,10 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
          "has no attribute 'nothing_here'"),
         ("[pipeline.nodes.start]\nprocessor = 'json:__name__'\n", "pipeline.nodes.start.processor",
          "not a class or a function"),
+        ("[workers]\nbackend = 'spark'\n" + START, "workers.backend", "'local', 'celery'"),
+        ("[celery]\nbroker_url = 'amqp://x'\n" + START, "celery.broker_url", "redis://"),
+        ("[celery]\nvisibility_timeout = 60\n" + START, "celery.visibility_timeout", "longer than"),
+        ("[web]\nport = 70000\n" + START, "web.port", "0 to 65535"),
     ],
 )
 def test_each_config_error_names_its_key(tmp_path: Path, text: str, key: str, words: str) -> None:
