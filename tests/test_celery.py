@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.components import free_port, require
-from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, start, wait_for
+from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, pace, start, wait_for
 
 
 class Redis:
@@ -164,4 +166,65 @@ def test_a_broker_outage_is_reported_and_nothing_is_lost(tmp_path: Path, daemons
     wait_for(lambda: folder(watch, "processed") == names, 120, "every file processed after the outage")
     assert "the broker is unreachable" in d.log() and "the broker is back" in d.log()
     assert folder(watch, "underprocess") == [] and folder(watch, "failed") == []
-    assert not alive([])
+
+
+def test_sigkill_of_the_supervisor_with_celery(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    config = celery_config(tmp_path, redis_server)
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = [f"k{i:03d}.log" for i in range(60)]
+    for name in names:
+        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    d = start(daemons, config)
+    wait_for(lambda: len(folder(watch, "processed")) >= 8, 60, "some files processed")
+    children = [c.pid for c in d.children()]
+    d.kill()
+    wait_for(lambda: not alive(children), 10, "the supervisor's children to die with it")
+    d2 = start(daemons, config, "--once")
+    assert d2.wait(120) == 0, d2.log()
+    assert folder(watch, "processed") == names
+    assert folder(watch, "underprocess") == [] and folder(watch, "failed") == []
+    for name in names:
+        assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
+    assert not [n for n in os.listdir(watch / "output") if n.startswith(".")]
+
+
+@pytest.mark.slow
+def test_chaos_with_celery(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """Celery nodes and the supervisor SIGKILLed at random and restarted; every file ends
+    processed once with the output `run` gives."""
+    config = celery_config(tmp_path, redis_server)
+    config.write_text(config.read_text().replace("max_attempts = 3", "max_attempts = 1000"))
+    node_names = ["alpha", "beta"]
+    nodes = {n: start_node(celery_nodes, config, n) for n in node_names}
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = [f"z{i:04d}.log" for i in range(300)]
+    for name in names:
+        drop(watch, name, f"{name}\nSLEEP 0.02\n")
+    sup = start(daemons, config)
+    rng = random.Random(11)
+    kills = {"node": 0, "supervisor": 0}
+    deadline = time.monotonic() + float(os.environ.get("FOLDERMILL_CHAOS_SECONDS", "20"))
+    while time.monotonic() < deadline and len(folder(watch, "processed")) < len(names):
+        pace(rng.uniform(1.0, 2.5))
+        if rng.random() < 0.5:
+            name = rng.choice(node_names)
+            nodes[name].kill()
+            nodes[name].wait()
+            kills["node"] += 1
+            nodes[name] = start_node(celery_nodes, config, f"{name}{kills['node']}")
+        else:
+            children = [c.pid for c in sup.children()]
+            sup.kill()
+            wait_for(lambda dead=children: not alive(dead), 10, "the supervisor's children to die")
+            kills["supervisor"] += 1
+            sup = start(daemons, config, name=f"sup{kills['supervisor']}")
+    wait_for(lambda: folder(watch, "processed") == names, 180, "every file processed after the chaos")
+    assert sup.stop() == 0
+    assert folder(watch, "failed") == [] and folder(watch, "underprocess") == []
+    for name in names:
+        assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.02\n"
+    assert kills["node"] + kills["supervisor"] >= 4, kills

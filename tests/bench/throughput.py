@@ -51,6 +51,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -70,7 +71,19 @@ LATENCY_SPACING_S = 0.02
 FLOOR = "floor"
 DURABLE = "foldermill"
 NOT_DURABLE = "foldermill, durable=false"
-CONTENDERS = (FLOOR, DURABLE, NOT_DURABLE)
+CELERY = "foldermill, celery backend"
+CONTENDERS = (FLOOR, DURABLE, NOT_DURABLE)  # with --backend celery the third is CELERY
+CELERY_CONFIG = """
+[workers]
+backend = "celery"
+count = {workers}
+batch_files = 64
+
+[celery]
+broker_url = "{broker}"
+queue = "fm-bench"
+prefetch_jobs = 8
+"""
 TARGETS = {"small": ("files/s", 1.0), "big": ("lines/s", 1.5)}
 
 CONFIG = """\
@@ -356,7 +369,69 @@ def run_contender(name: str, run_dir: Path, workload: Workload, workers: int) ->
     config = write_config(run_dir, workers, durable=name != NOT_DURABLE)
     if name == FLOOR:
         return run_floor(config, workload)
+    if name == CELERY:
+        return run_celery(config, workload, workers)
     return run_foldermill(config, workload, workers)
+
+
+# -- the Celery backend -------------------------------------------------------------------------
+
+REDIS: dict[str, Any] = {}
+
+
+def start_redis() -> str:
+    """One redis-server (no persistence) for the whole benchmark, on a free port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = shutil.which("redis-server")
+    if not server:
+        raise BenchError("--backend celery needs redis-server (apt-get install redis-server)")
+    REDIS["proc"] = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    REDIS["url"] = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return REDIS["url"]
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise BenchError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
+def run_celery(config: Path, workload: Workload, workers: int) -> Measure:
+    """The same --once run, with ``workers`` Celery nodes (-c 1 each) doing the work."""
+    text = config.read_text().replace("[workers]", "[old-workers]", 1)
+    text = re.sub(r"\[old-workers\][^\[]*", "", text)
+    config.write_text(CELERY_CONFIG.format(workers=workers, broker=REDIS["url"]) + text)
+    nodes = []
+    env = {**os.environ, "FOLDERMILL_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    try:
+        for i in range(workers):
+            log = config.parent / f"celery-{i}.log"
+            nodes.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-c", "1", "-n", f"n{i}@%h",
+                 "-Q", "fm-bench", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
+                cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT))  # noqa: SIM115
+        for i in range(workers):
+            log = config.parent / f"celery-{i}.log"
+            deadline = time.monotonic() + 60
+            while "ready." not in log.read_text():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"celery node {i} did not start: {log.read_text()[-1000:]}")
+                time.sleep(0.1)
+        return run_foldermill(config, workload, workers)
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(timeout=30)
 
 
 def describe(name: str, m: Measure, workload: Workload) -> str:
@@ -443,13 +518,13 @@ def report_workload(workload: Workload, results: Results, args: argparse.Namespa
         s = seconds[c]
         print(f"  {c:<34} {s:8.2f} {files / s:10,.0f} {workload.lines / s:12,.0f}")
     unit, target = TARGETS[workload.name]
-    for c, label in ((DURABLE, "foldermill"), (NOT_DURABLE, "durable=false")):
+    for c, label in ((DURABLE, "foldermill"), (CONTENDERS[2], CONTENDERS[2].removeprefix("foldermill, "))):
         ratio = seconds[FLOOR] / seconds[c]  # same work: the rate ratio is the inverse time ratio
         verdict = f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})" if c == DURABLE else ""
         print(f"  {f'ratio {label}/floor, {unit}':<34} {ratio:8.2f}{verdict}")
     startup, tail = results.median(DURABLE, "startup"), results.median(DURABLE, "tail")
     print(f"  foldermill fixed costs: start -> first claim {startup:.2f} s, last commit -> exit {tail:.2f} s")
-    warnings = sum(m.warnings for c in (DURABLE, NOT_DURABLE) for m in results.runs[c])
+    warnings = sum(m.warnings for c in CONTENDERS[1:] for m in results.runs[c])
     if warnings:
         print(f"  foldermill logged {warnings} WARNING/ERROR lines over all runs")
 
@@ -479,6 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-files", type=int, default=200)
     parser.add_argument("--only", choices=("small", "big", "latency"))
     parser.add_argument("--verbose", action="store_true", help="print every run")
+    parser.add_argument("--backend", choices=("local", "celery"), default="local",
+                        help="celery: the third contender is the Celery backend (durable=false is skipped)")
     args = parser.parse_args(argv)
     for key in ("small_files", "small_lines", "big_files", "big_lines", "runs", "workers", "latency_files"):
         if getattr(args, key) < 1:
@@ -487,7 +564,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CONTENDERS
     args = parse_args(argv)
+    if args.backend == "celery":
+        CONTENDERS = (FLOOR, DURABLE, CELERY)
+        start_redis()
     parts = [args.only] if args.only else ["small", "big", "latency"]
     sizes = {"small": (args.small_files, args.small_lines), "big": (args.big_files, args.big_lines)}
     with tempfile.TemporaryDirectory(prefix="fm-throughput-") as tmp_name:
@@ -499,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             report_workload(w, measured[p], args)
         if latencies:
             report_latency(latencies)
+    if "proc" in REDIS:
+        REDIS["proc"].terminate()
     return 0
 
 
