@@ -46,7 +46,7 @@ from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_stag
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
 from workers.state import Stats, errors_from_journal
-from workers.store import FileRecord, Journal, Store, read_journal
+from workers.store import FileRecord, Journal, Store, tail_journal
 from workers.worker import (
     P_BYTES,
     P_ITEM,
@@ -274,6 +274,7 @@ class Supervisor:
         self.web: Any = None
         self.remote: Any = None  # the Celery backend, when [workers] backend = "celery"
         self.remote_slot: Slot | None = None
+        self.remote_sent: dict[int, float] = {}  # Celery job seq -> when it was sent
         self.web_url = ""
         self.loop_tick = time.time()
         self.once_idle = False
@@ -295,13 +296,14 @@ class Supervisor:
         # they start after claims began, and must inherit nothing.
         self.ctx = mp.get_context("spawn")
         self._start_manager(mp.get_context("fork"))
+        if self.config.web.enabled:
+            self._start_web(wait=False)  # it boots while the rest starts; awaited below
         self.store = Store(self.queue.state_dir / "state.db")
         w = self.config.watch
         self.journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                                self.queue.locks_dir / "journal.lock")
         self.stats = Stats(time.time(), self.store.totals())
-        tail = list(read_journal(w.dir / "input.log", 1))[-2000:]
-        self.stats.recent_errors.extend(errors_from_journal(tail))
+        self.stats.recent_errors.extend(errors_from_journal(tail_journal(w.dir / "input.log")))
         self.progress = self.ctx.RawArray("d", self.options.workers * SLOT_SIZE)
         if self.config.workers.backend == "celery":
             self._start_remote()
@@ -310,8 +312,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self._start_pumps()
-        if self.config.web.enabled:
-            self._start_web()
+        if self.web is not None and (not self.web_ready.wait(20) or not self.web.is_alive()):
+            raise QueueSetupError(f"the dashboard could not start on {self.config.web.host}:{self.web_port}")
         self.observer = start_observer(self.queue.unprocessed, self.inbox)
         self._recover(time.monotonic())
         if self.web is not None:
@@ -533,6 +535,7 @@ class Supervisor:
         for job in list(self.remote_slot.assigned.values()):
             self._requeue_items(job.items)
         self.remote_slot.assigned.clear()
+        self.remote_sent.clear()
 
     def _on_command(self, command: tuple) -> None:
         """An action from the dashboard (already authorised and validated there)."""
@@ -568,6 +571,7 @@ class Supervisor:
     def _on_result(self, result: JobResult) -> None:
         if result.slot == -1:
             slot = self.remote_slot
+            self.remote_sent.pop(result.seq, None)
         else:
             slot = self.slots[result.slot] if result.slot < len(self.slots) else None
         job = slot.assigned.pop(result.seq, None) if slot else None
@@ -667,6 +671,8 @@ class Supervisor:
     def _check_workers(self, now: float) -> None:
         if self._manager_died() and not self.signals:
             self._rebuild_manager()
+        if self.remote_slot is not None:
+            self._check_remote(now)
         check_memory = now - self.last_memory >= MEMORY_CHECK_EVERY_S
         if check_memory:
             self.last_memory = now
@@ -685,6 +691,18 @@ class Supervisor:
         for seq, (job, deadline) in list(self.orphans.items()):
             if now >= deadline:  # its result never came: treat its files as not started
                 del self.orphans[seq]
+                self._requeue_items(job.items)
+
+    def _check_remote(self, now: float) -> None:
+        """A safety net for the Celery backend: a job with no result long after it should
+        have finished (its message lost, its task given up by Celery) goes out again."""
+        w = self.config.workers
+        for seq, job in list(self.remote_slot.assigned.items()):
+            sent = self.remote_sent.get(seq, now)
+            if now - sent > w.file_timeout * len(job.items) + self.config.celery.visibility_timeout:
+                log.warning("job %d (%d files) got no result in time: sending its files again", seq, len(job.items))
+                del self.remote_slot.assigned[seq]
+                self.remote_sent.pop(seq, None)
                 self._requeue_items(job.items)
 
     def _start_worker(self, slot: Slot, now: float) -> None:
@@ -935,6 +953,8 @@ class Supervisor:
             for f in batch:
                 f.seq = self.seq
             slot.assigned[self.seq] = job
+            if slot is self.remote_slot:
+                self.remote_sent[self.seq] = time.monotonic()
             try:
                 slot.jobs.put(job)
             except (OSError, EOFError):  # the manager died: the next step rebuilds it

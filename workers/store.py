@@ -234,14 +234,22 @@ class Journal:
             self.fd = -1
 
 
-def read_journal(path: Path, keep: int) -> Iterable[dict[str, Any]]:
-    """Every entry, oldest first, across rotated files."""
-    for n in range(keep, -1, -1):
-        p = path if n == 0 else path.with_name(f"{path.name}.{n}")
+def tail_journal(path: Path, max_bytes: int = 1 << 20) -> list[dict[str, Any]]:
+    """The entries in the last ``max_bytes`` of the current journal, oldest first."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if size > max_bytes:
+        lines = lines[1:]  # the first one is cut
+    entries = []
+    for line in lines:
         try:
-            with open(p, encoding="utf-8", errors="surrogateescape") as f:
-                for line in f:
-                    if line.strip():
-                        yield json.loads(line)
-        except FileNotFoundError:
+            entries.append(json.loads(line.decode("utf-8", "surrogateescape")))
+        except ValueError:
             continue
+    return entries
