@@ -117,7 +117,9 @@ def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, 
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     stats = get_json(url + "stats")[1]
-    assert stats["backend"] == "celery" and stats["broker"]["ok"]
+    assert stats["backend"] == "celery" and stats["broker"]["ok"] and stats["broker"]["queue_depth"] == 0
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        assert "foldermill_broker_queue_jobs 0.0" in response.read().decode()
     hosts = wait_for(lambda: {w["hostname"] for w in get_json(url + "stats")[1]["workers"]}, 20,
                      "the remote workers in /stats")
     assert {h.split("@")[0] for h in hosts} == {"alpha", "beta"}
