@@ -117,7 +117,8 @@ def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, 
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     stats = get_json(url + "stats")[1]
-    assert stats["backend"] == "celery" and stats["broker"]["ok"] and stats["broker"]["queue_depth"] == 0
+    assert stats["backend"] == "celery" and stats["broker"]["ok"]
+    wait_for(lambda: get_json(url + "stats")[1]["broker"]["queue_depth"] == 0, 10, "an empty broker queue")
     with urllib.request.urlopen(url + "metrics", timeout=5) as response:
         assert "foldermill_broker_queue_jobs 0.0" in response.read().decode()
     hosts = wait_for(lambda: {w["hostname"] for w in get_json(url + "stats")[1]["workers"]}, 20,
