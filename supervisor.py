@@ -37,11 +37,13 @@ from typing import Any
 
 import psutil
 
+from workers import __version__
 from workers.config import Config, load_config
 from workers.engine import run_file
 from workers.errors import ConfigError, InputError
 from workers.graph import Graph, compile_graph
 from workers.intake import MOVED_IN, start_observer
+from workers.ops import announce
 from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
@@ -94,8 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", action="store_true", help="trace line routes and log every file transition")
     parser.add_argument("--workers", type=int, metavar="N", help="worker processes (overrides [workers] count)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
+    parser.add_argument("--version", action="version", version=f"foldermill {__version__}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("check", help="validate the config and print the routing graph")
+    status = sub.add_parser("status", help="queue counts, workers, recent failures (running or not)")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
+    retry.add_argument("names", nargs="*", metavar="NAME")
+    retry.add_argument("--all", action="store_true", help="every file in failed/")
+    history = sub.add_parser("history", help="every journal entry for one file")
+    history.add_argument("name", metavar="NAME")
+    history.add_argument("--json", action="store_true", help="JSON lines")
     run = sub.add_parser("run", help="run the pipeline on files directly (no folders, no pool)")
     run.add_argument("files", nargs="+", type=Path, metavar="FILE")
     run.add_argument("--output-dir", type=Path, help="where outputs go (default: the watch dir's output/)")
@@ -118,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(config, graph)
     if args.command == "run":
         return cmd_run(config, graph, args.files, args.output_dir, args.trace)
+    if args.command in ("status", "retry", "history"):
+        return cmd_ops(config, args)
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
     supervisor = Supervisor(config, graph, options)
@@ -128,6 +141,32 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.shutdown()
         return EXIT_FATAL
     return supervisor.run()
+
+
+def cmd_ops(config: Config, args: argparse.Namespace) -> int:
+    """status, retry, history: the operator's verbs (workers/ops.py)."""
+    from workers import ops
+
+    if args.command == "status":
+        s = ops.status(config)
+        print(json.dumps(s) if args.json else ops.format_status(s))
+        return EXIT_OK
+    if args.command == "retry":
+        if bool(args.names) == bool(args.all):
+            print("foldermill: retry needs NAME... or --all (not both)", file=sys.stderr)
+            return EXIT_USAGE
+        moved, problems = ops.retry(config, args.names, args.all)
+        for name in moved:
+            print(f"{name}: back in unprocessed/, with fresh attempts")
+        for problem in problems:
+            print(f"foldermill: {problem}", file=sys.stderr)
+        return EXIT_FILES_FAILED if problems else EXIT_OK
+    entries = ops.history(config, args.name)
+    if not entries:
+        print(f"foldermill: no journal entry for {args.name!r}", file=sys.stderr)
+        return EXIT_FILES_FAILED
+    print("\n".join(json.dumps(e) for e in entries) if args.json else ops.format_history(entries))
+    return EXIT_OK
 
 
 def cmd_check(config: Config, graph: Graph) -> int:
@@ -275,6 +314,7 @@ class Supervisor:
         self.remote: Any = None  # the Celery backend, when [workers] backend = "celery"
         self.remote_slot: Slot | None = None
         self.remote_sent: dict[int, float] = {}  # Celery job seq -> when it was sent
+        self.announced: Path | None = None  # .foldermill/supervisor-<pid>.json, for `status`
         self.web_url = ""
         self.loop_tick = time.time()
         self.once_idle = False
@@ -319,6 +359,7 @@ class Supervisor:
         if self.web is not None:
             self.web_url = f"http://{_url_host(self.config.web.host)}:{self.web_port}/"
             log.info("dashboard at %s (JSON: stats, trace, errors, health; Prometheus: metrics)", self.web_url)
+        self.announced = announce(self.queue.state_dir, os.getpid(), self.web_url, self.owner)
         log.info("foldermill started: watching %s with %d workers (supervisor %s)",
                  self.queue.unprocessed, self.options.workers, self.owner)
 
@@ -461,6 +502,8 @@ class Supervisor:
             self.store.close()
         if self.journal is not None:
             self.journal.close()
+        if self.announced is not None:
+            self.announced.unlink(missing_ok=True)
         if self.manager is not None:
             with contextlib.suppress(Exception):
                 self.manager.shutdown()

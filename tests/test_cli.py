@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -138,3 +140,56 @@ def test_a_200_mb_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     out = tmp_path / "watch_dir" / "output"
     assert (out / "big.log").stat().st_size < size  # the ERROR lines went to the side output only
     assert (out / "big.log.errors").stat().st_size > 0
+
+
+# -- the operator's verbs ------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "foldermill 0.1.0"
+
+
+def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp_path: Path, daemons) -> None:
+    from tests.daemon import BASE_CONFIG, drop, folder, start, wait_for
+    from tests.daemon import write_config as write_daemon_config
+
+    config = write_daemon_config(tmp_path, BASE_CONFIG.replace("max_attempts = 2", "max_attempts = 1"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "bin.log", b"\x00\n")
+    drop(watch, "ok.log", "fine\n")
+    wait_for(lambda: folder(watch, "failed") == ["bin.log"] and folder(watch, "processed") == ["ok.log"], 20,
+             "one failed and one processed file")
+    def status() -> dict:
+        return json.loads(cli("-c", config, "status", "--json").stdout)
+
+    running = wait_for(lambda: (s := status())["folders"].get("failed") == 1 and s, 10,
+                       "status to show the failed file (the API's snapshot is up to 0.75 s old)")
+    assert running["source"].startswith("running supervisor")
+    assert running["workers"] and running["recent_failures"][0]["file"] == "bin.log"
+    text = cli("-c", config, "status").stdout
+    assert "source: running supervisor" in text and "failed 1" in text
+    history = cli("-c", config, "history", "ok.log")
+    assert history.returncode == 0 and "claimed" in history.stdout and "processed" in history.stdout
+    assert cli("-c", config, "history", "nope.log").returncode == 1
+    assert d.stop() == 0
+
+    stopped = json.loads(cli("-c", config, "status", "--json").stdout)
+    assert stopped["source"].startswith("no supervisor is running") and stopped["folders"]["failed"] == 1
+    assert stopped["recent_failures"][0]["file"] == "bin.log"
+    assert cli("-c", config, "retry", "../etc").returncode == 1
+    assert cli("-c", config, "retry", "missing.log").returncode == 1
+    retried = cli("-c", config, "retry", "--all")
+    assert retried.returncode == 0 and "bin.log: back in unprocessed/" in retried.stdout
+    assert folder(watch, "failed") == [] and folder(watch, "unprocessed") == ["bin.log"]
+    entries = [json.loads(line) for line in cli("-c", config, "history", "bin.log", "--json").stdout.splitlines()]
+    assert [e["event"] for e in entries] == ["claimed", "failed"]
+
+
+def test_the_systemd_unit_stops_with_sigterm_and_waits_for_the_grace_period() -> None:
+    unit = (ROOT / "deploy" / "foldermill.service").read_text()
+    assert "ExecStart=" in unit and "supervisor.py -c" in unit
+    assert "KillSignal=SIGTERM" in unit and "Restart=on-failure" in unit
+    timeout = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))
+    assert timeout > 30  # [workers] shutdown_grace defaults to 30 s

@@ -1,0 +1,148 @@
+"""The operator's verbs: status, retry, history (``python supervisor.py -c config.toml VERB``).
+
+``status`` asks a running supervisor's API when one is up (it announces itself in
+``watch_dir/.foldermill/supervisor-<pid>.json``) and otherwise reads the folders and the
+journal, and says which. ``retry`` moves failed files back exactly as the dashboard
+action does. ``history`` lists every journal entry for one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from workers.config import Config
+from workers.queue import REASON_SUFFIX, FolderQueue
+from workers.store import tail_journal
+
+ANNOUNCE_GLOB = "supervisor-*.json"
+
+
+def announce(state_dir: Path, pid: int, url: str, owner: str) -> Path:
+    """Written by a running supervisor; removed when it stops."""
+    path = state_dir / f"supervisor-{pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "url": url, "owner": owner, "started": time.time()}))
+    os.replace(tmp, path)
+    return path
+
+
+def running_supervisors(state_dir: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(state_dir.glob(ANNOUNCE_GLOB)):
+        try:
+            info = json.loads(path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue  # stale: that supervisor died without cleaning up
+        found.append(info)
+    return found
+
+
+def status(config: Config) -> dict[str, Any]:
+    """From a running supervisor's /stats when possible, else from disk."""
+    q = _queue(config)
+    for info in running_supervisors(q.state_dir):
+        if not info.get("url"):
+            continue
+        try:
+            with urllib.request.urlopen(info["url"] + "stats", timeout=3) as response:
+                stats = json.loads(response.read())
+            with urllib.request.urlopen(info["url"] + "errors", timeout=3) as response:
+                errors = json.loads(response.read())["errors"][:5]
+        except (OSError, ValueError):
+            continue
+        return {"source": f"running supervisor {info['owner']} at {info['url']}", "folders": stats["folders"],
+                "oldest_unprocessed_age_s": stats["oldest_unprocessed_age_s"],
+                "workers": [{k: w.get(k) for k in ("pid", "state", "file", "progress_percent")}
+                            for w in stats["workers"]],
+                "recent_failures": errors, "totals": stats["totals_since_journal_began"]}
+    return _status_from_disk(config, q)
+
+
+def _status_from_disk(config: Config, q: FolderQueue) -> dict[str, Any]:
+    candidates = q.scan()
+    oldest = min((c.mtime_ns for c in candidates), default=None)
+    failures = [e for e in reversed(tail_journal(config.watch.dir / "input.log"))
+                if e.get("event") in ("failed", "retried")][:5]
+    return {"source": "no supervisor is running: read from the folders and the journal",
+            "folders": q.counts(),
+            "oldest_unprocessed_age_s": time.time() - oldest / 1e9 if oldest is not None else None,
+            "workers": [], "recent_failures": failures, "totals": {}}
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"source: {s['source']}"]
+    lines.append("folders: " + ", ".join(f"{k} {v}" for k, v in s["folders"].items()))
+    age = s["oldest_unprocessed_age_s"]
+    lines.append(f"oldest waiting file: {age:.1f} s" if age is not None else "oldest waiting file: none")
+    for w in s["workers"]:
+        doing = f"{w['file']!r} {w['progress_percent']}%" if w.get("file") else "idle"
+        lines.append(f"worker {w['pid']}: {w['state']}, {doing}")
+    if s["recent_failures"]:
+        lines.append("recent failures:")
+        for f in s["recent_failures"]:
+            lines.append(f"  {f.get('file')!r}: {f.get('message') or f.get('reason')}")
+    return "\n".join(lines)
+
+
+def retry(config: Config, names: list[str], every: bool) -> tuple[list[str], list[str]]:
+    """Move failed files back to unprocessed/ (fresh attempts). Returns (moved, problems)."""
+    q = _queue(config)
+    if every:
+        present = set(os.listdir(q.failed))
+        names = sorted(n for n in present if not n.startswith(".")
+                       and not (n.endswith(REASON_SUFFIX) and n[: -len(REASON_SUFFIX)] in present))
+    moved, problems = [], []
+    for name in names:
+        if name in (".", "..") or "/" in name or "\x00" in name or name.startswith("."):
+            problems.append(f"{name!r}: not a plain file name")
+        elif not os.path.lexists(q.failed / name):
+            problems.append(f"{name!r}: no such file in failed/")
+        elif os.path.lexists(q.unprocessed / name):
+            problems.append(f"{name!r}: unprocessed/ already holds that name")
+        else:
+            os.rename(q.failed / name, q.unprocessed / name)
+            (q.failed / (name + REASON_SUFFIX)).unlink(missing_ok=True)
+            moved.append(name)
+    return moved, problems
+
+
+def history(config: Config, name: str) -> list[dict[str, Any]]:
+    """Every journal entry (all rotated files, oldest first) for the file ``name``, under
+    its input name or its final name."""
+    path = config.watch.dir / "input.log"
+    entries = []
+    for n in range(config.watch.journal_keep, -1, -1):
+        p = path if n == 0 else path.with_name(f"{path.name}.{n}")
+        try:
+            with open(p, encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    if name in line:
+                        try:
+                            e = json.loads(line)
+                        except ValueError:
+                            continue
+                        if name in (e.get("file"), e.get("final")):
+                            entries.append(e)
+        except FileNotFoundError:
+            continue
+    return entries
+
+
+def format_history(entries: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in entries:
+        extra = {k: v for k, v in e.items() if k not in ("ts", "event", "file")}
+        lines.append(f"{e['ts']}  {e['event']:<10} {e['file']!r}  " +
+                     " ".join(f"{k}={v!r}" for k, v in extra.items()))
+    return "\n".join(lines)
+
+
+def _queue(config: Config) -> FolderQueue:
+    w = config.watch
+    return FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
