@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -351,6 +352,7 @@ class Supervisor:
             self.slots = [Slot(i) for i in range(self.options.workers)]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
         self._start_pumps()
         if self.web is not None and (not self.web_ready.wait(20) or not self.web.is_alive()):
             raise QueueSetupError(f"the dashboard could not start on {self.config.web.host}:{self.web_port}")
@@ -560,12 +562,48 @@ class Supervisor:
             self._on_command(item[1])
         elif kind == "broker":
             self._on_broker(item[1], item[2])
+        elif kind == "reload":
+            self._reload()
         elif kind == "fs":
             if item[1] == MOVED_IN:
                 self.readiness.note_moved_in(item[2])
             else:
                 self.readiness.note_written(item[2])
             self.scan_due = True
+
+    def _reload(self) -> None:
+        """SIGHUP: read config.toml again. A valid new pipeline (and new [workers] limits)
+        apply to files claimed from now on: workers are recycled after their current job.
+        An invalid file is logged with the key at fault and the running config stays."""
+        try:
+            new = load_config(self.config.path)
+            graph = compile_graph(new.pipeline, str(new.base_dir))
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        kept = [key for key, old, now in (("watch", self.config.watch, new.watch), ("web", self.config.web, new.web),
+                                          ("celery", self.config.celery, new.celery))
+                if old != now]
+        if new.workers.backend != self.config.workers.backend or new.workers.count != self.config.workers.count:
+            kept.append("workers.backend/count")
+        if kept:
+            log.warning("reload: changes to %s need a restart and are ignored", ", ".join(kept))
+        workers = dataclasses.replace(new.workers, backend=self.config.workers.backend,
+                                      count=self.config.workers.count)
+        # Workers parse the raw tables: give them the running [watch], [web] and [celery].
+        raw = {**new.raw, **{k: self.config.raw[k] for k in ("watch", "web", "celery") if k in self.config.raw}}
+        for k in ("watch", "web", "celery"):
+            if k not in self.config.raw:
+                raw.pop(k, None)
+        raw.setdefault("workers", {})
+        raw["workers"] = {**raw["workers"], "backend": workers.backend, "count": workers.count}
+        self.config = dataclasses.replace(self.config, pipeline=new.pipeline, workers=workers, raw=raw)
+        self.graph = graph
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                self._recycle(slot)
+        log.info("configuration reloaded: new files get the new pipeline (%d nodes); workers recycled",
+                 len(graph.nodes))
 
     def _on_broker(self, ok: bool, error: str) -> None:
         """The broker went away or came back. Jobs sent before an outage may have died

@@ -469,3 +469,37 @@ def test_trace_json_logs_and_worker_count_options(tmp_path: Path, daemons) -> No
     assert any(m.startswith("claimed 't.log'") for m in messages)  # every transition, with --trace
     assert any(m.startswith("processed 't.log'") for m in messages)
     assert any(m.startswith("route 't.log' line 1: start -> end") for m in messages)  # sampled routes
+
+
+def test_sighup_reloads_a_valid_pipeline_and_refuses_an_invalid_one(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    before = [f"a{i:02d}.log" for i in range(20)]
+    for name in before:
+        drop(watch, name, "Mixed Case\n")
+    wait_for(lambda: folder(watch, "processed") == before, 30, "the first files, upper-cased")
+    # An invalid file: the running pipeline stays.
+    config.write_text(config.read_text().replace('processor = "upper"', 'processor = "uper"'))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in d.log(), 10, "the refusal in the log")
+    assert "pipeline.nodes.start.processor" in d.log()
+    drop(watch, "b00.log", "Mixed Case\n")
+    wait_for(lambda: outcome(watch, "b00.log") == "processed", 20, "a file after the refused reload")
+    assert (watch / "output" / "b00.log").read_text() == "MIXED CASE\n"
+    # A valid one, while files flow: files claimed after the reload get it.
+    config.write_text(config.read_text().replace('processor = "uper"', 'processor = "lower"'))
+    during = [f"c{i:02d}.log" for i in range(20)]
+    for name in during[:10]:
+        drop(watch, name, "Mixed Case\n")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.log(), 10, "the reload in the log")
+    for name in during[10:]:
+        drop(watch, name, "Mixed Case\n")
+    wait_for(lambda: folder(watch, "processed") == sorted([*before, "b00.log", *during]), 30,
+             "every file processed once across the reload")
+    outputs = {n: (watch / "output" / n).read_text() for n in during}
+    assert set(outputs.values()) <= {"MIXED CASE\n", "mixed case\n"}
+    assert all(outputs[n] == "mixed case\n" for n in during[10:])  # claimed after the reload
+    assert sorted(os.listdir(watch / "output")) == sorted([*before, "b00.log", *during])  # nothing twice
+    assert d.stop() == 0
