@@ -690,11 +690,15 @@ class Supervisor:
             return
         durable = self.config.workers.durable
         out = self.queue.output
+        assert self.store is not None
+        self._find_duplicates(batch)
         if durable:
             _syncfs(out)
-        done = []
-        for _, res, _ in batch:
+        done, digests = [], []
+        for flight, res, _ in batch:
             rename_staged(out, res.staged, durable=False)
+            if res.digest and not res.duplicate_of:
+                digests.append((res.digest, flight.record.final_name, flight.record.id))
         if durable:
             fsync_dir(out)
         for flight, res, pid in batch:
@@ -705,13 +709,33 @@ class Supervisor:
             self.stats.processed(name, res.lines_in, res.seconds, pid, time.time())
             self.summary["files"] += 1
             self.summary["lines"] += res.lines_in
+            if res.duplicate_of:
+                self._journal("duplicate", flight, worker=pid, of=res.duplicate_of,
+                              output=[res.duplicate_of], reason="its content was processed before")
+                continue
             self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
                           lines_out=res.lines_out, skipped=len(res.skipped),
                           output=[final for _, final in res.staged])
         self._flush_journal()  # as close to the moves as possible: a SIGKILL loses less
-        assert self.store is not None
+        if digests:
+            self.store.add_digests(digests)
         self.store.finished(done)
         self.store.add_totals({"files_processed": len(batch), "lines_processed": sum(r.lines_in for _, r, _ in batch)})
+
+    def _find_duplicates(self, batch: list[tuple[Flight, ItemResult, int]]) -> None:
+        """With dedupe on: a file whose content another file committed first (since its
+        worker looked, or earlier in this batch) becomes a duplicate; its outputs go."""
+        seen: dict[str, str] = {}
+        for flight, res, _ in batch:
+            if not res.digest or res.duplicate_of:
+                continue
+            earlier = seen.get(res.digest) or self.store.digest_owner(res.digest)
+            if earlier:
+                for temp, _ in res.staged:
+                    (self.queue.output / temp).unlink(missing_ok=True)
+                res.staged, res.duplicate_of = [], earlier
+            else:
+                seen[res.digest] = flight.record.final_name
 
     def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
                         node: str = "", line: int | None = None) -> None:
@@ -797,7 +821,8 @@ class Supervisor:
             return  # the manager is gone: rebuilt on the next step
         args = WorkerArgs(slot.index, os.getpid(), str(self.config.path), dict(self.config.raw),
                           100 if self.options.trace else 0, self.config.workers.durable,
-                          self.config.workers.max_files_per_worker)
+                          self.config.workers.max_files_per_worker,
+                          str(self.queue.state_dir / "state.db") if self.config.watch.dedupe == "content" else "")
         process = self.ctx.Process(target=worker_main, args=(args, slot.jobs, self.results, self.progress),
                                    name=f"foldermill-worker-{slot.index}", daemon=True)
         process.start()

@@ -503,3 +503,23 @@ def test_sighup_reloads_a_valid_pipeline_and_refuses_an_invalid_one(tmp_path: Pa
     assert all(outputs[n] == "mixed case\n" for n in during[10:])  # claimed after the reload
     assert sorted(os.listdir(watch / "output")) == sorted([*before, "b00.log", *during])  # nothing twice
     assert d.stop() == 0
+
+
+def test_content_dedupe_survives_a_restart(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path, BASE_CONFIG.replace("settle = 0.3", 'settle = 0.3\ndedupe = "content"'))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "first.log", "same content\n")
+    wait_for(lambda: outcome(watch, "first.log") == "processed", 20, "first.log processed")
+    drop(watch, "second.log", "same content\n")
+    drop(watch, "other.log", "different\n")
+    wait_for(lambda: all_done(watch, ["second.log", "other.log"]), 20, "the duplicate and the other file")
+    assert d.stop() == 0
+    start(daemons, config)
+    drop(watch, "third.log", "same content\n")
+    wait_for(lambda: outcome(watch, "third.log") == "processed", 20, "third.log after a restart")
+    events = {e["file"]: e for e in journal(watch) if e["event"] in ("processed", "duplicate")}
+    assert events["first.log"]["event"] == "processed" and events["other.log"]["event"] == "processed"
+    for dup in ("second.log", "third.log"):
+        assert events[dup]["event"] == "duplicate" and events[dup]["of"] == "first.log"
+    assert sorted(os.listdir(watch / "output")) == ["first.log", "other.log"]  # no output for duplicates

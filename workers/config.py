@@ -33,6 +33,7 @@ class WatchConfig:
     ready_marker: str = ""  # e.g. "{name}.ready"
     journal_max_mb: float = 64.0  # input.log is rotated past this size
     journal_keep: int = 5  # rotated journals kept: input.log.1 ... input.log.N
+    dedupe: str = "off"  # "content": a file whose content was processed before is not processed again
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def _parse_watch(t: _Table, base: Path) -> WatchConfig:
         ready_marker=t.get("ready_marker", str, d.ready_marker, check=_marker),
         journal_max_mb=t.get("journal_max_mb", float, d.journal_max_mb, check=_positive),
         journal_keep=t.get("journal_keep", int, d.journal_keep, check=_at_least(1)),
+        dedupe=t.get("dedupe", str, d.dedupe, check=_one_of(("off", "content"))),
     )
     t.done()
     return cfg

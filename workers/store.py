@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_status ON files (status);
 CREATE INDEX IF NOT EXISTS files_final ON files (final_name);
 CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL);
 """
 
 LIVE = ("claimed", "waiting")
@@ -150,6 +151,15 @@ class Store:
         with self._tx() as db:
             db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? "
                            "WHERE name = ? AND status = 'claimed'", [(now, n) for n in names])
+
+    def digest_owner(self, digest: str) -> str:
+        row = self.db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
+        return row[0] if row else ""
+
+    def add_digests(self, rows: list[tuple[str, str, int]]) -> None:
+        """(digest, final name, file id) of files just processed; the first one wins."""
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id) VALUES (?, ?, ?)", rows)
 
     def add_totals(self, deltas: dict[str, int]) -> None:
         with self._tx() as db:

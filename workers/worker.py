@@ -12,9 +12,11 @@ Results go back through the manager's result queue, one message per job.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,8 @@ class ItemResult:
     error_line: int | None = None
     skipped: list[dict[str, Any]] = field(default_factory=list)
     routes: list[tuple[int, list[str]]] = field(default_factory=list)
+    digest: str = ""  # content hash, when [watch] dedupe = "content"
+    duplicate_of: str = ""  # the final name of an earlier file with the same content
 
 
 @dataclass
@@ -83,6 +87,7 @@ class WorkerArgs:
     trace_every: int
     durable: bool
     max_files: int
+    dedupe_db: str = ""  # the state database, when [watch] dedupe = "content"
 
 
 def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> None:
@@ -138,6 +143,16 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         progress[base + P_BEAT] = time.time()
 
     started = time.monotonic()
+    digest = ""
+    if args.dedupe_db:
+        try:
+            digest = file_digest(in_dir / item.name)
+        except OSError:
+            digest = ""  # the engine's own open reports the problem below
+        earlier = digest and processed_digest(args.dedupe_db, digest)
+        if earlier:
+            return ItemResult(item.file_id, True, digest=digest, duplicate_of=earlier,
+                              seconds=time.monotonic() - started)
     staged = StagedOutputs(out_dir, item.final_name, graph.settings.encoding, token=str(item.file_id))
     try:
         with os.fdopen(open_claimed(in_dir / item.name), "rb") as source:
@@ -163,7 +178,31 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         acc[2] += s.errors
         acc[3] += s.seconds
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
-                      time.monotonic() - started, skipped=result.errors, routes=result.routes)
+                      time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest)
+
+
+def file_digest(path: Path) -> str:
+    """A content hash (BLAKE2b, 128 bits) read through a claimed file's descriptor."""
+    h = hashlib.blake2b(digest_size=16)
+    with os.fdopen(open_claimed(path), "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_DIGEST_DBS: dict[str, Any] = {}
+
+
+def processed_digest(db_path: str, digest: str) -> str:
+    """The final name of a processed file with this content, or "" (read-only look-up)."""
+    db = _DIGEST_DBS.get(db_path)
+    if db is None:
+        db = _DIGEST_DBS[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
+    except sqlite3.Error:
+        return ""
+    return row[0] if row else ""
 
 
 def manager_init(parent_pid: int) -> None:
