@@ -46,6 +46,7 @@ from workers.graph import Graph, compile_graph
 from workers.intake import MOVED_IN, start_observer
 from workers.ops import announce
 from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
+from workers.progress import Progress
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
 from workers.state import Stats, errors_from_journal
@@ -182,14 +183,29 @@ def cmd_check(config: Config, graph: Graph) -> int:
 def cmd_run(config: Config, graph: Graph, files: list[Path], output_dir: Path | None, trace: bool) -> int:
     out_dir = output_dir or config.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in files:
-        if not _run_one(graph, path, out_dir, trace):
+    sizes = [_size(p) for p in files]
+    view = Progress(sys.stderr)
+    failed, done_bytes = 0, 0
+    for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
+        def report(bytes_done: int, _lines: int, path: Path = path, size: int = size, i: int = i,
+                   before: int = done_bytes) -> None:
+            view.update(i, len(files), before + bytes_done, sum(sizes), [(path.name, bytes_done, size)])
+
+        if not _run_one(graph, path, out_dir, trace, report):
             failed += 1
+        done_bytes += size
+    view.update(len(files), len(files), done_bytes, sum(sizes), [], final=True)
     return EXIT_FILES_FAILED if failed else EXIT_OK
 
 
-def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool) -> bool:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any = None) -> bool:
     suffixes = graph.side_outputs()
 
     def taken(name: str) -> bool:
@@ -204,7 +220,7 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool) -> bool:
     with source:
         staged = StagedOutputs(out_dir, unique_name(path.name, taken), graph.settings.encoding)
         try:
-            result = run_file(graph, path.name, source, staged.sink, trace_every=100 if trace else 0)
+            result = run_file(graph, path.name, source, staged.sink, report, trace_every=100 if trace else 0)
         except InputError as exc:
             staged.abort()
             print(f"{path}: failed: {exc}", file=sys.stderr)
@@ -308,6 +324,8 @@ class Supervisor:
         self.last_scan = self.last_recover = self.last_publish = self.last_memory = 0.0
         self.last_summary = time.monotonic()
         self.summary = {"files": 0, "lines": 0, "failed": 0, "retried": 0}
+        self.summary_total = {"files": 0, "bytes": 0}  # for --once's progress
+        self.once_view: Progress | None = None
         self.stats = Stats(time.time(), {})
         self.paused = False
         self.waiting: dict[str, float] = {}  # unprocessed/ at the last scan: name -> mtime
@@ -459,6 +477,8 @@ class Supervisor:
                     break
                 self._wait(now)
         finally:
+            if self.options.once and self.once_view is not None:
+                self._show_progress(final=True)
             self.shutdown()
         return EXIT_OK
 
@@ -553,6 +573,8 @@ class Supervisor:
             self._publish(now)
         if now - self.last_summary >= SUMMARY_EVERY_S:
             self._log_summary(now)
+        if self.options.once:
+            self._show_progress()
 
     def _handle(self, item: tuple) -> None:
         kind = item[0]
@@ -707,6 +729,8 @@ class Supervisor:
             self._forget(name)
             done.append((flight.record.id, "processed"))
             self.stats.processed(name, res.lines_in, res.seconds, pid, time.time())
+            self.summary_total["files"] += 1
+            self.summary_total["bytes"] += flight.size
             self.summary["files"] += 1
             self.summary["lines"] += res.lines_in
             if res.duplicate_of:
@@ -763,6 +787,9 @@ class Supervisor:
                           node=node, line=line, retry_in=delay)
             log.warning("attempt %d of %r failed (%s); retrying in %.1fs", attempts, name, reason, delay)
         self.stats.attempt_failed(name, attempts, reason, cause, final, worker, node, line)
+        if final:
+            self.summary_total["files"] += 1
+            self.summary_total["bytes"] += flight.size
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -1147,6 +1174,24 @@ class Supervisor:
         except psutil.Error:
             pass
         return row
+
+    def _show_progress(self, final: bool = False) -> None:
+        """--once: a bar on a terminal, periodic lines otherwise (workers/progress.py)."""
+        if self.once_view is None:
+            self.once_view = Progress(sys.stderr)
+        in_flight = []
+        for slot in self.slots:
+            base = slot.index * SLOT_SIZE
+            job = slot.assigned.get(int(self.progress[base + P_JOB]))
+            item = int(self.progress[base + P_ITEM])
+            if job is not None and 0 <= item < len(job.items):
+                it = job.items[item]
+                in_flight.append((it.name, int(self.progress[base + P_BYTES]), it.size))
+        done = self.summary_total["files"]
+        waiting = len(self.flights) + len(self.backlog)
+        pending_bytes = sum(f.size for f in self.flights.values()) + sum(c.size for c in self.backlog)
+        self.once_view.update(done, done + waiting, self.summary_total["bytes"] + sum(d for _, d, _ in in_flight),
+                              self.summary_total["bytes"] + pending_bytes, in_flight, final=final)
 
     def _log_summary(self, now: float) -> None:
         s = self.summary

@@ -193,3 +193,58 @@ def test_the_systemd_unit_stops_with_sigterm_and_waits_for_the_grace_period() ->
     assert "KillSignal=SIGTERM" in unit and "Restart=on-failure" in unit
     timeout = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))
     assert timeout > 30  # [workers] shutdown_grace defaults to 30 s
+
+
+def _on_a_terminal(args: list[str], timeout_s: float = 60) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal; return (status, what it drew)."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(SUPERVISOR), *args], stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=10), b"".join(chunks).decode(errors="replace")
+
+
+def test_run_shows_a_progress_bar_on_a_terminal_and_lines_otherwise(tmp_path: Path) -> None:
+    config = write_config(tmp_path, (ROOT / "config.toml").read_text())
+    big = tmp_path / "big.log"
+    big.write_text("".join(f"INFO request {i} took {i % 97}ms user=u{i % 13}\n" for i in range(300_000)))
+    status, drawn = _on_a_terminal(["-c", str(config), "run", str(big)])
+    assert status == 0
+    assert "\x1b[F" in drawn  # redrawn in place
+    assert "big.log" in drawn and "%" in drawn and "ETA" in drawn
+    assert "1/1 files" in drawn and "[########################] 100.0%" in drawn
+    proc = cli("-c", config, "run", big, "--output-dir", tmp_path / "again")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("progress: ")]
+    assert lines and lines[-1].startswith("progress: 1/1 files") and "\x1b" not in proc.stderr
+
+
+def test_once_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    from tests.daemon import BASE_CONFIG, drop, folder
+    from tests.daemon import write_config as write_daemon_config
+
+    config = write_daemon_config(tmp_path, BASE_CONFIG)
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    for i in range(30):
+        drop(watch, f"f{i:02d}.log", "x\n" * 2000)
+    status, drawn = _on_a_terminal(["-c", str(config), "--once"])
+    assert status == 0 and len(folder(watch, "processed")) == 30
+    assert "30/30 files" in drawn and "100.0%" in drawn
