@@ -151,7 +151,7 @@ def test_version() -> None:
 
 
 def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp_path: Path, daemons) -> None:
-    from tests.daemon import BASE_CONFIG, drop, folder, start, wait_for
+    from tests.daemon import BASE_CONFIG, drop, folder, journal, start, wait_for
     from tests.daemon import write_config as write_daemon_config
 
     config = write_daemon_config(tmp_path, BASE_CONFIG.replace("max_attempts = 2", "max_attempts = 1"))
@@ -173,6 +173,10 @@ def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp
     history = cli("-c", config, "history", "ok.log")
     assert history.returncode == 0 and "claimed" in history.stdout and "processed" in history.stdout
     assert cli("-c", config, "history", "nope.log").returncode == 1
+    # retry against the running supervisor: it takes the file again (and fails it again).
+    assert cli("-c", config, "retry", "bin.log").returncode == 0
+    wait_for(lambda: [e["event"] for e in journal(watch) if e["file"] == "bin.log"].count("failed") == 2, 20,
+             "bin.log retried by the running supervisor and failed again")
     assert d.stop() == 0
 
     stopped = json.loads(cli("-c", config, "status", "--json").stdout)
@@ -184,7 +188,7 @@ def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp
     assert retried.returncode == 0 and "bin.log: back in unprocessed/" in retried.stdout
     assert folder(watch, "failed") == [] and folder(watch, "unprocessed") == ["bin.log"]
     entries = [json.loads(line) for line in cli("-c", config, "history", "bin.log", "--json").stdout.splitlines()]
-    assert [e["event"] for e in entries] == ["claimed", "failed"]
+    assert [e["event"] for e in entries] == ["claimed", "failed", "claimed", "failed"]
 
 
 def test_the_systemd_unit_stops_with_sigterm_and_waits_for_the_grace_period() -> None:
