@@ -44,7 +44,7 @@ from workers.engine import run_file
 from workers.errors import ConfigError, InputError
 from workers.graph import Graph, compile_graph
 from workers.intake import MOVED_IN, start_observer
-from workers.ops import announce
+from workers.ops import announce, retry_one
 from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
 from workers.progress import Progress
 from workers.queue import Candidate, FolderQueue, QueueSetupError
@@ -656,15 +656,10 @@ class Supervisor:
     def _retry_failed(self, name: str) -> None:
         """Move a failed file back to unprocessed/ (its reason file goes); it starts again
         with fresh attempts, as when an operator moves it by hand."""
-        source = self.queue.failed / name
-        if "/" in name or name in ("", ".", "..") or not os.path.lexists(source):
+        problem = retry_one(self.queue, name)
+        if problem:
+            log.warning("retry of %r refused: %s", name, problem)
             return
-        target = self.queue.unprocessed / name
-        if os.path.lexists(target):
-            log.warning("retry of %r refused: unprocessed/ already holds that name", name)
-            return
-        os.rename(source, target)
-        (self.queue.failed / (name + ".reason")).unlink(missing_ok=True)
         self.events.append(_event("retry-requested", name, supervisor=self.owner))
         log.info("retry of failed file %r requested from the dashboard", name)
         self.scan_due = True

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import BASE_CONFIG, behave_config, drop, folder, start, wait_for, write_config
+from tests.daemon import BASE_CONFIG, behave_config, drop, folder, journal, start, wait_for, write_config
 from web import create_app
 from workers.config import load_config
 
@@ -208,6 +208,12 @@ def test_errors_survive_a_restart_and_a_dead_dashboard_comes_back(tmp_path: Path
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     errors = wait_for(lambda: json.loads(get(url + "errors")[1])["errors"], 20, "/errors after the restart")
     assert errors[0]["file"] == "bin.log" and "binary file" in errors[0]["message"]
+    # The retry action, end to end: the supervisor moves it back and takes it again.
+    request = urllib.request.Request(url + "failed/bin.log/retry", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 202
+    wait_for(lambda: [e["event"] for e in journal(watch) if e["file"] == "bin.log"][-3:]
+             == ["retry-requested", "claimed", "failed"], 20, "bin.log retried from the dashboard")
     web = wait_for(lambda: [c for c in d.children() if c.name() == "fm-web"], 10, "the dashboard process")
     web[0].kill()
     wait_for(lambda: "dashboard process died" in d.log(), 20, "the supervisor to notice")

@@ -99,17 +99,26 @@ def retry(config: Config, names: list[str], every: bool) -> tuple[list[str], lis
                        and not (n.endswith(REASON_SUFFIX) and n[: -len(REASON_SUFFIX)] in present))
     moved, problems = [], []
     for name in names:
-        if name in (".", "..") or "/" in name or "\x00" in name or name.startswith("."):
-            problems.append(f"{name!r}: not a plain file name")
-        elif not os.path.lexists(q.failed / name):
-            problems.append(f"{name!r}: no such file in failed/")
-        elif os.path.lexists(q.unprocessed / name):
-            problems.append(f"{name!r}: unprocessed/ already holds that name")
+        problem = retry_one(q, name)
+        if problem:
+            problems.append(f"{name!r}: {problem}")
         else:
-            os.rename(q.failed / name, q.unprocessed / name)
-            (q.failed / (name + REASON_SUFFIX)).unlink(missing_ok=True)
             moved.append(name)
     return moved, problems
+
+
+def retry_one(q: FolderQueue, name: str) -> str:
+    """Move one failed file back to unprocessed/ and drop its reason; "" or the problem.
+    The same rules for the CLI and the dashboard's action (which the supervisor runs)."""
+    if name in (".", "..", "") or "/" in name or "\x00" in name or name.startswith("."):
+        return "not a plain file name"
+    if not os.path.lexists(q.failed / name):
+        return "no such file in failed/"
+    if os.path.lexists(q.unprocessed / name):
+        return "unprocessed/ already holds that name"
+    os.rename(q.failed / name, q.unprocessed / name)
+    (q.failed / (name + REASON_SUFFIX)).unlink(missing_ok=True)
+    return ""
 
 
 def history(config: Config, name: str) -> list[dict[str, Any]]:
