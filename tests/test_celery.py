@@ -231,3 +231,18 @@ def test_chaos_with_celery(tmp_path: Path, daemons, redis_server, celery_nodes) 
     for name in names:
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.03\n"
     assert kills["node"] + kills["supervisor"] >= 3, kills
+
+
+def test_file_timeout_on_a_celery_node(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    config = celery_config(tmp_path, redis_server)
+    config.write_text(config.read_text().replace("file_timeout = 20", "file_timeout = 1").replace(
+        "max_attempts = 3", "max_attempts = 2"))
+    start_node(celery_nodes, config, "alpha")
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "sleepy.log", "SLEEP 30\n")
+    drop(watch, "fine.log", "fine\n")
+    wait_for(lambda: folder(watch, "failed") == ["sleepy.log"] and folder(watch, "processed") == ["fine.log"], 60,
+             "sleepy.log failed after its attempts, fine.log processed")
+    assert "took longer than file_timeout = 1s" in (watch / "failed" / "sleepy.log.reason").read_text()
+    assert celery_nodes[0].poll() is None  # the node lives on

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from dataclasses import asdict
@@ -53,6 +54,13 @@ def make_app(config: Config) -> Any:
         broker_transport_options={"visibility_timeout": c.visibility_timeout},
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # Limits, as the local pool has them: each file gets file_timeout (an alarm in the
+        # task); a job stuck past all of its files' time is killed by Celery and, not
+        # acknowledged, delivered again, where the file it was on is charged. A child above
+        # max_memory_mb is replaced after its job.
+        task_time_limit=config.workers.file_timeout * config.workers.batch_files + 30,
+        task_acks_on_failure_or_timeout=False,
+        worker_max_memory_per_child=config.workers.max_memory_mb * 1024,
     )
     app.task(name=TASK_NAME, bind=True)(process_job)
     return app
@@ -134,14 +142,36 @@ def process_job(task: Any, payload: dict[str, Any]) -> None:
             continue
         client.hset(job_key, "at", i)
         progress.push(file=item.name, size=item.size, started=time.time())
-        results.append(run_item(args, graph, config.output_dir, config.watch.dir / "underprocess", item, progress,
-                                nodes))
+        results.append(_within_timeout(config.workers.file_timeout, item, lambda it=item: run_item(
+            args, graph, config.output_dir, config.watch.dir / "underprocess", it, progress, nodes)))
         progress.info["files_done"] += 1
     progress.push(file=None)
     stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
     result = JobResult(-1, pid, payload["seq"], results, stats, process_rss())
     client.rpush(payload["reply"], json.dumps(asdict(result)))
     client.hset(job_key, "done", 1)
+
+
+class FileTimeout(Exception):
+    """Raised into a processor that runs past file_timeout (run_item turns it into a
+    failed attempt, closing what it opened)."""
+
+
+def _within_timeout(seconds: float, item: JobItem, work: Any) -> ItemResult:
+    """Run one file under an alarm: past ``seconds`` it is an ordinary failed attempt
+    (the worker process lives on, unlike the local pool's kill)."""
+    def expire(_signum: int, _frame: Any) -> None:
+        raise FileTimeout(f"took longer than file_timeout = {seconds:g}s (on a celery worker)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return work()
+    except FileTimeout as exc:  # raised outside the processing itself
+        return ItemResult(item.file_id, False, reason=f"{item.name}: {exc}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def result_from_json(text: bytes | str) -> JobResult:
