@@ -976,7 +976,7 @@ class Supervisor:
         if len(pending) < room:
             pending += self._claim(now, room - len(pending))
         if pending:
-            self._dispatch(pending, slots)
+            self._dispatch(pending)
 
     def _claim(self, now: float, limit: int) -> list[Flight]:
         # --once also rescans as soon as it runs dry, to notice promptly that it is done.
@@ -1056,7 +1056,7 @@ class Supervisor:
         self._journal("failed", flight, attempt=1, reason=reason)
         log.warning("failed %r: %s", candidate.name, reason)
 
-    def _dispatch(self, flights: list[Flight], slots: list[Slot]) -> None:
+    def _dispatch(self, flights: list[Flight]) -> None:
         """Pack flights into jobs (small files travel together) and hand them out."""
         w = self.config.workers
         jobs: list[list[Flight]] = []
