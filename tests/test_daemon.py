@@ -218,31 +218,22 @@ def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
 # -- 6. limits ---------------------------------------------------------------------------------
 
 
-def test_file_timeout_kills_the_worker_and_costs_an_attempt(tmp_path: Path, daemons) -> None:
+@pytest.mark.parametrize(("setting", "content", "reason"), [
+    ("file_timeout = 1", "SLEEP 30\n", "file_timeout = 1s"),
+    ("max_memory_mb = 150", "ALLOC 400\n", "max_memory_mb = 150"),
+], ids=["file_timeout", "max_memory_mb"])
+def test_a_limit_kills_the_worker_and_costs_an_attempt(tmp_path: Path, daemons, setting: str, content: str,
+                                                        reason: str) -> None:
     config = behave_config(tmp_path, "")
-    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 1\nfile_timeout = 1"))
+    config.write_text(config.read_text().replace("max_attempts = 2", f"max_attempts = 1\n{setting}"))
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     before = wait_for(lambda: [w.pid for w in d.workers()], 20, "a worker")
-    drop(watch, "sleepy.log", "SLEEP 30\n")
+    drop(watch, "limit.log", content)
     drop(watch, "fine.log", "fine\n")
-    wait_for(lambda: all_done(watch, ["sleepy.log", "fine.log"]), 30, "both files done")
-    assert outcome(watch, "sleepy.log") == "failed" and outcome(watch, "fine.log") == "processed"
-    assert "file_timeout = 1s" in (watch / "failed" / "sleepy.log.reason").read_text()
-    after = wait_for(lambda: [w.pid for w in d.workers()], 20, "a replacement worker")
-    assert not set(before) & set(after)
-
-
-def test_max_memory_kills_the_worker_and_costs_an_attempt(tmp_path: Path, daemons) -> None:
-    config = behave_config(tmp_path, "")
-    config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 1\nmax_memory_mb = 150"))
-    watch = tmp_path / "watch_dir"
-    d = start(daemons, config)
-    before = wait_for(lambda: [w.pid for w in d.workers()], 20, "a worker")
-    drop(watch, "hog.log", "ALLOC 400\n")
-    wait_for(lambda: all_done(watch, ["hog.log"]), 30, "hog.log done")
-    assert outcome(watch, "hog.log") == "failed"
-    assert "max_memory_mb = 150" in (watch / "failed" / "hog.log.reason").read_text()
+    wait_for(lambda: all_done(watch, ["limit.log", "fine.log"]), 30, "both files done")
+    assert outcome(watch, "limit.log") == "failed" and outcome(watch, "fine.log") == "processed"
+    assert reason in (watch / "failed" / "limit.log.reason").read_text()
     after = wait_for(lambda: [w.pid for w in d.workers()], 20, "a replacement worker")
     assert not set(before) & set(after)
 

@@ -143,19 +143,10 @@ def retry(name: str) -> tuple[Response, int]:
     return jsonify({"accepted": True, "file": name}), 202
 
 
-@bp.post("/intake/pause", endpoint="pause")
-def pause() -> tuple[Response, int]:
+@bp.post("/intake/<any(pause, resume):action>", endpoint="intake")
+def intake(action: str) -> tuple[Response, int]:
     refused = _refusal()
     if refused:
         return refused
-    _act(("pause",))
-    return jsonify({"accepted": True, "intake": "paused"}), 202
-
-
-@bp.post("/intake/resume", endpoint="resume")
-def resume() -> tuple[Response, int]:
-    refused = _refusal()
-    if refused:
-        return refused
-    _act(("resume",))
-    return jsonify({"accepted": True, "intake": "running"}), 202
+    _act((action,))
+    return jsonify({"accepted": True, "intake": "paused" if action == "pause" else "running"}), 202
