@@ -9,33 +9,26 @@ file after a crash rewrites identical content under the same final names.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from workers.engine import OutputSink
+from workers.fs import fsync_dir
+from workers.names import collision_name, new_execution, output_name, staged_name, staged_prefix
 
 # 64 KiB: a bigger buffer is an mmap per stream (glibc), ~0.4 ms per file opened.
 BUFFER_BYTES = 64 * 1024
 
 
 def unique_name(name: str, taken: Callable[[str], bool]) -> str:
-    """``name`` if ``taken(name)`` is false, else ``stem-N.ext`` for the smallest free N.
-
-    ``app.log`` becomes ``app-1.log``, ``app-2.log``...; a name without an extension
-    gets ``-N`` appended; a hidden name keeps its leading dot.
-    """
+    """``name`` if ``taken(name)`` is false, else ``stem-N.ext`` for the smallest free N
+    (``workers.names.collision_name``: shortened to fit where needed)."""
     if not taken(name):
         return name
-    lead = "." if name.startswith(".") else ""
-    body = name[len(lead):]
-    stem, dot, ext = body.rpartition(".")
-    if not dot or not stem:
-        stem, dot, ext = body, "", ""
     n = 1
     while True:
-        candidate = f"{lead}{stem}-{n}{dot}{ext}"
+        candidate = collision_name(name, n)
         if not taken(candidate):
             return candidate
         n += 1
@@ -44,24 +37,26 @@ def unique_name(name: str, taken: Callable[[str], bool]) -> str:
 class StagedOutputs:
     """The outputs of one file being processed; ``commit()`` or ``abort()`` once.
 
-    Temporary files are named ``.fm-<token>.<final name>.tmp``: hidden, and easy to
-    find again for one file (the daemon uses the file's id as the token, so a retry
-    after a crash overwrites its own leftovers and cleanup knows what to remove).
+    Temporary files are named ``.fm-<token>.<execution>.<k>.tmp``: hidden, short
+    whatever the file's name, easy to find again for one file (the daemon uses the
+    file's id as the token, so cleanup knows what to remove), and unique to this
+    execution, so two executions of one file (a job delivered twice) never write or
+    remove each other's.
     """
 
     def __init__(self, out_dir: Path, final_name: str, encoding: str, token: str = "") -> None:
         self.out_dir = out_dir
         self.final_name = final_name
         self.encoding = encoding
-        self.token = token or secrets.token_hex(4)
+        self.token = token or "run"
+        self.execution = new_execution()
         self.staged: dict[str, tuple[Path, IO[str]]] = {}
         self.sink = OutputSink(final_name, self._open(""), self._open)
 
     def _open(self, suffix: str) -> IO[str]:
         if suffix in self.staged:
             return self.staged[suffix][1]
-        final = self.final_name + (f".{suffix}" if suffix else "")
-        temp = self.out_dir / f".fm-{self.token}.{final}.tmp"
+        temp = self.out_dir / staged_name(self.token, self.execution, len(self.staged))
         # Closed by commit() or abort(), which every caller reaches.
         stream = open(  # noqa: SIM115
             temp, "w", encoding=self.encoding, errors="replace", newline="\n", buffering=BUFFER_BYTES
@@ -70,7 +65,7 @@ class StagedOutputs:
         return stream
 
     def final_paths(self) -> list[Path]:
-        return [self.out_dir / (self.final_name + (f".{s}" if s else "")) for s in self.staged]
+        return [self.out_dir / output_name(self.final_name, s) for s in self.staged]
 
     def close(self, durable: bool = False) -> list[tuple[str, str]]:
         """Flush and close every stream (fsync each when ``durable``); return the
@@ -80,7 +75,7 @@ class StagedOutputs:
             if durable:
                 os.fsync(stream.fileno())
             stream.close()
-        return [(temp.name, self.final_name + (f".{s}" if s else "")) for s, (temp, _) in self.staged.items()]
+        return [(temp.name, output_name(self.final_name, s)) for s, (temp, _) in self.staged.items()]
 
     def commit(self, durable: bool = True) -> list[Path]:
         """Close, then rename every output into place (the one-process path of ``run``)."""
@@ -104,13 +99,8 @@ def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) ->
 
 def remove_staged(out_dir: Path, token: str) -> None:
     """Remove what an attempt with this token left behind (a worker that died)."""
-    for path in out_dir.glob(f".fm-{token}.*.tmp"):
-        path.unlink(missing_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    prefix = staged_prefix(token)
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                Path(entry.path).unlink(missing_ok=True)

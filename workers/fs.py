@@ -1,0 +1,87 @@
+"""Filesystem primitives the queue relies on.
+
+``move`` never replaces an existing file: a plain ``rename(2)`` onto a name that a
+producer has just used again would silently destroy that new delivery. On Linux it is
+``renameat2(RENAME_NOREPLACE)`` (ext4, xfs, btrfs, tmpfs and most local filesystems
+since Linux 3.15-4.0); where the filesystem refuses that flag (EINVAL, as some network
+filesystems do) it falls back to ``link`` + ``unlink``, which is just as exclusive but
+leaves both names for an instant (a crash then leaves the file in both folders; the
+second name is the newer one). A directory cannot be hard-linked: there the fallback
+checks and renames, which is exclusive only against foldermill itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> object | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None  # not glibc >= 2.28: the fallback below
+
+
+_RENAMEAT2 = _load_renameat2()
+_NOREPLACE_REFUSED: set[int] = set()  # devices whose filesystem refused the flag
+
+
+def move(src: str | Path, dst: str | Path) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (then FileExistsError)."""
+    src_b, dst_b = os.fsencode(src), os.fsencode(dst)
+    if _RENAMEAT2 is not None:
+        dev = _device_of(dst_b)
+        if dev not in _NOREPLACE_REFUSED:
+            if _RENAMEAT2(AT_FDCWD, src_b, AT_FDCWD, dst_b, RENAME_NOREPLACE) == 0:  # type: ignore[operator]
+                return
+            code = ctypes.get_errno()
+            if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+                raise OSError(code, os.strerror(code), os.fsdecode(src_b), None, os.fsdecode(dst_b))
+            _NOREPLACE_REFUSED.add(dev)
+    _link_then_unlink(src_b, dst_b)
+
+
+def _device_of(path: bytes) -> int:
+    try:
+        return os.stat(os.path.dirname(path) or b".").st_dev
+    except OSError:
+        return -1
+
+
+def _link_then_unlink(src: bytes, dst: bytes) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except PermissionError:  # a directory (EPERM): check, then rename
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst)) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path | str) -> None:
+    """Flush every dirty page of the filesystem holding ``path`` (one call for a whole
+    batch: group commit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)

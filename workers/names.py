@@ -1,0 +1,149 @@
+"""File names: how foldermill shows them, and the names it derives from them.
+
+A name in a queue folder may be anything the filesystem allows: bytes that are not
+UTF-8 (Python hands them over as surrogate escapes, ``os.fsdecode``), control
+characters, 255 bytes (ext4's ``NAME_MAX``). On disk it is kept exactly. Everywhere a
+person or a program reads it (logs, the journal, JSON, the dashboard, ``status``,
+``history``) it is *shown*: a printable, valid-UTF-8 form that maps back to exactly one
+name (``shown`` / ``unshown``):
+
+- a byte that is not UTF-8 becomes ``\\xNN`` (NN >= 80), a control character below 0x80
+  ``\\xNN`` (or ``\\n``, ``\\t``, ``\\r``), any other unprintable character ``\\uNNNN``;
+- a backslash becomes ``\\\\``; everything else is itself.
+
+Every name foldermill derives from a file's name (its final name after a collision,
+its side outputs, its reason file) fits in ``NAME_MAX`` bytes: one that would not is
+shortened deterministically (``fit``) to a prefix, ``~``, a hash of the whole name, and
+its extension. Staged temporary files never carry the name at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, tmpfs)
+EXT_MAX = 40  # an extension longer than this is not kept when a name is shortened
+REASON_SUFFIX = ".reason"
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+_BACK = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def shown(name: str) -> str:
+    """The printable, unambiguous form of ``name`` (see the module's doc)."""
+    if name.isprintable() and "\\" not in name:
+        return name  # the usual case, at C speed
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte that is not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def unshown(text: str) -> str:
+    """The name that ``shown`` turned into ``text`` (text with no escapes is itself)."""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\" or i + 1 == len(text):
+            out.append(ch)
+            i += 1
+            continue
+        kind = text[i + 1]
+        width = {"x": 2, "u": 4, "U": 8}.get(kind)
+        if width is None:
+            out.append(_BACK.get(kind, "\\" + kind))
+            i += 2
+            continue
+        digits = text[i + 2: i + 2 + width]
+        try:
+            code = int(digits, 16)
+        except ValueError:
+            out.append(text[i: i + 2])
+            i += 2
+            continue
+        out.append(chr(0xDC00 + code) if kind == "x" and code >= 0x80 else chr(code))
+        i += 2 + width
+    return "".join(out)
+
+
+def name_bytes(name: str) -> int:
+    return len(os.fsencode(name))
+
+
+def fit(name: str, limit: int = NAME_MAX) -> str:
+    """``name`` if it fits in ``limit`` bytes, else ``<prefix>~<hash>.<ext>`` that does:
+    the same long name always gives the same short one, and two long names that share
+    their first 200 bytes still differ."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.blake2b(raw, digest_size=6).hexdigest()
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or name_bytes(ext) > EXT_MAX:
+        ext, dot = "", ""
+    tail = os.fsencode(f"~{digest}{dot}{ext}")
+    room = limit - len(tail)
+    while room > 0 and (raw[room] & 0xC0) == 0x80:  # never cut a UTF-8 character in two
+        room -= 1
+    return os.fsdecode(raw[:room] + tail)
+
+
+def collision_name(name: str, n: int) -> str:
+    """``app.log`` -> ``app-1.log``; no extension: ``-N`` at the end; a hidden name keeps
+    its leading dot. Shortened to fit."""
+    lead = "." if name.startswith(".") else ""
+    body = name[len(lead):]
+    stem, dot, ext = body.rpartition(".")
+    if not dot or not stem:
+        stem, dot, ext = body, "", ""
+    suffix = f"-{n}{dot}{ext}"
+    candidate = f"{lead}{stem}{suffix}"
+    if name_bytes(candidate) <= NAME_MAX:
+        return candidate
+    # Keep the "-N.ext" visible: shorten the stem, not the whole name.
+    return fit(f"{lead}{stem}", NAME_MAX - name_bytes(suffix)) + suffix
+
+
+def output_name(final: str, suffix: str = "") -> str:
+    """``output/<final>`` for the main output, ``<final>.<suffix>`` for a side output."""
+    return fit(f"{final}.{suffix}") if suffix else final
+
+
+def reason_name(final: str) -> str:
+    """The file beside ``failed/<final>`` that says why it failed."""
+    return fit(final + REASON_SUFFIX)
+
+
+def reason_files(names: list[str] | set[str]) -> set[str]:
+    """Of the names in ``failed/``, those that are the reason file of another one."""
+    present = set(names)
+    return {r for r in (reason_name(n) for n in present) if r in present}
+
+
+def staged_name(file_id: int | str, execution: str, k: int) -> str:
+    """A staged output: hidden, short whatever the file's name, unique per execution
+    (two executions of one file never share a temporary file)."""
+    return f".fm-{file_id}.{execution}.{k}.tmp"
+
+
+def staged_prefix(file_id: int | str) -> str:
+    return f".fm-{file_id}."
+
+
+def new_execution() -> str:
+    return secrets.token_hex(6)
