@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
+import errno
 import json
 import logging
 import multiprocessing as mp
@@ -26,6 +26,7 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import threading
@@ -41,16 +42,18 @@ import psutil
 from workers import __version__
 from workers.config import Config, load_config
 from workers.engine import run_file
-from workers.errors import ConfigError, InputError
+from workers.errors import ConfigError, InputError, SystemFailure
+from workers.fs import fsync_dir, syncfs
 from workers.graph import Graph, compile_graph
 from workers.intake import MOVED_IN, start_observer
+from workers.names import output_name, reason_name, shown, unshown
 from workers.ops import announce, retry_one
-from workers.outputs import StagedOutputs, fsync_dir, remove_staged, rename_staged, unique_name
+from workers.outputs import StagedOutputs, remove_staged, rename_staged, unique_name
 from workers.progress import Progress
 from workers.queue import Candidate, FolderQueue, QueueSetupError
 from workers.readiness import Readiness, open_for_writing
 from workers.state import Stats, errors_from_journal
-from workers.store import FileRecord, Journal, Store, tail_journal
+from workers.store import FileRecord, Journal, StateError, Store, tail_journal
 from workers.worker import (
     P_BYTES,
     P_ITEM,
@@ -136,12 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
     supervisor = Supervisor(config, graph, options)
+    supervisor.catch_signals()  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         supervisor.start()
-    except QueueSetupError as exc:
+    except (QueueSetupError, SystemFailure, StateError) as exc:
         log.error("cannot start: %s", exc)
         supervisor.shutdown()
         return EXIT_FATAL
+    except StartInterrupted:
+        log.info("stopped by a signal while starting")
+        supervisor.shutdown()
+        return EXIT_OK
     return supervisor.run()
 
 
@@ -209,13 +217,14 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any =
     suffixes = graph.side_outputs()
 
     def taken(name: str) -> bool:
-        return any((out_dir / (name + (f".{s}" if s else ""))).exists() for s in ("", *suffixes))
+        return any(os.path.lexists(out_dir / output_name(name, s)) for s in ("", *suffixes))
 
     started = time.monotonic()
+    where = shown(str(path))
     try:
         source = open(path, "rb")  # noqa: SIM115 - the with block below closes it
     except OSError as exc:
-        print(f"{path}: cannot open: {exc.strerror}", file=sys.stderr)
+        print(f"{where}: cannot open: {exc.strerror}", file=sys.stderr)
         return False
     with source:
         staged = StagedOutputs(out_dir, unique_name(path.name, taken), graph.settings.encoding)
@@ -223,7 +232,7 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any =
             result = run_file(graph, path.name, source, staged.sink, report, trace_every=100 if trace else 0)
         except InputError as exc:
             staged.abort()
-            print(f"{path}: failed: {exc}", file=sys.stderr)
+            print(f"{where}: failed: {exc}", file=sys.stderr)
             return False
         except BaseException:
             staged.abort()
@@ -231,10 +240,10 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any =
     finals = staged.commit()
     seconds = time.monotonic() - started
     for error in result.errors:
-        print(f"{path}: line {error['line']} (node {error['node']!r}) skipped: {error['message']}", file=sys.stderr)
-    shown = ", ".join(str(p) for p in finals)
-    print(f"{path}: {result.lines_in} lines in, {result.lines_out} out, "
-          f"{result.error_count} skipped, {seconds:.3f}s -> {shown}")
+        print(f"{where}: line {error['line']} (node {error['node']!r}) skipped: {error['message']}", file=sys.stderr)
+    finals_shown = ", ".join(shown(str(p)) for p in finals)
+    print(f"{where}: {result.lines_in} lines in, {result.lines_out} out, "
+          f"{result.error_count} skipped, {seconds:.3f}s -> {finals_shown}")
     for line_no, route in result.routes:
         print(f"  trace line {line_no}: {' -> '.join(route)}")
     return True
@@ -275,6 +284,16 @@ class Flight:
     record: FileRecord
     size: int
     seq: int = 0  # the job carrying it, 0 while waiting for dispatch
+    not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
+
+
+class StartInterrupted(Exception):
+    """SIGTERM or SIGINT arrived while the supervisor was still starting."""
+
+
+# The errors that say the whole system is unusable, not one file (exit status 3).
+SYSTEM_ERRNOS = frozenset({errno.EROFS, errno.EIO})
+REPEATED_FAILURES = 5  # a loop step that fails this many times in a row is a system failure
 
 
 @dataclass
@@ -311,6 +330,9 @@ class Supervisor:
         self.flights: dict[str, Flight] = {}
         self.by_id: dict[int, str] = {}
         self.redispatch: list[str] = []
+        self.unclaimable: set[str] = set()  # names a claim failed on (said once)
+        self.parked: set[str] = set()  # flights waiting out the backoff of a failed attempt
+        self.failures_in_a_row = 0
         self.to_commit: list[tuple[Flight, ItemResult, int]] = []
         self.orphans: dict[int, tuple[Job, float]] = {}
         self.backlog: deque[Candidate] = deque()
@@ -346,6 +368,15 @@ class Supervisor:
 
     # -- start and stop ----------------------------------------------------------------------
 
+    def catch_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
+
+    def _starting(self) -> None:
+        if self.signals:
+            raise StartInterrupted
+
     def start(self) -> None:
         self.queue.prepare()
         if self.config.web.enabled:
@@ -355,6 +386,7 @@ class Supervisor:
         # they start after claims began, and must inherit nothing.
         self.ctx = mp.get_context("spawn")
         self._start_manager(mp.get_context("fork"))
+        self._starting()
         if self.config.web.enabled:
             self._start_web(wait=False)  # it boots while the rest starts; awaited below
         self.store = Store(self.queue.state_dir / "state.db")
@@ -368,12 +400,10 @@ class Supervisor:
             self._start_remote()
         else:
             self.slots = [Slot(i) for i in range(self.options.workers)]
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
         self._start_pumps()
-        if self.web is not None and (not self.web_ready.wait(20) or not self.web.is_alive()):
+        if self.web is not None and (not self._await_web(20) or not self.web.is_alive()):
             raise QueueSetupError(f"the dashboard could not start on {self.config.web.host}:{self.web_port}")
+        self._starting()
         self.observer = start_observer(self.queue.unprocessed, self.inbox)
         self._recover(time.monotonic())
         if self.web is not None:
@@ -382,6 +412,15 @@ class Supervisor:
         self.announced = announce(self.queue.state_dir, os.getpid(), self.web_url, self.owner)
         log.info("foldermill started: watching %s with %d workers (supervisor %s)",
                  self.queue.unprocessed, self.options.workers, self.owner)
+
+    def _await_web(self, timeout_s: float) -> bool:
+        """Wait for the dashboard to be ready, but stop waiting at a signal."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.web_ready.wait(0.1):
+                return True
+            self._starting()
+        return False
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
@@ -466,21 +505,60 @@ class Supervisor:
             raise QueueSetupError(f"the dashboard could not start on {web.host}:{self.web_port}")
 
     def run(self) -> int:
+        code = EXIT_OK
         try:
             while True:
                 now = time.monotonic()
                 if self.signals >= 2:
                     log.warning("second signal: stopping at once; files in flight are recovered on the next start")
                     break
-                self.step(now)
+                self._guarded_step(now)
                 if self._done(now):
                     break
                 self._wait(now)
+        except SystemFailure as exc:
+            log.error("stopping: %s", exc)
+            code = EXIT_FATAL
         finally:
             if self.options.once and self.once_view is not None:
                 self._show_progress(final=True)
-            self.shutdown()
-        return EXIT_OK
+            with contextlib.suppress(Exception):
+                self.shutdown()
+        return code
+
+    def _guarded_step(self, now: float) -> None:
+        """One step; whatever one file does is handled inside it. An error that escapes
+        is logged once with its traceback, and if every step fails the same way the
+        whole system is unusable: SystemFailure (exit 3), never a traceback loop."""
+        try:
+            self._check_system()
+            self.step(now)
+            self.failures_in_a_row = 0
+        except SystemFailure:
+            raise
+        except (sqlite3.DatabaseError, StateError) as exc:
+            raise SystemFailure(f"the state database {self.queue.state_dir / 'state.db'} failed: {exc}") from None
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise SystemFailure(f"{exc.strerror} ({exc.filename}): the watch dir cannot be written") from None
+            self._step_failed(exc)
+        except Exception as exc:
+            self._step_failed(exc)
+
+    def _step_failed(self, exc: Exception) -> None:
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row == 1:
+            log.exception("a loop step failed (%s); going on", exc)
+        if self.failures_in_a_row >= REPEATED_FAILURES:
+            raise SystemFailure(f"{REPEATED_FAILURES} loop steps in a row failed, last with "
+                                f"{type(exc).__name__}: {exc}") from None
+        threading.Event().wait(0.2 * self.failures_in_a_row)
+
+    def _check_system(self) -> None:
+        """The folders must still be there (a watch dir removed or unmounted)."""
+        for folder in (self.queue.unprocessed, self.queue.underprocess, self.queue.output):
+            if not folder.is_dir():
+                raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
 
     def _done(self, now: float) -> bool:
         if self.signals:
@@ -509,27 +587,50 @@ class Supervisor:
         if self.web is not None:
             self.web.kill()
             self.web.join(timeout=5)
-        if self.store is not None:
-            self._drain_results()
-            self._commit()
-            names = [n for n in self.flights]
-            for name in names:
-                flight = self.flights.pop(name)
-                remove_staged(self.queue.output, str(flight.record.id))
-                self.queue.put_back(name)
-                self._journal("requeued", flight, reason="supervisor stopped before it finished")
-            self.store.requeued(self.by_id)
-            self.by_id.clear()
-            self._flush_journal()
-            self.store.close()
-        if self.journal is not None:
-            self.journal.close()
-        if self.announced is not None:
-            self.announced.unlink(missing_ok=True)
-        if self.manager is not None:
-            with contextlib.suppress(Exception):
-                self.manager.shutdown()
+        try:
+            if self.store is not None:
+                self._drain_results()
+                self._commit()
+                self._return_flights(list(self.flights), "supervisor stopped before it finished")
+                self._flush_journal()
+                self.store.close()
+        except Exception as exc:  # the disk or the database failed: recovery takes over at the next start
+            log.error("could not return every file in flight (%s); the next start recovers them", exc)
+        finally:
+            if self.journal is not None:
+                self.journal.close()
+            if self.announced is not None:
+                with contextlib.suppress(OSError):
+                    self.announced.unlink()
+            if self.manager is not None:
+                with contextlib.suppress(Exception):
+                    self.manager.shutdown()
         log.info("foldermill stopped")
+
+    def _return_flights(self, names: list[str], why: str) -> None:
+        """Stopping: put these claimed files back in unprocessed/ (a parked one keeps the
+        rest of its backoff). One whose name a new delivery took meanwhile stays in
+        underprocess/: recovery (ours at the next start, or another supervisor's)
+        adopts it; nothing replaces the new delivery."""
+        assert self.store is not None
+        ids, backoff = [], {}
+        wall, mono = time.time(), time.monotonic()
+        for name in names:
+            flight = self.flights.get(name)
+            if flight is None:
+                continue
+            remove_staged(self.queue.output, str(flight.record.id))
+            outcome = self.queue.put_back(name)
+            if outcome == "moved":
+                self._journal("requeued", flight, reason=why)
+            elif outcome == "taken":
+                self._journal("requeued", flight, reason=f"{why}; left in underprocess/: a new delivery of that "
+                              "name waits in unprocessed/ (recovered at the next start)")
+            ids.append(flight.record.id)
+            if flight.not_before > mono:
+                backoff[flight.record.id] = wall + flight.not_before - mono
+            self._forget(name)
+        self.store.requeued(ids, backoff)
 
     def _drain_results(self) -> None:
         """Results that arrived but were not handled yet: commit them rather than redo them."""
@@ -564,7 +665,7 @@ class Supervisor:
         self.loop_tick = time.time()
         if not self.signals and not self.paused:
             self._intake(now)
-        elif self.redispatch:
+        elif self.redispatch or self.parked:  # stopping or paused: they wait in unprocessed/
             self._return_undispatched()
         if now - self.last_recover >= RECOVER_EVERY_S:
             self._recover(now)
@@ -656,12 +757,13 @@ class Supervisor:
     def _retry_failed(self, name: str) -> None:
         """Move a failed file back to unprocessed/ (its reason file goes); it starts again
         with fresh attempts, as when an operator moves it by hand."""
+        name = unshown(name)  # the dashboard speaks in shown names
         problem = retry_one(self.queue, name)
         if problem:
-            log.warning("retry of %r refused: %s", name, problem)
+            log.warning("retry of %s refused: %s", shown(name), problem)
             return
         self.events.append(_event("retry-requested", name, supervisor=self.owner))
-        log.info("retry of failed file %r requested from the dashboard", name)
+        log.info("retry of failed file %s requested from the dashboard", shown(name))
         self.scan_due = True
 
     # -- results and commits ---------------------------------------------------------------------
@@ -693,15 +795,17 @@ class Supervisor:
             if res.ok:
                 self.to_commit.append((flight, res, result.pid))
                 for line_no, route in res.routes:
-                    self.stats.routes.appendleft({"file": name, "line": line_no, "route": route})
-                    log.info("route %r line %d: %s", name, line_no, " -> ".join(route))
+                    self.stats.routes.appendleft({"file": shown(name), "line": line_no, "route": route})
+                    log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
             else:
                 cause = "input" if res.permanent else "error"
                 self._attempt_failed(flight, res.reason, res.permanent, result.pid, cause, res.error_node,
                                      res.error_line)
 
     def _commit(self) -> None:
-        """Group commit: one sync for every output staged since the last step."""
+        """Group commit: one sync for every output staged since the last step. Each
+        file's outputs are renamed into place only once the state says it is being
+        committed, so an owner that dies from here on is rolled forward, not redone."""
         batch, self.to_commit = self.to_commit, []
         if not batch:
             return
@@ -709,37 +813,63 @@ class Supervisor:
         out = self.queue.output
         assert self.store is not None
         self._find_duplicates(batch)
+        ready = []
+        for flight, res, pid in batch:
+            missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
+            if missing:  # another execution removed it, or a person did: this attempt is void
+                self._attempt_failed(flight, f"its staged output {missing[0]} disappeared before the commit",
+                                     False, pid, "error")
+            else:
+                ready.append((flight, res, pid))
+        if not ready:
+            return
         if durable:
-            _syncfs(out)
-        done, digests = [], []
-        for flight, res, _ in batch:
+            syncfs(out)
+        self.store.committing([(f.record.id, r.staged) for f, r, _ in ready if r.staged])
+        for _, res, _ in ready:
             rename_staged(out, res.staged, durable=False)
-            if res.digest and not res.duplicate_of:
-                digests.append((res.digest, flight.record.final_name, flight.record.id))
         if durable:
             fsync_dir(out)
-        for flight, res, pid in batch:
-            name = flight.record.name
-            self.queue.finish(name, flight.record.final_name, "processed")
-            self._forget(name)
-            done.append((flight.record.id, "processed"))
-            self.stats.processed(name, res.lines_in, res.seconds, pid, time.time())
-            self.summary_total["files"] += 1
-            self.summary_total["bytes"] += flight.size
-            self.summary["files"] += 1
-            self.summary["lines"] += res.lines_in
-            if res.duplicate_of:
-                self._journal("duplicate", flight, worker=pid, of=res.duplicate_of,
-                              output=[res.duplicate_of], reason="its content was processed before")
-                continue
-            self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
-                          lines_out=res.lines_out, skipped=len(res.skipped),
-                          output=[final for _, final in res.staged])
+        done, digests = [], []
+        for flight, res, pid in ready:
+            status = self._move_committed(flight, res, pid)
+            done.append((flight.record.id, status))
+            if status == "processed" and res.digest and not res.duplicate_of:
+                digests.append((res.digest, flight.record.final_name, flight.record.id))
         self._flush_journal()  # as close to the moves as possible: a SIGKILL loses less
         if digests:
             self.store.add_digests(digests)
         self.store.finished(done)
-        self.store.add_totals({"files_processed": len(batch), "lines_processed": sum(r.lines_in for _, r, _ in batch)})
+        self.store.add_totals({"files_processed": len(ready), "lines_processed": sum(r.lines_in for _, r, _ in ready)})
+
+    def _move_committed(self, flight: Flight, res: ItemResult, pid: int) -> str:
+        """The input of a committed file to processed/; its status ("processed", or
+        "vanished" if someone removed it from underprocess/)."""
+        name = flight.record.name
+        outputs = [shown(final) for _, final in res.staged]
+        try:
+            flight.record = dataclasses.replace(flight.record, final_name=self.queue.finish(
+                name, flight.record.final_name, "processed"))
+        except FileNotFoundError:
+            self._journal("vanished", flight, output=outputs,
+                          reason="it was removed from underprocess/ before it could be moved to processed/ "
+                          "(its outputs were committed)")
+            log.warning("%s vanished from underprocess/ before it was moved; its outputs are committed", shown(name))
+            self._forget(name)
+            return "vanished"
+        self._forget(name)
+        self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time())
+        self.summary_total["files"] += 1
+        self.summary_total["bytes"] += flight.size
+        self.summary["files"] += 1
+        self.summary["lines"] += res.lines_in
+        if res.duplicate_of:
+            self._journal("duplicate", flight, worker=pid, of=res.duplicate_of,
+                          output=[res.duplicate_of], reason="its content was processed before")
+        else:
+            self._journal("processed", flight, worker=pid, seconds=round(res.seconds, 6), lines_in=res.lines_in,
+                          lines_out=res.lines_out, skipped=len(res.skipped), output=outputs)
+        return "processed"
 
     def _find_duplicates(self, batch: list[tuple[Flight, ItemResult, int]]) -> None:
         """With dedupe on: a file whose content another file committed first (since its
@@ -758,39 +888,56 @@ class Supervisor:
 
     def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
                         node: str = "", line: int | None = None) -> None:
-        """One attempt failed: back to unprocessed/ with a backoff, or to failed/."""
+        """One attempt failed: the file waits out a backoff where it is (claimed, in
+        underprocess/, so no new delivery of its name can be replaced by it), or, after
+        its last attempt, goes to failed/."""
         assert self.store is not None
         record = flight.record
         w = self.config.workers
         attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
         remove_staged(self.queue.output, str(record.id))
         name = record.name
-        if final:
-            why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
-            self.queue.finish(name, record.final_name, "failed", reason=why)
-            self.summary["failed"] += 1
-            self.store.add_totals({"files_failed": 1})
-            self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
-                          node=node, line=line)
-            log.warning("failed %r for good after %d attempt(s): %s", name, attempts, reason)
-        else:
-            self.queue.put_back(name)
+        self.stats.attempt_failed(shown(name), attempts, reason, cause, final, worker, node, line)
+        if not final:
             delay = w.retry_backoff * 2 ** (attempts - 1)
+            flight.seq, flight.not_before = 0, time.monotonic() + delay
+            self.parked.add(name)
             self.summary["retried"] += 1
             self.store.add_totals({"files_retried": 1})
             self._journal("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
                           node=node, line=line, retry_in=delay)
-            log.warning("attempt %d of %r failed (%s); retrying in %.1fs", attempts, name, reason, delay)
-        self.stats.attempt_failed(name, attempts, reason, cause, final, worker, node, line)
-        if final:
-            self.summary_total["files"] += 1
-            self.summary_total["bytes"] += flight.size
+            log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(name), reason, delay)
+            return
+        why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
+        try:
+            flight.record = dataclasses.replace(record, final_name=self.queue.finish(
+                name, record.final_name, "failed", reason=why))
+        except FileNotFoundError:
+            self._journal("vanished", flight, reason=f"removed from underprocess/ by hand; it had failed: {reason}")
+            self.store.finished([(record.id, "vanished")])
+            self._forget(name)
+            return
+        self.summary["failed"] += 1
+        self.summary_total["files"] += 1
+        self.summary_total["bytes"] += flight.size
+        self.store.add_totals({"files_failed": 1})
+        self.store.finished([(record.id, "failed")])
+        self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
+                      node=node, line=line, **self._reason_field(flight))
+        log.warning("failed %s for good after %d attempt(s): %s", shown(name), attempts, reason)
         self._forget(name)
+
+    def _reason_field(self, flight: Flight) -> dict[str, str]:
+        """The reason file's name in the journal, where it is not simply <final>.reason."""
+        final = flight.record.final_name
+        derived = reason_name(final)
+        return {} if derived == final + ".reason" else {"reason_file": shown(derived)}
 
     def _forget(self, name: str) -> None:
         flight = self.flights.pop(name, None)
         if flight is not None:
             self.by_id.pop(flight.record.id, None)
+        self.parked.discard(name)
         self.readiness.forget(name)
 
     # -- workers ---------------------------------------------------------------------------------
@@ -857,7 +1004,7 @@ class Supervisor:
     def _watch_limits(self, slot: Slot, check_memory: bool) -> None:
         base = slot.index * SLOT_SIZE
         busy = self.progress[base + P_ITEM] >= 0 and int(self.progress[base + P_JOB]) in slot.assigned
-        if busy and time.time() - self.progress[base + P_STARTED] > self.config.workers.file_timeout:
+        if busy and time.monotonic() - self.progress[base + P_STARTED] > self.config.workers.file_timeout:
             self._kill(slot, "timeout")
             return
         if check_memory:
@@ -933,19 +1080,10 @@ class Supervisor:
                 self._requeue_items(job.items)
 
     def _return_undispatched(self) -> None:
-        """Stopping: files waiting for a worker go back to unprocessed/ at once."""
-        assert self.store is not None
+        """Stopping or paused: files waiting for a worker (or for their retry) go back."""
         names, self.redispatch = self.redispatch, []
-        ids = []
-        for name in names:
-            flight = self.flights.get(name)
-            if flight is None or flight.seq:
-                continue
-            self.queue.put_back(name)
-            self._journal("requeued", flight, reason="supervisor stopping")
-            ids.append(flight.record.id)
-            self._forget(name)
-        self.store.requeued(ids)
+        waiting = [n for n in (*names, *self.parked) if n in self.flights and not self.flights[n].seq]
+        self._return_flights(list(dict.fromkeys(waiting)), "supervisor stopping")
 
     def _requeue_items(self, items: tuple[JobItem, ...]) -> None:
         for it in items:
@@ -973,6 +1111,9 @@ class Supervisor:
         room = sum(s.capacity - len(s.assigned) for s in slots) * self.config.workers.batch_files
         pending = [self.flights[n] for n in self.redispatch if n in self.flights]
         self.redispatch = []
+        for name in [n for n in self.parked if self.flights[n].not_before <= now]:
+            self.parked.discard(name)
+            pending.append(self.flights[name])
         if len(pending) < room:
             pending += self._claim(now, room - len(pending))
         if pending:
@@ -988,22 +1129,68 @@ class Supervisor:
             candidate = self.backlog.popleft()
             if not candidate.is_regular:
                 self._reject(candidate)
-            elif self.queue.claim(candidate.name):
-                self.waiting.pop(candidate.name, None)
-                self.readiness.forget(candidate.name)
+            elif self._claim_one(candidate):
                 picked.append(candidate)
+        if self.queue.stranded:  # a dead owner's file has the name of a new delivery
+            self.last_recover = 0.0
+        return self._record_claims(picked, "claimed")
+
+    def _claim_one(self, candidate: Candidate) -> bool:
+        try:
+            claimed = self.queue.claim(candidate.name)
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise
+            self._note_unclaimable(candidate.name, exc)
+            return False
+        if claimed:
+            self.waiting.pop(candidate.name, None)
+            self.readiness.forget(candidate.name)
+        return claimed
+
+    def _note_unclaimable(self, name: str, exc: OSError) -> None:
+        """A file we cannot even move into underprocess/: it stays where it is (said once)."""
+        if name not in self.unclaimable:
+            self.unclaimable.add(name)
+            log.error("cannot claim %s: %s; it stays in unprocessed/", shown(name), exc.strerror or exc)
+
+    def _record_claims(self, picked: list[Candidate], event: str) -> list[Flight]:
+        """Claimed files into the state and the table of flights. One that was being
+        committed when its owner died is rolled forward here instead of redone."""
         if not picked:
             return []
         assert self.store is not None
-        records = self.store.claim(picked, self.owner, self._name_taken)
+        records = self.store.claim(picked, self.owner, self)
         flights = []
         for candidate, record in zip(picked, records, strict=True):
             flight = Flight(record, candidate.size)
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
+            self._journal(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
+            if record.committed and self._roll_forward(flight):
+                continue
+            if record.known:  # an earlier execution's leftovers
+                remove_staged(self.queue.output, str(record.id))
             flights.append(flight)
-            self._journal("claimed", flight, attempt=record.attempts + 1)
         return flights
+
+    def _roll_forward(self, flight: Flight) -> bool:
+        """Its outputs were committed (or were being renamed into place) when its owner
+        died: finish the renames and move it to processed/, without processing it again.
+        False if an output is gone altogether: then it is processed again."""
+        out = self.queue.output
+        pairs = flight.record.committed
+        if any(not os.path.lexists(out / t) and not os.path.lexists(out / f) for t, f in pairs):
+            return False
+        for temp, final in pairs:
+            if os.path.lexists(out / temp):
+                os.replace(out / temp, out / final)
+        assert self.store is not None
+        status = self._move_committed(flight, ItemResult(flight.record.id, True, list(pairs)), 0)
+        self.store.finished([(flight.record.id, status)])
+        log.info("%s: its outputs were committed before its owner died; moved to processed/ without redoing it",
+                 shown(flight.record.name))
+        return True
 
     def _settling_due(self, now: float) -> bool:
         return now >= self.next_settle
@@ -1014,8 +1201,10 @@ class Supervisor:
         self.last_scan = now
         assert self.store is not None
         candidates = self.queue.scan()
-        writing = open_for_writing(str(self.queue.unprocessed)) if candidates else set()
+        writing = open_for_writing(str(self.queue.unprocessed), candidates) if candidates else set()
         backing_off = self.store.waiting_until(time.time())
+        # A file claimed before (now back for its retry, or recovered) used up its marker.
+        seen_before = self.store.live() if self.queue.ready_marker else set()
         ready, eligible = deque(), 0
         self.readiness.keep_only({c.name for c in candidates})
         for c in candidates:
@@ -1024,7 +1213,8 @@ class Supervisor:
             if (c.name, c.ino) in backing_off:
                 eligible += 1
                 continue
-            if self.queue.ready_marker and c.is_regular and not self.queue.has_marker(c.name):
+            if (self.queue.ready_marker and c.is_regular and (c.name, c.ino) not in seen_before
+                    and not self.queue.has_marker(c.name)):
                 continue
             if not c.is_regular or self.readiness.ready(c, writing, now):
                 ready.append(c)
@@ -1038,23 +1228,36 @@ class Supervisor:
         self.once_idle = (self.options.once and not eligible and not self.flights and not self.redispatch
                           and not self.to_commit and not self.orphans)
 
-    def _name_taken(self, name: str) -> bool:
+    # -- the store's NameRules (workers/store.py) --
+
+    def taken(self, name: str) -> bool:
         return self.queue.taken(name, self.graph.side_outputs())
+
+    def left_failed(self, final: str) -> None:
+        self.queue.forget_reason(final)
+
+    def derived(self, final: str) -> list[str]:
+        """Every name a file with this final name will use, as "folder/name": reserved
+        while it is live, so that no other file is given a colliding one."""
+        return [f"processed/{final}", f"failed/{final}", f"failed/{reason_name(final)}",
+                *(f"output/{output_name(final, s)}" for s in ("", *self.graph.side_outputs()))]
+
+    def _derived_field(self, final: str) -> dict[str, Any]:
+        """Side-output names that had to be shortened to fit, for the journal."""
+        short = {s: shown(output_name(final, s)) for s in self.graph.side_outputs()
+                 if output_name(final, s) != f"{final}.{s}"}
+        return {"outputs_shortened": short} if short else {}
 
     def _reject(self, candidate: Candidate) -> None:
         """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
-        assert self.store is not None
+        if self._claim_one(candidate):
+            self._reject_claimed(candidate)
+
+    def _reject_claimed(self, candidate: Candidate) -> None:
         kind = _kind_of(candidate.mode)
-        reason = f"{candidate.name!r} is {kind}, not a regular file: not processed (symlinks are never followed)"
-        records = self.store.claim([candidate], self.owner, self._name_taken)
-        if not self.queue.reject(candidate, records[0].final_name, reason):
-            return
-        self.store.attempt_failed(records[0].id, reason, 1, 0, permanent=True)
-        flight = Flight(records[0], candidate.size)
-        self.stats.attempt_failed(candidate.name, 1, reason, "input", True, 0)
-        self.store.add_totals({"files_failed": 1})
-        self._journal("failed", flight, attempt=1, reason=reason)
-        log.warning("failed %r: %s", candidate.name, reason)
+        reason = f"{shown(candidate.name)} is {kind}, not a regular file: not processed (symlinks are never followed)"
+        for flight in self._record_claims([candidate], "claimed"):
+            self._attempt_failed(flight, reason, True, 0, "input")
 
     def _dispatch(self, flights: list[Flight]) -> None:
         """Pack flights into jobs (small files travel together) and hand them out."""
@@ -1092,23 +1295,63 @@ class Supervisor:
     # -- recovery, journal, state ----------------------------------------------------------------
 
     def _recover(self, now: float) -> None:
+        """Dead owners' files: back to unprocessed/ (at no cost: their owner's death says
+        nothing about them), or adopted where a new delivery took the name meanwhile."""
         self.last_recover = now
         assert self.store is not None
-        names = self.queue.recover(set(self.flights))
+        names, adopted = self.queue.recover(set(self.flights))
         if names:
             self.store.recovered(names)
             for name in names:
                 self.events.append(_event("recovered", name, supervisor=self.owner,
                                           reason="its owner died; back to unprocessed/"))
-            log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(repr, names[:5])))
+            log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(shown, names[:5])))
             self.scan_due = True
+        if adopted:
+            self._adopt(adopted)
+        self._forget_vanished()
+
+    def _adopt(self, names: list[str]) -> None:
+        """Claimed in place (recover() holds their locks): their attempts go on."""
+        picked = []
+        for name in names:
+            try:
+                picked.append(self.queue.stat_claimed(name))
+            except FileNotFoundError:
+                self.queue.release(name)
+        log.warning("adopted %d file(s) whose owner died, as new deliveries of their names wait: %s",
+                    len(picked), ", ".join(shown(c.name) for c in picked[:5]))
+        for c in [c for c in picked if not c.is_regular]:
+            self._reject_claimed(c)
+        self.redispatch += [f.record.name for f in self._record_claims([c for c in picked if c.is_regular],
+                                                                       "adopted")]
+
+    def _forget_vanished(self) -> None:
+        """Live records whose file is in neither unprocessed/ nor underprocess/ (removed
+        by hand while waiting, or by a dead owner's operator): they reserve no name."""
+        assert self.store is not None
+        gone = []
+        for file_id, name, ino in self.store.others_live(self.owner):
+            index = self.queue.lock_index(name)
+            if name in self.flights or not self.queue.locks.try_acquire(index):
+                continue  # ours, or a live owner's: only the lock holder moves a file
+            try:
+                present = any(_inode(folder, name) == ino for folder in (self.queue.unprocessed,
+                                                                         self.queue.underprocess))
+            finally:
+                self.queue.locks.release(index)
+            if not present:
+                gone.append((file_id, "vanished"))
+                self.events.append(_event("vanished", name, reason="no longer in unprocessed/ or underprocess/"))
+        if gone:
+            self.store.finished(gone)
 
     def _journal(self, event: str, flight: Flight, **fields: Any) -> None:
-        self.events.append(_event(event, flight.record.name, final=flight.record.final_name, size=flight.size,
+        self.events.append(_event(event, flight.record.name, final=shown(flight.record.final_name), size=flight.size,
                                   supervisor=self.owner, **fields))
         if self.options.trace:
             extra = " ".join(f"{k}={v!r}" for k, v in fields.items())
-            log.info("%s %r %s", event, flight.record.name, extra)
+            log.info("%s %r %s", event, shown(flight.record.name), extra)
 
     def _flush_journal(self) -> None:
         if self.events and self.journal is not None:
@@ -1208,9 +1451,10 @@ class _RemoteJobs:
 
 
 def _event(event: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A journal entry: the file's name shown (workers/names.py), exact and printable."""
     now = time.time()
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-    return {"ts": ts, "event": event, "file": name, **fields}
+    return {"ts": ts, "event": event, "file": shown(name), **fields}
 
 
 def _check_port(host: str, port: int) -> int:
@@ -1232,18 +1476,11 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _syncfs(path: Path) -> None:
-    """Flush every dirty page of the filesystem holding ``path`` (one call for a whole
-    batch of staged outputs: group commit)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _inode(folder: Path, name: str) -> int:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
+        return os.lstat(folder / name).st_ino
+    except OSError:
+        return -1
 
 
 def _rss_of(pid: int) -> int:

@@ -33,7 +33,7 @@ def test_claim_finish_and_put_back(tmp_path: Path) -> None:
     q.finish("a.log", "a-1.log", "processed")
     assert (q.processed / "a-1.log").exists() and not q.holds("a.log")
     put(q, "b.log")
-    assert q.claim("b.log") and q.put_back("b.log") and (q.unprocessed / "b.log").exists()
+    assert q.claim("b.log") and q.put_back("b.log") == "moved" and (q.unprocessed / "b.log").exists()
     assert q.claim("b.log")
     q.finish("b.log", "b.log", "failed", reason="it broke")
     assert (q.failed / "b.log.reason").read_text() == "it broke\n"
@@ -102,11 +102,11 @@ def test_recovery_never_robs_a_live_owner_and_takes_back_a_dead_ones_file(tmp_pa
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "claimed"
-        assert q.recover(set()) == []  # its owner is alive
+        assert q.recover(set()) == ([], [])  # its owner is alive
         assert (q.underprocess / "held.log").exists()
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=10)
-        assert wait_for(lambda: q.recover(set()), 5, "recovery of the dead owner's file") == ["held.log"]
+        assert wait_for(lambda: q.recover(set())[0], 5, "recovery of the dead owner's file") == ["held.log"]
         assert (q.unprocessed / "held.log").exists()
     finally:
         if holder.poll() is None:

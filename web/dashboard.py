@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from workers.config import Config
+from workers.names import reason_files, shown, unshown
 
 bp = Blueprint("dashboard", __name__)
 HEALTH_MAX_AGE_S = 5.0
@@ -132,12 +133,15 @@ def retry(name: str) -> tuple[Response, int]:
     refused = _refusal()
     if refused:
         return refused
-    if name in (".", "..") or any(c in name for c in "/\\\x00") or name.startswith("."):
+    exact = unshown(name)  # names come as the API shows them (workers/names.py)
+    if shown(exact) != name:
+        return jsonify({"error": "not a name as the API shows it (a backslash starts an escape: \\\\ \\xNN)"}), 400
+    if exact in (".", "..") or any(c in exact for c in "/\x00") or exact.startswith("."):
         return jsonify({"error": "not a plain file name"}), 400
     failed = _config().watch.dir / "failed"
-    if name.endswith(".reason") and os.path.lexists(failed / name[: -len(".reason")]):
+    if os.path.lexists(failed / exact) and exact in reason_files(os.listdir(failed)):
         return jsonify({"error": "that is a reason file, not a failed file"}), 400
-    if not os.path.lexists(failed / name):
+    if not os.path.lexists(failed / exact):
         return jsonify({"error": "no such file in failed/"}), 404
     _act(("retry", name))
     return jsonify({"accepted": True, "file": name}), 202

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.names import shown
+
 
 class FoldermillError(Exception):
     """Base of every error foldermill raises on purpose."""
@@ -23,7 +25,7 @@ class InputError(FoldermillError):
     """
 
     def __init__(self, file: str, line: int | None, message: str, node: str = "") -> None:
-        where = f"{file}" + (f" line {line}" if line is not None else "")
+        where = shown(file) + (f" line {line}" if line is not None else "")
         where += f" (node {node!r})" if node else ""
         super().__init__(f"{where}: {message}")
         self.file = file
@@ -35,3 +37,8 @@ class InputError(FoldermillError):
 class ProcessingError(InputError):
     """A node failed on a line: the processor raised, emitted an unknown tag, or a
     line went past ``max_hops``."""
+
+
+class SystemFailure(FoldermillError):
+    """The whole system cannot go on (the watch dir is gone, the disk is read-only, the
+    state database is corrupt): the supervisor stops with exit status 3, not one file."""

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.config import Config
-from workers.queue import REASON_SUFFIX, FolderQueue
+from workers.fs import move
+from workers.names import reason_files, reason_name, shown, unshown
+from workers.queue import FolderQueue
 from workers.store import tail_journal
 
 ANNOUNCE_GLOB = "supervisor-*.json"
@@ -81,12 +83,12 @@ def format_status(s: dict[str, Any]) -> str:
     age = s["oldest_unprocessed_age_s"]
     lines.append(f"oldest waiting file: {age:.1f} s" if age is not None else "oldest waiting file: none")
     for w in s["workers"]:
-        doing = f"{w['file']!r} {w['progress_percent']}%" if w.get("file") else "idle"
+        doing = f"{w['file']} {w['progress_percent']}%" if w.get("file") else "idle"
         lines.append(f"worker {w['pid']}: {w['state']}, {doing}")
     if s["recent_failures"]:
         lines.append("recent failures:")
         for f in s["recent_failures"]:
-            lines.append(f"  {f.get('file')!r}: {f.get('message') or f.get('reason')}")
+            lines.append(f"  {f.get('file')}: {f.get('message') or f.get('reason')}")
     return "\n".join(lines)
 
 
@@ -94,17 +96,26 @@ def retry(config: Config, names: list[str], every: bool) -> tuple[list[str], lis
     """Move failed files back to unprocessed/ (fresh attempts). Returns (moved, problems)."""
     q = _queue(config)
     if every:
-        present = set(os.listdir(q.failed))
-        names = sorted(n for n in present if not n.startswith(".")
-                       and not (n.endswith(REASON_SUFFIX) and n[: -len(REASON_SUFFIX)] in present))
+        present = os.listdir(q.failed)
+        reasons = reason_files(present)
+        names = sorted(n for n in present if not n.startswith(".") and n not in reasons)
     moved, problems = [], []
     for name in names:
+        name = resolve(q.failed, name)
         problem = retry_one(q, name)
         if problem:
-            problems.append(f"{name!r}: {problem}")
+            problems.append(f"{shown(name)}: {problem}")
         else:
-            moved.append(name)
+            moved.append(shown(name))
     return moved, problems
+
+
+def resolve(folder: Path, name: str) -> str:
+    """A name as the operator typed it: exact, or in its shown form (``caf\\xe9.log``)."""
+    if os.path.lexists(folder / name):
+        return name
+    exact = unshown(name)
+    return exact if os.path.lexists(folder / exact) else name
 
 
 def retry_one(q: FolderQueue, name: str) -> str:
@@ -114,29 +125,37 @@ def retry_one(q: FolderQueue, name: str) -> str:
         return "not a plain file name"
     if not os.path.lexists(q.failed / name):
         return "no such file in failed/"
-    if os.path.lexists(q.unprocessed / name):
+    if name in reason_files(os.listdir(q.failed)):
+        return "that is a reason file, not a failed file"
+    try:
+        move(q.failed / name, q.unprocessed / name)
+    except FileExistsError:
         return "unprocessed/ already holds that name"
-    os.rename(q.failed / name, q.unprocessed / name)
-    (q.failed / (name + REASON_SUFFIX)).unlink(missing_ok=True)
+    except FileNotFoundError:
+        return "no such file in failed/"
+    (q.failed / reason_name(name)).unlink(missing_ok=True)
     return ""
 
 
 def history(config: Config, name: str) -> list[dict[str, Any]]:
     """Every journal entry (all rotated files, oldest first) for the file ``name``, under
-    its input name or its final name."""
+    its input name or its final name. The journal holds names shown (workers/names.py):
+    ``name`` may be given exactly or in its shown form."""
+    wanted = {shown(name), name}
+    needles = [json.dumps(w, ensure_ascii=False)[1:-1] for w in wanted]  # as they appear in a line
     path = config.watch.dir / "input.log"
     entries = []
     for n in range(config.watch.journal_keep, -1, -1):
         p = path if n == 0 else path.with_name(f"{path.name}.{n}")
         try:
-            with open(p, encoding="utf-8", errors="surrogateescape") as f:
+            with open(p, encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    if name in line:
+                    if any(needle in line for needle in needles):
                         try:
                             e = json.loads(line)
                         except ValueError:
                             continue
-                        if name in (e.get("file"), e.get("final")):
+                        if wanted & {e.get("file"), e.get("final")}:
                             entries.append(e)
         except FileNotFoundError:
             continue
@@ -147,7 +166,7 @@ def format_history(entries: list[dict[str, Any]]) -> str:
     lines = []
     for e in entries:
         extra = {k: v for k, v in e.items() if k not in ("ts", "event", "file")}
-        lines.append(f"{e['ts']}  {e['event']:<10} {e['file']!r}  " +
+        lines.append(f"{e['ts']}  {e['event']:<10} {e['file']}  " +
                      " ".join(f"{k}={v!r}" for k, v in extra.items()))
     return "\n".join(lines)
 

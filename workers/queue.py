@@ -11,25 +11,31 @@ loop. The protocol (README, "Guarantees"):
   ``rename`` it into ``underprocess/`` (of two claimers only one rename succeeds), and
   hold the lock until the file has left ``underprocess/``.
 - Recovery: a file in ``underprocess/`` that is not ours and whose lock we can take
-  has a dead owner (a live owner would hold the lock), so it goes back.
+  has a dead owner (a live owner would hold the lock), so it goes back; if a new
+  delivery of the same name is waiting in ``unprocessed/`` meanwhile, it is *adopted*
+  instead: claimed where it is, so neither delivery replaces the other.
+- No move replaces an existing file (``workers.fs.move``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import fnmatch
 import os
 import stat
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.errors import FoldermillError
+from workers.fs import move
+from workers.names import collision_name, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
 FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
-REASON_SUFFIX = ".reason"
 PLACEHOLDER = ".gitkeep"
 
 
@@ -75,6 +81,7 @@ class FolderQueue:
         self.locks = LockTable(self.locks_dir)
         self._names: dict[str, bool] = {}  # candidate-name decisions, by name
         self._held: dict[str, int] = {}  # name in underprocess/ -> lock index we hold for it
+        self.stranded = False  # a claim met a dead owner's file: recover soon
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -168,9 +175,13 @@ class FolderQueue:
         if not self._try_lock(index):
             return False
         try:
-            os.rename(self._unp + name, self._under + name)
+            move(self._unp + name, self._under + name)
         except FileNotFoundError:
             self._unlock(index)
+            return False
+        except FileExistsError:  # a dead owner's file of that name: recovery adopts it first
+            self._unlock(index)
+            self.stranded = True
             return False
         except OSError:
             self._unlock(index)
@@ -178,7 +189,8 @@ class FolderQueue:
         self._held[name] = index
         marker = self.marker_name(name)
         if marker:
-            (self.unprocessed / marker).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(self._unp + marker)
         return True
 
     def holds(self, name: str) -> bool:
@@ -191,35 +203,54 @@ class FolderQueue:
 
     # -- moving on -----------------------------------------------------------------------
 
-    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> None:
+    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> str:
         """Move a claimed file to processed/ or failed/ under ``final_name`` (with its
-        reason beside it in failed/), then release its lock."""
+        reason beside it in failed/), then release its lock. Returns the name it got:
+        ``final_name``, or a collision name if something took that name meanwhile
+        (nothing is ever replaced). FileNotFoundError: it left underprocess/ (by hand)."""
         target_dir = self._proc if folder == "processed" else self._fail
-        target = target_dir + final_name
-        if reason:
-            _write_reason(Path(target + REASON_SUFFIX), reason)
+        # The reason first: a file in failed/ always has its reason beside it.
+        wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason)
         try:
-            os.rename(self._under + name, target)
+            for n in range(1000):
+                target = final_name if n == 0 else collision_name(final_name, n)
+                try:
+                    move(self._under + name, target_dir + target)
+                except FileExistsError:
+                    continue
+                if reason and n:
+                    if wrote:
+                        os.unlink(self._fail + reason_name(final_name))
+                    write_reason(Path(self._fail + reason_name(target)), reason)
+                return target
+            raise FileExistsError(errno.EEXIST, "no free name", target_dir + final_name)
         finally:
             self.release(name)
 
-    def put_back(self, name: str) -> bool:
-        """Return a claimed file to unprocessed/ (a failed attempt, or a stop)."""
+    def put_back(self, name: str) -> str:
+        """Return a claimed file to unprocessed/ (a stop) and release its lock:
+        "moved"; "taken" when a new delivery of that name is waiting there (the file
+        stays in underprocess/, for recovery to adopt); "gone" when it is not there."""
         try:
-            os.rename(self._under + name, self._unp + name)
-            moved = True
+            move(self._under + name, self._unp + name)
+            outcome = "moved"
+        except FileExistsError:
+            outcome = "taken"
         except FileNotFoundError:
-            moved = False
+            outcome = "gone"
         self.release(name)
-        return moved
+        return outcome
 
-    def recover(self, mine: set[str]) -> list[str]:
-        """Return files whose owner is dead from underprocess/ to unprocessed/."""
-        recovered = []
+    def recover(self, mine: set[str]) -> tuple[list[str], list[str]]:
+        """Files in underprocess/ whose owner is dead: back to unprocessed/, or, when a
+        new delivery of the same name waits there, adopted (claimed in place: its lock
+        stays held). Returns (moved back, adopted)."""
+        self.stranded = False
+        recovered, adopted = [], []
         try:
             names = os.listdir(self.underprocess)
         except FileNotFoundError:
-            return []
+            return [], []
         for name in names:
             if name in mine or name == PLACEHOLDER or name in self._held:
                 continue
@@ -227,13 +258,21 @@ class FolderQueue:
             if not self._try_lock(index):
                 continue  # a live owner holds it
             try:
-                os.rename(self.underprocess / name, self.unprocessed / name)
+                move(self._under + name, self._unp + name)
                 recovered.append(name)
+            except FileExistsError:
+                self._held[name] = index
+                adopted.append(name)
+                continue
             except FileNotFoundError:
                 pass  # its owner finished it between our listing and our lock
-            finally:
-                self._unlock(index)
-        return recovered
+            self._unlock(index)
+        return recovered, adopted
+
+    def stat_claimed(self, name: str) -> Candidate:
+        """A claimed file as a Candidate (lstat: a symlink stays a symlink)."""
+        st = os.lstat(self._under + name)
+        return Candidate(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
     def reject(self, candidate: Candidate, final_name: str, reason: str) -> bool:
         """Move something that is not a regular file (a symlink, a directory, a FIFO)
@@ -244,11 +283,22 @@ class FolderQueue:
         return True
 
     def taken(self, name: str, suffixes: list[str]) -> bool:
-        """Whether ``name`` is already used in processed/, failed/ or output/."""
+        """Whether ``name``, or a name derived from it (its outputs, its reason file),
+        is already used in processed/, failed/ or output/."""
         lexists = os.path.lexists
         if lexists(self._proc + name) or lexists(self._fail + name) or lexists(self._out + name):
             return True
-        return any(lexists(f"{self._out}{name}.{s}") for s in suffixes)
+        if lexists(self._fail + reason_name(name)):
+            return True
+        return any(lexists(self._out + output_name(name, s)) for s in suffixes)
+
+    def forget_reason(self, final_name: str) -> None:
+        """The reason file of a failed file that was moved back by hand (not a failed
+        file of its own: that would have its own reason beside it)."""
+        reason = reason_name(final_name)
+        if not os.path.lexists(self._fail + final_name) and not os.path.lexists(self._fail + reason_name(reason)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._fail + reason)
 
     def counts(self) -> dict[str, int]:
         """Files per folder, not counting placeholders, reasons, markers or temp files."""
@@ -259,8 +309,8 @@ class FolderQueue:
             except FileNotFoundError:
                 names = []
             if folder == "failed":
-                present = set(names)
-                names = [n for n in names if not (n.endswith(REASON_SUFFIX) and n[: -len(REASON_SUFFIX)] in present)]
+                reasons = reason_files(names)
+                names = [n for n in names if n not in reasons]
             elif folder == "unprocessed":
                 names = [n for n in names if self.is_candidate_name(n)]
             result[folder] = sum(1 for n in names if n != PLACEHOLDER)
@@ -328,8 +378,16 @@ def open_claimed(path: Path) -> int:
     return fd
 
 
-def _write_reason(path: Path, reason: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8", errors="backslashreplace")
-    os.replace(tmp, path)
+def write_reason(path: Path, reason: str) -> bool:
+    """Write ``path`` whole (a temporary file, then a move that replaces nothing).
+    False if it could not be written: the reason is in the journal and the state too."""
+    tmp = path.with_name(f".fm-reason.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8", errors="backslashreplace")
+        move(tmp, path)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
 

@@ -2,7 +2,8 @@
 
 - With a ready marker configured: when its marker exists.
 - Otherwise never while any process holds it open for writing (found through
-  ``/proc/<pid>/fd`` and the access mode in ``/proc/<pid>/fdinfo``), and then:
+  ``/proc/<pid>/fd`` and the access mode in ``/proc/<pid>/fdinfo``, by path, or by
+  inode for a file hard-linked in while its writer still has it open), and then:
   at once if it was renamed into the folder (the producer's atomic hand-off), or when
   its size and mtime have stayed unchanged for ``settle`` seconds (some writers close
   and reopen the file for every chunk, so a close alone proves nothing).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from workers.queue import Candidate
@@ -22,12 +24,16 @@ from workers.queue import Candidate
 WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 
 
-def open_for_writing(folder: str) -> set[str]:
-    """Names of files directly in ``folder`` that some process has open for writing."""
+def open_for_writing(folder: str, candidates: Iterable[Candidate] = ()) -> set[str]:
+    """Names of files directly in ``folder`` that some process has open for writing:
+    by the path of the open file, or, for ``candidates``, by inode, so a writer that
+    opened the file elsewhere and hard-linked it into ``folder`` is seen too."""
     prefix = folder.rstrip("/") + "/"
+    by_ino = {c.ino: c.name for c in candidates}
     names: set[str] = set()
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        device = os.stat(folder).st_dev
     except OSError:
         return names
     for pid in pids:
@@ -41,22 +47,44 @@ def open_for_writing(folder: str) -> set[str]:
                 target = os.readlink(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            if not target.startswith(prefix) or "/" in target[len(prefix):]:
+            if not target.startswith("/") or target.startswith(NOT_FILES):
+                continue  # a socket, a pipe, a device...
+            inside = target.startswith(prefix) and "/" not in target[len(prefix):]
+            if not inside and not by_ino:
                 continue
-            if _writable(pid, fd):
+            writable, ino = _fdinfo(pid, fd)
+            if not writable:
+                continue
+            if inside:
                 names.add(target[len(prefix):].removesuffix(" (deleted)"))
+            elif ino in by_ino and _device(f"{fd_dir}/{fd}") == device:
+                names.add(by_ino[ino])
     return names
 
 
-def _writable(pid: str, fd: str) -> bool:
+NOT_FILES = ("/dev/", "/proc/", "/sys/")
+
+
+def _fdinfo(pid: str, fd: str) -> tuple[bool, int]:
+    """(open for writing, inode) from ``/proc/<pid>/fdinfo/<fd>``."""
+    writable, ino = False, -1
     try:
         with open(f"/proc/{pid}/fdinfo/{fd}") as f:
             for line in f:
                 if line.startswith("flags:"):
-                    return int(line.split()[1], 8) & os.O_ACCMODE in WRITE_MODES
+                    writable = int(line.split()[1], 8) & os.O_ACCMODE in WRITE_MODES
+                elif line.startswith("ino:"):
+                    ino = int(line.split()[1])
     except (OSError, ValueError):
-        return False
-    return False
+        return False, -1
+    return writable, ino
+
+
+def _device(fd_link: str) -> int:
+    try:
+        return os.stat(fd_link).st_dev
+    except OSError:
+        return -1
 
 
 @dataclass
@@ -91,9 +119,10 @@ class Readiness:
             return True
         seen = self.seen.get(c.name)
         if seen is None or (seen.size, seen.mtime_ns) != (c.size, c.mtime_ns):
+            # Timed from when we first saw it (the monotonic clock), never from its
+            # mtime: a wall clock stepped forward would make a file being written look old.
             self.seen[c.name] = _Seen(c.size, c.mtime_ns, now)
-            # Unchanged since long before we looked (e.g. present at start-up).
-            return time.time() - c.mtime_ns / 1e9 >= self.settle_s
+            return self.settle_s <= 0
         return now - seen.since >= self.settle_s
 
     def forget(self, name: str) -> None:

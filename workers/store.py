@@ -1,9 +1,9 @@
 """State that outlives a restart: SQLite (WAL) for attempts, names and totals, and the
 human-readable journal ``input.log``.
 
-A file is identified by (name, inode, size, mtime): renames between queue folders keep
-all four, so a file keeps its attempts and its final name across retries and restarts,
-while a new file that reuses a name is a new file. SQLite in WAL mode is safe for
+A file is identified by (name, inode) while it is live: renames between queue folders
+keep both, so a file keeps its attempts and its final name across retries and restarts,
+while a new delivery that reuses a name (a new inode) is a new file. SQLite in WAL mode is safe for
 several supervisors on one host; on a network filesystem its locking is not, and
 several supervisors there must each have their own watch dir (README, "Operations").
 """
@@ -17,36 +17,62 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from filelock import FileLock
 
+from workers.errors import FoldermillError
+from workers.names import shown, unshown
 from workers.outputs import unique_name
 from workers.queue import Candidate
 
-SCHEMA = """
+SCHEMA_VERSION = 2
+FILES = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
+    name TEXT NOT NULL,             -- names are stored shown (workers/names.py): valid UTF-8, exact
     ino INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     final_name TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,           -- claimed | waiting | processed | failed
+    status TEXT NOT NULL,           -- claimed | waiting | committing | processed | failed | vanished
     owner TEXT,
     not_before REAL NOT NULL DEFAULT 0,
     reason TEXT,
-    updated REAL NOT NULL,
-    UNIQUE (name, ino, size, mtime_ns)
+    commit_pairs TEXT,              -- while committing: JSON [[staged, final], ...] in output/
+    updated REAL NOT NULL
 );
+"""
+SCHEMA = FILES + """
+CREATE INDEX IF NOT EXISTS files_identity ON files (name, ino);
 CREATE INDEX IF NOT EXISTS files_status ON files (status);
 CREATE INDEX IF NOT EXISTS files_final ON files (final_name);
+CREATE TABLE IF NOT EXISTS reserved (key TEXT PRIMARY KEY, file_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS reserved_file ON reserved (file_id);
 CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL);
 """
 
-LIVE = ("claimed", "waiting")
+LIVE = ("claimed", "waiting", "committing")
+_LIVE_SQL = "('claimed', 'waiting', 'committing')"
+
+
+class NameRules(Protocol):
+    """What the store needs to know of the folders to choose a final name."""
+
+    def taken(self, name: str) -> bool:
+        """The name, or one derived from it, is in use on disk."""
+
+    def derived(self, name: str) -> list[str]:
+        """Keys ("folder/name") of every name a file with this final name uses."""
+
+    def left_failed(self, name: str) -> None:
+        """A failed file was moved back by hand: what it left in failed/ is stale."""
+
+
+class StateError(FoldermillError):
+    """The state database cannot be used (corrupt, not a database, unwritable)."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +81,49 @@ class FileRecord:
     name: str
     final_name: str
     attempts: int  # failed attempts so far
+    committed: tuple[tuple[str, str], ...] = ()  # its outputs were being committed when its owner died
+    known: bool = False  # claimed before: an earlier execution may have left staged files
 
 
 class Store:
-    """One connection per supervisor process; every method is one short transaction."""
+    """One connection per supervisor process; every method is one short transaction.
+
+    A file is identified by its name and inode while it is live (claimed, waiting,
+    committing): renames between queue folders keep both, and so does a producer that
+    rewrites or touches a file waiting for its retry, which therefore keeps its attempts
+    and its final name. A final name, with every name derived from it (its outputs, its
+    reason file), is reserved for the file while it is live (table ``reserved``), so no
+    other file can be given a name that would collide with one of them.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"the state database {path} cannot be used: {exc} (move it aside to start afresh; "
+                             "attempt counts and totals are then lost, the folders and the journal stay)") from None
+
+    def _migrate(self) -> None:
+        """Version 1 identified a file by (name, inode, size, mtime) with a UNIQUE
+        constraint: copy its rows into the version 2 table."""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
+        if version >= SCHEMA_VERSION or not exists:
+            return
+        with self._tx() as db:
+            db.execute("ALTER TABLE files RENAME TO files_v1")
+            db.execute("DROP INDEX IF EXISTS files_status")
+            db.execute("DROP INDEX IF EXISTS files_final")
+            db.execute(FILES)
+            db.execute("INSERT INTO files (id, name, ino, size, mtime_ns, final_name, attempts, status, owner, "
+                       "not_before, reason, updated) SELECT id, name, ino, size, mtime_ns, final_name, attempts, "
+                       "status, owner, not_before, reason, updated FROM files_v1")
+            db.execute("DROP TABLE files_v1")
 
     def close(self) -> None:
         self.db.close()
@@ -76,48 +135,76 @@ class Store:
         """Files backing off before their next attempt: (name, inode) -> not_before."""
         rows = self.db.execute(
             "SELECT name, ino, not_before FROM files WHERE status = 'waiting' AND not_before > ?", (now,))
-        return {(name, ino): nb for name, ino, nb in rows}
+        return {(unshown(name), ino): nb for name, ino, nb in rows}
 
-    def claim(self, claims: Iterable[Candidate], owner: str, taken: Callable[[str], bool]) -> list[FileRecord]:
+    def live(self) -> set[tuple[str, int]]:
+        """(name, inode) of every file that was claimed before and is not finished."""
+        rows = self.db.execute(f"SELECT name, ino FROM files WHERE status IN {_LIVE_SQL}")
+        return {(unshown(name), ino) for name, ino in rows}
+
+    def claim(self, claims: Iterable[Candidate], owner: str, names: NameRules) -> list[FileRecord]:
         """Record files just claimed; choose each new file's final name once, for good."""
+        taken, derived = names.taken, names.derived
         now = time.time()
         records = []
         with self._tx() as db:
             for c in claims:
+                name = shown(c.name)
                 row = db.execute(
-                    "SELECT id, final_name, attempts, status FROM files "
-                    "WHERE name = ? AND ino = ? AND size = ? AND mtime_ns = ?",
-                    (c.name, c.ino, c.size, c.mtime_ns)).fetchone()
+                    "SELECT id, final_name, attempts, status, commit_pairs FROM files WHERE name = ? AND ino = ? "
+                    "ORDER BY id DESC LIMIT 1", (name, c.ino)).fetchone()
                 if row is None:
-                    final = self._free_name(db, c.name, taken)
                     cur = db.execute(
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
-                        "VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?)",
-                        (c.name, c.ino, c.size, c.mtime_ns, final, owner, now))
-                    records.append(FileRecord(cur.lastrowid, c.name, final, 0))
+                        "VALUES (?, ?, ?, ?, '', 'claimed', ?, ?)", (name, c.ino, c.size, c.mtime_ns, owner, now))
+                    file_id = cur.lastrowid
+                    final = self._reserve_free_name(db, file_id, c.name, taken, derived)
+                    db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(final), file_id))
+                    records.append(FileRecord(file_id, c.name, final, 0))
                     continue
-                file_id, final, attempts, status = row
-                if status in ("processed", "failed"):
+                file_id, final_shown, attempts, status, pairs = row
+                final = unshown(final_shown)
+                committed: tuple[tuple[str, str], ...] = ()
+                if status == "committing":
+                    committed = tuple((t, unshown(f)) for t, f in json.loads(pairs or "[]"))
+                elif status not in LIVE:
                     # Moved back by an operator: fresh attempts; its old name may be in use.
                     attempts = 0
-                    if taken(final):
-                        final = self._free_name(db, c.name, taken)
+                    if status == "failed":
+                        names.left_failed(final)
+                    if taken(final) or self._reserved_by_other(db, file_id, derived(final)):
+                        final = self._reserve_free_name(db, file_id, c.name, taken, derived)
+                    else:
+                        self._reserve(db, file_id, derived(final))
                 db.execute(
-                    "UPDATE files SET status = 'claimed', owner = ?, attempts = ?, final_name = ?, updated = ? "
-                    "WHERE id = ?", (owner, attempts, final, now, file_id))
-                records.append(FileRecord(file_id, c.name, final, attempts))
+                    "UPDATE files SET status = ?, owner = ?, attempts = ?, final_name = ?, size = ?, mtime_ns = ?, "
+                    "updated = ? WHERE id = ?",
+                    ("committing" if committed else "claimed", owner, attempts, shown(final), c.size, c.mtime_ns,
+                     now, file_id))
+                records.append(FileRecord(file_id, c.name, final, attempts, committed, known=True))
         return records
 
-    @staticmethod
-    def _free_name(db: sqlite3.Connection, name: str, taken: Callable[[str], bool]) -> str:
+    def _reserve_free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
+                           derived: Callable[[str], list[str]]) -> str:
         def used(candidate: str) -> bool:
-            if taken(candidate):
-                return True
-            row = db.execute("SELECT 1 FROM files WHERE final_name = ? AND status IN ('claimed', 'waiting')",
-                             (candidate,)).fetchone()
-            return row is not None
+            return taken(candidate) or self._reserved_by_other(db, file_id, derived(candidate))
 
-        return unique_name(name, used)
+        final = unique_name(name, used)
+        self._reserve(db, file_id, derived(final))
+        return final
+
+    @staticmethod
+    def _reserved_by_other(db: sqlite3.Connection, file_id: int, keys: list[str]) -> bool:
+        marks = ",".join("?" * len(keys))
+        row = db.execute(f"SELECT 1 FROM reserved WHERE key IN ({marks}) AND file_id != ? LIMIT 1",
+                         [shown(k) for k in keys] + [file_id]).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _reserve(db: sqlite3.Connection, file_id: int, keys: list[str]) -> None:
+        db.execute("DELETE FROM reserved WHERE file_id = ?", (file_id,))
+        db.executemany("INSERT OR REPLACE INTO reserved (key, file_id) VALUES (?, ?)",
+                       [(shown(k), file_id) for k in keys])
 
     def attempt_failed(self, file_id: int, reason: str, max_attempts: int, backoff_s: float,
                        permanent: bool = False) -> tuple[int, bool]:
@@ -130,27 +217,46 @@ class Store:
             delay = backoff_s * (2 ** (attempts - 1))
             db.execute(
                 "UPDATE files SET attempts = ?, status = ?, reason = ?, not_before = ?, updated = ? WHERE id = ?",
-                (attempts, "failed" if final else "waiting", reason, now + delay, now, file_id))
+                (attempts, "failed" if final else "claimed", reason, now + delay, now, file_id))
         return attempts, final
 
-    def requeued(self, file_ids: Iterable[int]) -> None:
-        """Files put back without a failed attempt (a stop, a batch-mate's crash)."""
+    def requeued(self, file_ids: Iterable[int], not_before: dict[int, float] | None = None) -> None:
+        """Files put back in unprocessed/ (a stop): waiting, after a backoff if they have one."""
+        now = time.time()
+        wait = not_before or {}
+        with self._tx() as db:
+            db.executemany("UPDATE files SET status = 'waiting', not_before = ?, updated = ? WHERE id = ?",
+                           [(wait.get(i, 0.0), now, i) for i in file_ids])
+
+    def committing(self, items: Iterable[tuple[int, list[tuple[str, str]]]]) -> None:
+        """Outputs staged and durable, about to be renamed into place: from here on the
+        file is done, and an owner's death rolls it forward instead of redoing it."""
         now = time.time()
         with self._tx() as db:
-            db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? WHERE id = ?",
-                           [(now, i) for i in file_ids])
+            db.executemany("UPDATE files SET status = 'committing', commit_pairs = ?, updated = ? WHERE id = ?",
+                           [(json.dumps([[t, shown(f)] for t, f in pairs]), now, i) for i, pairs in items])
 
     def finished(self, done: Iterable[tuple[int, str]]) -> None:
-        """Mark files processed or failed: (id, status)."""
+        """Mark files processed, failed or vanished: (id, status); their names are on disk
+        now (or gone), so their reservations go."""
         now = time.time()
+        rows = list(done)
         with self._tx() as db:
-            db.executemany("UPDATE files SET status = ?, updated = ? WHERE id = ?", [(s, now, i) for i, s in done])
+            db.executemany("UPDATE files SET status = ?, commit_pairs = NULL, updated = ? WHERE id = ?",
+                           [(s, now, i) for i, s in rows])
+            db.executemany("DELETE FROM reserved WHERE file_id = ?", [(i,) for i, _ in rows])
 
     def recovered(self, names: Iterable[str]) -> None:
         now = time.time()
         with self._tx() as db:
             db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? "
-                           "WHERE name = ? AND status = 'claimed'", [(now, n) for n in names])
+                           "WHERE name = ? AND status = 'claimed'", [(now, shown(n)) for n in names])
+
+    def others_live(self, owner: str) -> list[tuple[int, str, int]]:
+        """Live files not claimed by ``owner``: (id, name, inode), to find the vanished."""
+        rows = self.db.execute(f"SELECT id, name, ino FROM files WHERE status IN {_LIVE_SQL} "
+                               "AND (owner IS NULL OR owner != ?)", (owner,))
+        return [(i, unshown(n), ino) for i, n, ino in rows]
 
     def digest_owner(self, digest: str) -> str:
         row = self.db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
@@ -159,7 +265,8 @@ class Store:
     def add_digests(self, rows: list[tuple[str, str, int]]) -> None:
         """(digest, final name, file id) of files just processed; the first one wins."""
         with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id) VALUES (?, ?, ?)", rows)
+            db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id) VALUES (?, ?, ?)",
+                           [(d, shown(n), i) for d, n, i in rows])
 
     def add_totals(self, deltas: dict[str, int]) -> None:
         with self._tx() as db:
@@ -212,7 +319,9 @@ class Journal:
             return
         data = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events)
         self._follow_rotation()
-        os.write(self.fd, data.encode("utf-8", "surrogateescape"))
+        # Names are shown already; a stray surrogate elsewhere (a processor's message)
+        # becomes a JSON escape, so the journal stays valid UTF-8.
+        os.write(self.fd, data.encode("utf-8", "backslashreplace"))
         if os.fstat(self.fd).st_size >= self.max_bytes:
             self._rotate()
 

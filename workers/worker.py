@@ -27,6 +27,7 @@ from workers.engine import run_file
 from workers.errors import InputError, ProcessingError
 from workers.graph import Graph, compile_graph
 from workers.lifecycle import die_with_parent
+from workers.names import shown
 from workers.outputs import StagedOutputs
 from workers.queue import open_claimed
 
@@ -100,7 +101,7 @@ def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> Non
     progress[base + P_PID] = os.getpid()
     done = 0
     while not stopping and os.getppid() == args.parent_pid:
-        progress[base + P_BEAT] = time.time()
+        progress[base + P_BEAT] = time.monotonic()
         try:
             job = jobs.get(timeout=0.5)
         except queue.Empty:
@@ -124,7 +125,7 @@ def _run_job(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, job: J
     items = []
     for i, item in enumerate(job.items):
         progress[base + P_ITEM] = i
-        progress[base + P_STARTED] = time.time()
+        progress[base + P_STARTED] = time.monotonic()  # system-wide on Linux: the supervisor compares it
         progress[base + P_LINES] = progress[base + P_BYTES] = 0
         items.append(run_item(args, graph, out_dir, in_dir, item, progress, nodes))
     progress[base + P_ITEM] = -1
@@ -140,7 +141,7 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
     def report(bytes_done: int, lines_done: int) -> None:
         progress[base + P_BYTES] = bytes_done
         progress[base + P_LINES] = lines_done
-        progress[base + P_BEAT] = time.time()
+        progress[base + P_BEAT] = time.monotonic()
 
     started = time.monotonic()
     digest = ""
@@ -153,23 +154,29 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         if earlier:
             return ItemResult(item.file_id, True, digest=digest, duplicate_of=earlier,
                               seconds=time.monotonic() - started)
-    staged = StagedOutputs(out_dir, item.final_name, graph.settings.encoding, token=str(item.file_id))
     try:
-        with os.fdopen(open_claimed(in_dir / item.name), "rb") as source:
+        fd = open_claimed(in_dir / item.name)
+    except OSError as exc:
+        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: cannot read: {exc.strerror or exc}",
+                          permanent=True, seconds=time.monotonic() - started)
+    staged: StagedOutputs | None = None
+    try:
+        with os.fdopen(fd, "rb") as source:
+            staged = StagedOutputs(out_dir, item.final_name, graph.settings.encoding, token=str(item.file_id))
             result = run_file(graph, item.name, source, staged.sink, report, args.trace_every)
         pairs = staged.close(durable=False)
     except InputError as exc:
-        staged.abort()
+        _abort(staged)
         permanent = not isinstance(exc, ProcessingError)
         return ItemResult(item.file_id, False, reason=str(exc), permanent=permanent, error_node=exc.node,
                           error_line=exc.line, seconds=time.monotonic() - started)
-    except OSError as exc:
-        staged.abort()
-        return ItemResult(item.file_id, False, reason=f"{item.name}: cannot read: {exc.strerror or exc}",
-                          permanent=True, seconds=time.monotonic() - started)
+    except OSError as exc:  # writing its outputs (a full disk...), or reading mid-way: worth another attempt
+        _abort(staged)
+        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {exc.strerror or exc} "
+                          "(reading it or writing its outputs)", seconds=time.monotonic() - started)
     except Exception as exc:  # anything else: a bug or a resource limit; retried
-        staged.abort()
-        return ItemResult(item.file_id, False, reason=f"{item.name}: {type(exc).__name__}: {exc}",
+        _abort(staged)
+        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {type(exc).__name__}: {exc}",
                           seconds=time.monotonic() - started)
     for tag, s in result.nodes.items():
         acc = nodes.setdefault(tag, [0, 0, 0, 0.0])
@@ -179,6 +186,11 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         acc[3] += s.seconds
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
                       time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest)
+
+
+def _abort(staged: StagedOutputs | None) -> None:
+    if staged is not None:
+        staged.abort()
 
 
 def file_digest(path: Path) -> str:
@@ -207,8 +219,12 @@ def processed_digest(db_path: str, digest: str) -> str:
 
 def manager_init(parent_pid: int) -> None:
     """Runs first in the manager's server process: it dies with the supervisor and
-    leaves SIGINT (a terminal's Ctrl-C reaches the whole group) to the supervisor."""
+    leaves SIGINT and SIGHUP (a terminal's reach the whole group) to the supervisor.
+    It is forked after the supervisor set its own signal handlers: SIGTERM gets its
+    default back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid, "fm-manager")
 
 
@@ -217,6 +233,7 @@ def _install_signals() -> list[bool]:
     SIGTERM asks the worker to stop after its current job."""
     stopping: list[bool] = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     return stopping
 
