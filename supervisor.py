@@ -378,6 +378,7 @@ class Supervisor:
             raise StartInterrupted
 
     def start(self) -> None:
+        log.info("starting: watch dir %s, config %s", self.config.watch.dir, self.config.path)
         self.queue.prepare()
         if self.config.web.enabled:
             self.web_port = _check_port(self.config.web.host, self.config.web.port)
@@ -833,7 +834,8 @@ class Supervisor:
         done, digests = [], []
         for flight, res, pid in ready:
             status = self._move_committed(flight, res, pid)
-            done.append((flight.record.id, status))
+            if status:
+                done.append((flight.record.id, status))
             if status == "processed" and res.digest and not res.duplicate_of:
                 digests.append((res.digest, flight.record.final_name, flight.record.id))
         self._flush_journal()  # as close to the moves as possible: a SIGKILL loses less
@@ -857,6 +859,14 @@ class Supervisor:
             log.warning("%s vanished from underprocess/ before it was moved; its outputs are committed", shown(name))
             self._forget(name)
             return "vanished"
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise
+            # Its outputs are committed: whoever claims it next (recovery) rolls it forward.
+            log.error("cannot move %s to processed/ (%s); its outputs are committed, and it will be moved "
+                      "when recovery next takes it", shown(name), exc.strerror or exc)
+            self._forget(name)
+            return ""
         self._forget(name)
         self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time())
         self.summary_total["files"] += 1
@@ -1187,7 +1197,8 @@ class Supervisor:
                 os.replace(out / temp, out / final)
         assert self.store is not None
         status = self._move_committed(flight, ItemResult(flight.record.id, True, list(pairs)), 0)
-        self.store.finished([(flight.record.id, status)])
+        if status:
+            self.store.finished([(flight.record.id, status)])
         log.info("%s: its outputs were committed before its owner died; moved to processed/ without redoing it",
                  shown(flight.record.name))
         return True

@@ -13,7 +13,7 @@ import socket
 import pytest
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
-            "redis-server": "redis-server"}
+            "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime"}
 
 
 def require(binary: str) -> str:

@@ -63,12 +63,13 @@ def write_config(directory: Path, text: str = BASE_CONFIG, extra: str = "") -> P
 class Daemon:
     """One ``python supervisor.py -c CONFIG`` process; stderr goes to a log file."""
 
-    def __init__(self, config: Path, *args: str, name: str = "supervisor") -> None:
+    def __init__(self, config: Path, *args: str, name: str = "supervisor", env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = config.parent / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), "-c", str(config), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=config.parent)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=config.parent,
+                                     env={**os.environ, **env} if env else None)
         self.ps = psutil.Process(self.proc.pid)
 
     @property
@@ -156,9 +157,10 @@ def alive(pids: list[int]) -> list[int]:
     return out
 
 
-def start(daemons: list[Daemon], config: Path, *args: str, name: str = "supervisor") -> Daemon:
+def start(daemons: list[Daemon], config: Path, *args: str, name: str = "supervisor",
+          env: dict[str, str] | None = None) -> Daemon:
     """Start a supervisor, remember it for teardown, wait until it says it started."""
-    d = Daemon(config, *args, name=name)
+    d = Daemon(config, *args, name=name, env=env)
     daemons.append(d)
     wait_for(lambda: "foldermill started" in d.log() or not d.alive(), 30, f"{name} to start")
     assert d.alive() or "--once" in args, d.log()
