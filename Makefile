@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
 # (and under CI=true they fail rather than skip).
-SYSTEM_PACKAGES := prometheus chromium redis-server
+SYSTEM_PACKAGES := prometheus chromium redis-server faketime
 
 .PHONY: run test lint check bench clean system-deps
 
@@ -33,6 +33,7 @@ system-deps:
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

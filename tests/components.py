@@ -27,6 +27,15 @@ def require(binary: str) -> str:
     pytest.skip(f"{binary} not found; {how}")
 
 
+def require_root(why: str) -> None:
+    """Some guarantees are shown with root's tools (chattr +i, a read-only bind mount)."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"this test needs root under CI=true ({why})")
+    pytest.skip(f"needs root: {why}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.components import require
+from tests.components import require, require_root
 from tests.daemon import BASE_CONFIG, Daemon, alive, drop, folder, journal, pace, start, wait_for, write_config
 from workers.names import NAME_MAX, name_bytes, output_name, reason_name
 
@@ -175,7 +175,7 @@ def test_a_side_output_never_overwrites_another_files_output(tmp_path: Path, dae
 
 
 def test_committed_outputs_roll_forward_even_if_a_retry_would_fail(tmp_path: Path, daemons) -> None:
-    require("chattr")
+    require_root("chattr +i holds the crash window open")
     config = control_config(tmp_path)
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
@@ -281,9 +281,10 @@ def test_a_hard_linked_file_is_not_claimed_while_its_writer_has_it_open(tmp_path
 
 
 def faketime_env(stamp: Path) -> dict[str, str]:
-    lib = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-    if not lib.exists():
-        require("faketime")  # fails under CI, says how to install elsewhere
+    """libfaketime (Debian's faketime) moves the wall clock of the supervisor and its
+    children, read from ``stamp`` at every call; the monotonic clock stays real."""
+    require("faketime")  # fails under CI, says how to install elsewhere
+    lib = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
     stamp.write_text("+0\n")
     return {"LD_PRELOAD": str(lib), "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
             "DONT_FAKE_MONOTONIC": "1"}
@@ -384,7 +385,7 @@ def test_an_input_removed_from_underprocess_costs_that_file_only(tmp_path: Path,
 
 
 def test_outputs_that_cannot_be_written_cost_an_attempt_not_the_daemon(tmp_path: Path, daemons) -> None:
-    require("chattr")
+    require_root("chattr +i makes output/ unwritable, even for root")
     config = control_config(tmp_path)
     config.write_text(config.read_text().replace("retry_backoff = 0.1", "retry_backoff = 1.5"))
     watch = tmp_path / "watch_dir"
@@ -414,6 +415,7 @@ def test_a_removed_watch_dir_stops_the_daemon_with_status_3(tmp_path: Path, daem
 
 def test_a_read_only_watch_dir_stops_the_daemon_with_status_3(tmp_path: Path, daemons) -> None:
     config = control_config(tmp_path)
+    require_root("a read-only bind mount")
     config.write_text(config.read_text().replace("settle = 0.3", "settle = 2"))
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
