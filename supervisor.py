@@ -197,7 +197,7 @@ def cmd_run(config: Config, graph: Graph, files: list[Path], output_dir: Path | 
     for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
         def report(bytes_done: int, _lines: int, path: Path = path, size: int = size, i: int = i,
                    before: int = done_bytes) -> None:
-            view.update(i, len(files), before + bytes_done, sum(sizes), [(path.name, bytes_done, size)])
+            view.update(i, len(files), before + bytes_done, sum(sizes), [(shown(path.name), bytes_done, size)])
 
         if not _run_one(graph, path, out_dir, trace, report):
             failed += 1
@@ -1412,7 +1412,7 @@ class Supervisor:
         if job is not None and 0 <= item < len(job.items):
             it = job.items[item]
             done = self.progress[base + P_BYTES]
-            row.update(state="busy", file=it.name, lines_done=int(self.progress[base + P_LINES]),
+            row.update(state="busy", file=shown(it.name), lines_done=int(self.progress[base + P_LINES]),
                        progress_percent=round(min(100.0, 100.0 * done / it.size), 1) if it.size else 100.0)
         else:
             row["state"] = "idle"
@@ -1435,7 +1435,7 @@ class Supervisor:
             item = int(self.progress[base + P_ITEM])
             if job is not None and 0 <= item < len(job.items):
                 it = job.items[item]
-                in_flight.append((it.name, int(self.progress[base + P_BYTES]), it.size))
+                in_flight.append((shown(it.name), int(self.progress[base + P_BYTES]), it.size))
         done = self.summary_total["files"]
         waiting = len(self.flights) + len(self.backlog)
         pending_bytes = sum(f.size for f in self.flights.values()) + sum(c.size for c in self.backlog)
