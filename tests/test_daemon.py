@@ -284,12 +284,10 @@ def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Pa
     drop(watch, "with space.log", "a b\n")
     drop(watch, "ünïcødé.log", "ü\n")
     drop(watch, "new\nline.log", "nl\n")
-    unreadable = drop(watch, "unreadable.log", "locked\n")
-    os.chmod(unreadable, 0)
     os.symlink(secret, unp / "link.log")
     (unp / "adir").mkdir()
     names = ["empty.log", "binary.bin", "latin1.log", "with space.log", "ünïcødé.log", "new\nline.log",
-             "unreadable.log", "link.log", "adir"]
+             "link.log", "adir"]
     wait_for(lambda: all_done(watch, names), 30, "every bad input handled")
     assert outcome(watch, "empty.log") == "processed" and (watch / "output" / "empty.log").read_text() == ""
     for name in ("with space.log", "ünïcødé.log", "new\nline.log"):
@@ -301,13 +299,36 @@ def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Pa
     assert "is a symlink" in reasons["link.log"] and "is a directory" in reasons["adir"]
     assert os.path.islink(watch / "failed" / "link.log")  # moved as a link, never followed
     assert not any("SECRET" in p.read_text() for p in (watch / "output").iterdir() if p.is_file())
-    if os.geteuid() == 0:  # root reads a chmod 000 file anyway
-        assert outcome(watch, "unreadable.log") == "processed"
-    else:
-        assert "Permission denied" in reasons["unreadable.log"]
     assert d.alive()
     drop(watch, "after.log", "still here\n")
     wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the bad ones")
+
+
+def test_an_unreadable_file_fails_with_permission_denied_and_the_daemon_keeps_running(tmp_path: Path,
+                                                                                     daemons) -> None:
+    # Root reads a chmod 000 file anyway, and CI runs as root: there the supervisor runs
+    # without the capabilities that override file permissions (see drop_file_override).
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config, unprivileged=True)
+    assert d.alive()
+    status = Path(f"/proc/{d.pid}/status").read_text()
+    effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)
+    assert not effective & 0b110, status  # neither CAP_DAC_OVERRIDE nor CAP_DAC_READ_SEARCH
+    tmp = watch / ".incoming-unreadable"
+    tmp.write_text("locked\n")
+    os.chmod(tmp, 0)
+    os.rename(tmp, watch / "unprocessed" / "unreadable.log")
+    wait_for(lambda: outcome(watch, "unreadable.log") == "failed", 20, "unreadable.log in failed/")
+    reason = (watch / "failed" / "unreadable.log.reason").read_text()
+    assert "Permission denied" in reason and "unreadable.log" in reason, reason
+    assert not (watch / "output" / "unreadable.log").exists()
+    failed = [e for e in journal(watch) if e["file"] == "unreadable.log" and e["event"] == "failed"]
+    assert len(failed) == 1 and "Permission denied" in failed[0]["reason"]
+    assert d.alive()
+    drop(watch, "after.log", "still here\n")
+    wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the unreadable one")
+    assert d.stop() == 0
 
 
 # -- attempts, retries, crash loops, start-up errors ------------------------------------------
