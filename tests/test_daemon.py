@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -196,6 +198,44 @@ def test_a_slow_writer_is_not_claimed_before_it_is_done(tmp_path: Path, daemons,
     assert not seen_early, "claimed while the writer was still writing"
     wait_for(lambda: outcome(watch, "slow.log") == "processed", 20, "slow.log processed after the writer finished")
     assert (watch / "output" / "slow.log").read_text() == "".join(f"LINE {i}\n" for i in range(25))
+
+
+# Writes argv[2] lines into argv[1], in place, pausing argv[3] s after each, one open file.
+PAUSING_WRITER = """
+import sys, threading
+path, lines, pause_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with open(path, "w") as f:
+    for i in range(lines):
+        f.write(f"line {i}\\n")
+        f.flush()
+        threading.Event().wait(pause_s)
+"""
+
+
+def test_a_writer_that_holds_the_file_open_is_waited_for_past_settle(tmp_path: Path, daemons) -> None:
+    # Its pauses (1 s) are longer than settle (0.3 s): only the /proc check can hold the
+    # file back; without it the file would be claimed half-written in the first pause.
+    config = write_config(tmp_path)
+    assert "settle = 0.3" in config.read_text()
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    target = watch / "unprocessed" / "held.log"
+    writer = subprocess.Popen([sys.executable, "-c", PAUSING_WRITER, str(target), "4", "1.0"])
+    seen_early = []
+
+    def writer_done() -> bool:
+        where = outcome(watch, "held.log")
+        if writer.poll() is None and where in ("underprocess", "processed", "failed"):
+            seen_early.append(where)
+        return writer.poll() is not None
+
+    wait_for(writer_done, 30, "the writer to finish")
+    assert writer.returncode == 0
+    assert not seen_early, "claimed while the writer still held it open"
+    wait_for(lambda: outcome(watch, "held.log") == "processed", 20, "held.log processed once closed")
+    assert (watch / "output" / "held.log").read_text() == "".join(f"LINE {i}\n" for i in range(4))
+    claims = [e for e in journal(watch) if e["event"] == "claimed" and e["file"] == "held.log"]
+    assert len(claims) == 1 and claims[0]["size"] == len("".join(f"line {i}\n" for i in range(4)))
 
 
 def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
