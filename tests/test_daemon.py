@@ -152,13 +152,24 @@ def test_sigkill_of_the_supervisor_then_restart_processes_everything_once(tmp_pa
     assert len(children) >= 3  # manager + 2 workers
     d.kill()
     wait_for(lambda: not alive(children), 10, "workers and manager to die with their supervisor")
-    assert folder(watch, "underprocess")  # it died with files in flight
+    stranded = set(folder(watch, "underprocess"))
+    assert stranded  # it died with files in flight
     d2 = start(daemons, config, "--once")
     assert d2.wait(120) == 0, d2.log()
     assert folder(watch, "processed") == names
     assert folder(watch, "underprocess") == [] and folder(watch, "unprocessed") == []
     for name in names:
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.02\nEND OF {name.upper()}\n"
+    # At no cost: the supervisor's death charged nobody an attempt.
+    events = journal(watch)
+    assert not [e for e in events if e["event"] in ("retried", "failed")]
+    assert {e["attempt"] for e in events if e["event"] == "claimed"} == {1}
+    recovered_at = {e["file"]: i for i, e in enumerate(events) if e["event"] == "recovered"}
+    assert set(recovered_at) == stranded  # the second supervisor took back exactly what was in flight
+    for name in stranded:
+        again = [e for e in events[recovered_at[name]:] if e["event"] == "claimed" and e["file"] == name]
+        assert len(again) == 1 and again[0]["attempt"] == 1, (name, again)
+        assert again[0]["supervisor"] == f"{os.uname().nodename}:{d2.pid}"
     assert sorted(os.listdir(watch / "output")) == names  # nothing twice, no temp files
 
 
@@ -480,20 +491,30 @@ def test_start_up_errors_exit_3_with_a_clear_message(tmp_path: Path, daemons) ->
 
 def test_sigkill_of_the_manager_is_survived(tmp_path: Path, daemons) -> None:
     config = behave_config(tmp_path)
-    config.write_text(config.read_text().replace("count = 1", "count = 2"))
+    # One file per job, each slow enough that some are out on the workers at the kill.
+    config.write_text(config.read_text().replace("count = 1", "count = 2\nbatch_files = 1"))
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     names = [f"m{i:02d}.log" for i in range(40)]
     for name in names[:20]:
-        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+        drop(watch, name, f"{name}\nSLEEP 0.2\n")
     manager = wait_for(lambda: [c for c in d.children() if c.name() == "fm-manager"], 10, "the manager process")
     wait_for(lambda: len(folder(watch, "processed")) >= 3, 30, "some files processed")
     manager[0].kill()
+    in_flight = folder(watch, "underprocess")
+    assert in_flight  # the manager died with files out on the workers
     wait_for(lambda: "the manager process died" in d.log(), 20, "the supervisor to notice")
     for name in names[20:]:
         drop(watch, name, f"{name}\nSLEEP 0.05\n")
     wait_for(lambda: folder(watch, "processed") == names, 60, "every file processed after the manager restart")
     assert folder(watch, "failed") == [] and d.alive()
+    # At no cost: the files in flight went out again without a charged attempt.
+    events = journal(watch)
+    assert not [e for e in events if e["event"] in ("retried", "failed")]
+    claims = [e for e in events if e["event"] == "claimed"]
+    assert {e["attempt"] for e in claims} == {1}, [e for e in claims if e["attempt"] != 1]
+    assert sorted({e["file"] for e in claims}) == names
+    assert sorted(e["file"] for e in events if e["event"] == "processed") == names
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     wait_for(lambda: _status(url + "health") == 200, 20, "the dashboard to answer again")
     assert d.stop() == 0
