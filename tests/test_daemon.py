@@ -402,21 +402,40 @@ def test_attempt_counts_survive_a_supervisor_restart(tmp_path: Path, daemons) ->
     assert "attempt 3 of 3" in (watch / "failed" / "poison.log.reason").read_text()
 
 
+def attempts_of(watch: Path, name: str) -> list[tuple[str, int | None]]:
+    """(event, attempt) of every failed attempt and outcome of ``name``, in order."""
+    return [(e["event"], e.get("attempt")) for e in journal(watch)
+            if e["file"] == name and e["event"] in ("retried", "failed", "processed")]
+
+
 def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path, daemons) -> None:
     config = behave_config(tmp_path)
+    assert "max_attempts = 2" in config.read_text()
     watch = tmp_path / "watch_dir"
     start(daemons, config)
-    drop(watch, "once.log", "ONCE first\n")
-    config_text = config.read_text()
-    assert "max_attempts = 2" in config_text
-    wait_for(lambda: outcome(watch, "once.log") == "processed", 20, "once.log processed on its second attempt")
-    drop(watch, "bad.log", "EXIT\n")
+    broken = tmp_path / "flags" / "broken"
+    broken.touch()
+    # Fails at line 1 while the flag is set; once it is cleared, the ONCE line kills the
+    # first attempt after it, so the file needs two attempts after the move back.
+    content = "FAILIF broken\nONCE second\nfine\n"
+    drop(watch, "bad.log", content)
     wait_for(lambda: outcome(watch, "bad.log") == "failed", 20, "bad.log in failed/")
-    # The operator fixes the cause (here: the line that kills the worker) and moves it back.
-    (watch / "failed" / "bad.log").write_text("fixed\n")
+    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2)]
+    before = (watch / "failed" / "bad.log").stat()
+    # The operator fixes the cause (not the file) and moves the same bytes back.
+    broken.unlink()
     os.rename(watch / "failed" / "bad.log", watch / "unprocessed" / "bad.log")
+    after = (watch / "unprocessed" / "bad.log").stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     wait_for(lambda: outcome(watch, "bad.log") == "processed", 20, "bad.log processed after the retry")
-    assert (watch / "output" / "bad.log").read_text() == "FIXED\n"
+    # Fresh attempts: it failed once more (attempt 1 again) and still had one left.
+    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2), ("retried", 1), ("processed", None)]
+    events = journal(watch)
+    moved_back = max(i for i, e in enumerate(events) if e["file"] == "bad.log" and e["event"] == "failed")
+    claims = [e for e in events[moved_back:] if e["file"] == "bad.log" and e["event"] == "claimed"]
+    assert claims and claims[0]["attempt"] == 1
+    assert (watch / "processed" / "bad.log").read_text() == content
+    assert (watch / "output" / "bad.log").read_text() == content.upper()
 
 
 def test_a_worker_that_dies_right_after_start_is_backed_off(tmp_path: Path, daemons) -> None:
