@@ -425,9 +425,9 @@ def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path,
     # The operator fixes the cause (not the file) and moves the same bytes back.
     broken.unlink()
     os.rename(watch / "failed" / "bad.log", watch / "unprocessed" / "bad.log")
-    after = (watch / "unprocessed" / "bad.log").stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     wait_for(lambda: outcome(watch, "bad.log") == "processed", 20, "bad.log processed after the retry")
+    after = (watch / "processed" / "bad.log").stat()  # the same file all along: the same identity
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     # Fresh attempts: it failed once more (attempt 1 again) and still had one left.
     assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2), ("retried", 1), ("processed", None)]
     events = journal(watch)
