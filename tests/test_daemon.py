@@ -211,15 +211,17 @@ def test_a_slow_writer_is_not_claimed_before_it_is_done(tmp_path: Path, daemons,
     assert (watch / "output" / "slow.log").read_text() == "".join(f"LINE {i}\n" for i in range(25))
 
 
-# Writes argv[2] lines into argv[1], in place, pausing argv[3] s after each, one open file.
+# Writes argv[2] lines into argv[1], in place, pausing argv[3] s after each, one open file;
+# creates argv[4] once it has closed it.
 PAUSING_WRITER = """
-import sys, threading
-path, lines, pause_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+import pathlib, sys, threading
+path, lines, pause_s, closed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 with open(path, "w") as f:
     for i in range(lines):
         f.write(f"line {i}\\n")
         f.flush()
         threading.Event().wait(pause_s)
+pathlib.Path(closed).touch()
 """
 
 
@@ -230,18 +232,18 @@ def test_a_writer_that_holds_the_file_open_is_waited_for_past_settle(tmp_path: P
     assert "settle = 0.3" in config.read_text()
     watch = tmp_path / "watch_dir"
     start(daemons, config)
-    target = watch / "unprocessed" / "held.log"
-    writer = subprocess.Popen([sys.executable, "-c", PAUSING_WRITER, str(target), "4", "1.0"])
+    target, closed = watch / "unprocessed" / "held.log", tmp_path / "writer-closed"
+    writer = subprocess.Popen([sys.executable, "-c", PAUSING_WRITER, str(target), "4", "1.0", str(closed)])
     seen_early = []
 
-    def writer_done() -> bool:
-        where = outcome(watch, "held.log")
-        if writer.poll() is None and where in ("underprocess", "processed", "failed"):
+    def writer_closed() -> bool:
+        where = outcome(watch, "held.log")  # first where it is, then whether it was still open
+        if not closed.exists() and where in ("underprocess", "processed", "failed"):
             seen_early.append(where)
-        return writer.poll() is not None
+        return closed.exists()
 
-    wait_for(writer_done, 30, "the writer to finish")
-    assert writer.returncode == 0
+    wait_for(writer_closed, 30, "the writer to close the file")
+    assert writer.wait(timeout=10) == 0
     assert not seen_early, "claimed while the writer still held it open"
     wait_for(lambda: outcome(watch, "held.log") == "processed", 20, "held.log processed once closed")
     assert (watch / "output" / "held.log").read_text() == "".join(f"LINE {i}\n" for i in range(4))
