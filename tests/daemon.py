@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import ctypes
 import json
 import os
 import signal
@@ -60,16 +61,32 @@ def write_config(directory: Path, text: str = BASE_CONFIG, extra: str = "") -> P
     return path
 
 
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24
+
+
+def drop_file_override() -> None:
+    """In the child before exec: take CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of the
+    bounding set, so that the root process exec'd next gets neither and file permission
+    bits bind it as they bind any user. (Not ``user="nobody"``: the interpreter may live
+    where only root can reach it, as under /root/.pyenv.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
 class Daemon:
     """One ``python supervisor.py -c CONFIG`` process; stderr goes to a log file."""
 
-    def __init__(self, config: Path, *args: str, name: str = "supervisor", env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *args: str, name: str = "supervisor", unprivileged: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = config.parent / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()/kill()
+        preexec = drop_file_override if unprivileged and os.geteuid() == 0 else None
         self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), "-c", str(config), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=config.parent,
-                                     env={**os.environ, **env} if env else None)
+                                     preexec_fn=preexec, env={**os.environ, **env} if env else None)
         self.ps = psutil.Process(self.proc.pid)
 
     @property
@@ -158,9 +175,9 @@ def alive(pids: list[int]) -> list[int]:
 
 
 def start(daemons: list[Daemon], config: Path, *args: str, name: str = "supervisor",
-          env: dict[str, str] | None = None) -> Daemon:
+          unprivileged: bool = False, env: dict[str, str] | None = None) -> Daemon:
     """Start a supervisor, remember it for teardown, wait until it says it started."""
-    d = Daemon(config, *args, name=name, env=env)
+    d = Daemon(config, *args, name=name, unprivileged=unprivileged, env=env)
     daemons.append(d)
     wait_for(lambda: "foldermill started" in d.log() or not d.alive(), 30, f"{name} to start")
     assert d.alive() or "--once" in args, d.log()
@@ -201,6 +218,8 @@ class Behave:
                 if not flag.exists():
                     flag.touch()
                     os._exit(4)
+            if word == "FAILIF" and (self.flags / arg).exists():  # fails while the flag is set
+                raise RuntimeError(f"flag {arg} is set")
             if word == "PID":
                 (self.flags / arg).write_text(str(os.getpid()))
             if word == "SLEEP":

@@ -151,44 +151,66 @@ def test_version() -> None:
 
 
 def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp_path: Path, daemons) -> None:
-    from tests.daemon import BASE_CONFIG, drop, folder, journal, start, wait_for
-    from tests.daemon import write_config as write_daemon_config
+    from tests.daemon import behave_config, drop, folder, journal, start, wait_for
 
-    config = write_daemon_config(tmp_path, BASE_CONFIG.replace("max_attempts = 2", "max_attempts = 1"))
+    config = behave_config(tmp_path)
+    assert "max_attempts = 2" in config.read_text()
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
-    drop(watch, "bin.log", b"\x00\n")
+    broken = tmp_path / "flags" / "broken"
+    broken.touch()
+    # Fails (costing an attempt) while the flag is set; after it is cleared, the ONCE line
+    # kills one more attempt: only a file with fresh attempts survives that.
+    drop(watch, "flaky.log", "FAILIF broken\nONCE flaky\nfine\n")
     drop(watch, "ok.log", "fine\n")
-    wait_for(lambda: folder(watch, "failed") == ["bin.log"] and folder(watch, "processed") == ["ok.log"], 20,
+    wait_for(lambda: folder(watch, "failed") == ["flaky.log"] and folder(watch, "processed") == ["ok.log"], 20,
              "one failed and one processed file")
+
+    def attempts() -> list[tuple[str, int | None]]:
+        return [(e["event"], e.get("attempt")) for e in journal(watch)
+                if e["file"] == "flaky.log" and e["event"] in ("retried", "failed", "processed")]
+
+    assert attempts() == [("retried", 1), ("failed", 2)]  # it exhausted its attempts
+
     def status() -> dict:
         return json.loads(cli("-c", config, "status", "--json").stdout)
 
     running = wait_for(lambda: (s := status())["folders"].get("failed") == 1 and s, 10,
                        "status to show the failed file (the API's snapshot is up to 0.75 s old)")
     assert running["source"].startswith("running supervisor")
-    assert running["workers"] and running["recent_failures"][0]["file"] == "bin.log"
+    assert running["workers"] and running["recent_failures"][0]["file"] == "flaky.log"
     text = cli("-c", config, "status").stdout
     assert "source: running supervisor" in text and "failed 1" in text
     history = cli("-c", config, "history", "ok.log")
     assert history.returncode == 0 and "claimed" in history.stdout and "processed" in history.stdout
     assert cli("-c", config, "history", "nope.log").returncode == 1
-    # retry against the running supervisor: it takes the file again (and fails it again).
-    assert cli("-c", config, "retry", "bin.log").returncode == 0
-    wait_for(lambda: [e["event"] for e in journal(watch) if e["file"] == "bin.log"].count("failed") == 2, 20,
-             "bin.log retried by the running supervisor and failed again")
+    # retry against the running supervisor, the cause still there: two fresh attempts, both
+    # spent (without the reset its third attempt would fail it at once).
+    assert cli("-c", config, "retry", "flaky.log").returncode == 0
+    wait_for(lambda: [e for e, _ in attempts()].count("failed") == 2, 20,
+             "flaky.log retried by the running supervisor and failed again")
+    assert attempts() == [("retried", 1), ("failed", 2), ("retried", 1), ("failed", 2)]
+    assert "attempt 2 of 2" in (watch / "failed" / "flaky.log.reason").read_text()
     assert d.stop() == 0
 
     stopped = json.loads(cli("-c", config, "status", "--json").stdout)
     assert stopped["source"].startswith("no supervisor is running") and stopped["folders"]["failed"] == 1
-    assert stopped["recent_failures"][0]["file"] == "bin.log"
+    assert stopped["recent_failures"][0]["file"] == "flaky.log"
     assert cli("-c", config, "retry", "../etc").returncode == 1
     assert cli("-c", config, "retry", "missing.log").returncode == 1
     retried = cli("-c", config, "retry", "--all")
-    assert retried.returncode == 0 and "bin.log: back in unprocessed/" in retried.stdout
-    assert folder(watch, "failed") == [] and folder(watch, "unprocessed") == ["bin.log"]
-    entries = [json.loads(line) for line in cli("-c", config, "history", "bin.log", "--json").stdout.splitlines()]
-    assert [e["event"] for e in entries] == ["claimed", "failed", "claimed", "failed"]
+    assert retried.returncode == 0 and "flaky.log: back in unprocessed/" in retried.stdout
+    assert folder(watch, "failed") == [] and folder(watch, "unprocessed") == ["flaky.log"]
+    # retry while stopped, the cause fixed: the next supervisor gives it fresh attempts too,
+    # so the ONCE crash costs one and the second one processes it.
+    broken.unlink()
+    d = start(daemons, config)
+    wait_for(lambda: folder(watch, "processed") == ["flaky.log", "ok.log"], 20, "flaky.log processed")
+    assert d.stop() == 0
+    entries = [json.loads(line) for line in cli("-c", config, "history", "flaky.log", "--json").stdout.splitlines()]
+    outcomes = [(e["event"], e.get("attempt")) for e in entries if e["event"] in ("retried", "failed", "processed")]
+    assert outcomes == [("retried", 1), ("failed", 2)] * 2 + [("retried", 1), ("processed", None)]
+    assert entries[0]["event"] == "claimed" and entries[-1]["event"] == "processed"
 
 
 def test_the_systemd_unit_stops_with_sigterm_and_waits_for_the_grace_period() -> None:

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -150,13 +152,24 @@ def test_sigkill_of_the_supervisor_then_restart_processes_everything_once(tmp_pa
     assert len(children) >= 3  # manager + 2 workers
     d.kill()
     wait_for(lambda: not alive(children), 10, "workers and manager to die with their supervisor")
-    assert folder(watch, "underprocess")  # it died with files in flight
+    stranded = set(folder(watch, "underprocess"))
+    assert stranded  # it died with files in flight
     d2 = start(daemons, config, "--once")
     assert d2.wait(120) == 0, d2.log()
     assert folder(watch, "processed") == names
     assert folder(watch, "underprocess") == [] and folder(watch, "unprocessed") == []
     for name in names:
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.02\nEND OF {name.upper()}\n"
+    # At no cost: the supervisor's death charged nobody an attempt.
+    events = journal(watch)
+    assert not [e for e in events if e["event"] in ("retried", "failed")]
+    assert {e["attempt"] for e in events if e["event"] == "claimed"} == {1}
+    recovered_at = {e["file"]: i for i, e in enumerate(events) if e["event"] == "recovered"}
+    assert set(recovered_at) == stranded  # the second supervisor took back exactly what was in flight
+    for name in stranded:
+        again = [e for e in events[recovered_at[name]:] if e["event"] == "claimed" and e["file"] == name]
+        assert len(again) == 1 and again[0]["attempt"] == 1, (name, again)
+        assert again[0]["supervisor"] == f"{os.uname().nodename}:{d2.pid}"
     assert sorted(os.listdir(watch / "output")) == names  # nothing twice, no temp files
 
 
@@ -196,6 +209,46 @@ def test_a_slow_writer_is_not_claimed_before_it_is_done(tmp_path: Path, daemons,
     assert not seen_early, "claimed while the writer was still writing"
     wait_for(lambda: outcome(watch, "slow.log") == "processed", 20, "slow.log processed after the writer finished")
     assert (watch / "output" / "slow.log").read_text() == "".join(f"LINE {i}\n" for i in range(25))
+
+
+# Writes argv[2] lines into argv[1], in place, pausing argv[3] s after each, one open file;
+# creates argv[4] once it has closed it.
+PAUSING_WRITER = """
+import pathlib, sys, threading
+path, lines, pause_s, closed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+with open(path, "w") as f:
+    for i in range(lines):
+        f.write(f"line {i}\\n")
+        f.flush()
+        threading.Event().wait(pause_s)
+pathlib.Path(closed).touch()
+"""
+
+
+def test_a_writer_that_holds_the_file_open_is_waited_for_past_settle(tmp_path: Path, daemons) -> None:
+    # Its pauses (1 s) are longer than settle (0.3 s): only the /proc check can hold the
+    # file back; without it the file would be claimed half-written in the first pause.
+    config = write_config(tmp_path)
+    assert "settle = 0.3" in config.read_text()
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    target, closed = watch / "unprocessed" / "held.log", tmp_path / "writer-closed"
+    writer = subprocess.Popen([sys.executable, "-c", PAUSING_WRITER, str(target), "4", "1.0", str(closed)])
+    seen_early = []
+
+    def writer_closed() -> bool:
+        where = outcome(watch, "held.log")  # first where it is, then whether it was still open
+        if not closed.exists() and where in ("underprocess", "processed", "failed"):
+            seen_early.append(where)
+        return closed.exists()
+
+    wait_for(writer_closed, 30, "the writer to close the file")
+    assert writer.wait(timeout=10) == 0
+    assert not seen_early, "claimed while the writer still held it open"
+    wait_for(lambda: outcome(watch, "held.log") == "processed", 20, "held.log processed once closed")
+    assert (watch / "output" / "held.log").read_text() == "".join(f"LINE {i}\n" for i in range(4))
+    claims = [e for e in journal(watch) if e["event"] == "claimed" and e["file"] == "held.log"]
+    assert len(claims) == 1 and claims[0]["size"] == len("".join(f"line {i}\n" for i in range(4)))
 
 
 def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
@@ -284,12 +337,10 @@ def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Pa
     drop(watch, "with space.log", "a b\n")
     drop(watch, "ünïcødé.log", "ü\n")
     drop(watch, "new\nline.log", "nl\n")
-    unreadable = drop(watch, "unreadable.log", "locked\n")
-    os.chmod(unreadable, 0)
     os.symlink(secret, unp / "link.log")
     (unp / "adir").mkdir()
     names = ["empty.log", "binary.bin", "latin1.log", "with space.log", "ünïcødé.log", "new\nline.log",
-             "unreadable.log", "link.log", "adir"]
+             "link.log", "adir"]
     wait_for(lambda: all_done(watch, names), 30, "every bad input handled")
     assert outcome(watch, "empty.log") == "processed" and (watch / "output" / "empty.log").read_text() == ""
     for name in ("with space.log", "ünïcødé.log", "new\nline.log"):
@@ -301,13 +352,36 @@ def test_bad_input_is_reported_by_name_and_the_daemon_keeps_running(tmp_path: Pa
     assert "is a symlink" in reasons["link.log"] and "is a directory" in reasons["adir"]
     assert os.path.islink(watch / "failed" / "link.log")  # moved as a link, never followed
     assert not any("SECRET" in p.read_text() for p in (watch / "output").iterdir() if p.is_file())
-    if os.geteuid() == 0:  # root reads a chmod 000 file anyway
-        assert outcome(watch, "unreadable.log") == "processed"
-    else:
-        assert "Permission denied" in reasons["unreadable.log"]
     assert d.alive()
     drop(watch, "after.log", "still here\n")
     wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the bad ones")
+
+
+def test_an_unreadable_file_fails_with_permission_denied_and_the_daemon_keeps_running(tmp_path: Path,
+                                                                                     daemons) -> None:
+    # Root reads a chmod 000 file anyway, and CI runs as root: there the supervisor runs
+    # without the capabilities that override file permissions (see drop_file_override).
+    config = write_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config, unprivileged=True)
+    assert d.alive()
+    status = Path(f"/proc/{d.pid}/status").read_text()
+    effective = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)
+    assert not effective & 0b110, status  # neither CAP_DAC_OVERRIDE nor CAP_DAC_READ_SEARCH
+    tmp = watch / ".incoming-unreadable"
+    tmp.write_text("locked\n")
+    os.chmod(tmp, 0)
+    os.rename(tmp, watch / "unprocessed" / "unreadable.log")
+    wait_for(lambda: outcome(watch, "unreadable.log") == "failed", 20, "unreadable.log in failed/")
+    reason = (watch / "failed" / "unreadable.log.reason").read_text()
+    assert "Permission denied" in reason and "unreadable.log" in reason, reason
+    assert not (watch / "output" / "unreadable.log").exists()
+    failed = [e for e in journal(watch) if e["file"] == "unreadable.log" and e["event"] == "failed"]
+    assert len(failed) == 1 and "Permission denied" in failed[0]["reason"]
+    assert d.alive()
+    drop(watch, "after.log", "still here\n")
+    wait_for(lambda: outcome(watch, "after.log") == "processed", 20, "a normal file after the unreadable one")
+    assert d.stop() == 0
 
 
 # -- attempts, retries, crash loops, start-up errors ------------------------------------------
@@ -330,21 +404,40 @@ def test_attempt_counts_survive_a_supervisor_restart(tmp_path: Path, daemons) ->
     assert "attempt 3 of 3" in (watch / "failed" / "poison.log.reason").read_text()
 
 
+def attempts_of(watch: Path, name: str) -> list[tuple[str, int | None]]:
+    """(event, attempt) of every failed attempt and outcome of ``name``, in order."""
+    return [(e["event"], e.get("attempt")) for e in journal(watch)
+            if e["file"] == name and e["event"] in ("retried", "failed", "processed")]
+
+
 def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path, daemons) -> None:
     config = behave_config(tmp_path)
+    assert "max_attempts = 2" in config.read_text()
     watch = tmp_path / "watch_dir"
     start(daemons, config)
-    drop(watch, "once.log", "ONCE first\n")
-    config_text = config.read_text()
-    assert "max_attempts = 2" in config_text
-    wait_for(lambda: outcome(watch, "once.log") == "processed", 20, "once.log processed on its second attempt")
-    drop(watch, "bad.log", "EXIT\n")
+    broken = tmp_path / "flags" / "broken"
+    broken.touch()
+    # Fails at line 1 while the flag is set; once it is cleared, the ONCE line kills the
+    # first attempt after it, so the file needs two attempts after the move back.
+    content = "FAILIF broken\nONCE second\nfine\n"
+    drop(watch, "bad.log", content)
     wait_for(lambda: outcome(watch, "bad.log") == "failed", 20, "bad.log in failed/")
-    # The operator fixes the cause (here: the line that kills the worker) and moves it back.
-    (watch / "failed" / "bad.log").write_text("fixed\n")
+    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2)]
+    before = (watch / "failed" / "bad.log").stat()
+    # The operator fixes the cause (not the file) and moves the same bytes back.
+    broken.unlink()
     os.rename(watch / "failed" / "bad.log", watch / "unprocessed" / "bad.log")
     wait_for(lambda: outcome(watch, "bad.log") == "processed", 20, "bad.log processed after the retry")
-    assert (watch / "output" / "bad.log").read_text() == "FIXED\n"
+    after = (watch / "processed" / "bad.log").stat()  # the same file all along: the same identity
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    # Fresh attempts: it failed once more (attempt 1 again) and still had one left.
+    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2), ("retried", 1), ("processed", None)]
+    events = journal(watch)
+    moved_back = max(i for i, e in enumerate(events) if e["file"] == "bad.log" and e["event"] == "failed")
+    claims = [e for e in events[moved_back:] if e["file"] == "bad.log" and e["event"] == "claimed"]
+    assert claims and claims[0]["attempt"] == 1
+    assert (watch / "processed" / "bad.log").read_text() == content
+    assert (watch / "output" / "bad.log").read_text() == content.upper()
 
 
 def test_a_worker_that_dies_right_after_start_is_backed_off(tmp_path: Path, daemons) -> None:
@@ -419,20 +512,30 @@ def test_start_up_errors_exit_3_with_a_clear_message(tmp_path: Path, daemons) ->
 
 def test_sigkill_of_the_manager_is_survived(tmp_path: Path, daemons) -> None:
     config = behave_config(tmp_path)
-    config.write_text(config.read_text().replace("count = 1", "count = 2"))
+    # One file per job, each slow enough that some are out on the workers at the kill.
+    config.write_text(config.read_text().replace("count = 1", "count = 2\nbatch_files = 1"))
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
     names = [f"m{i:02d}.log" for i in range(40)]
     for name in names[:20]:
-        drop(watch, name, f"{name}\nSLEEP 0.05\n")
+        drop(watch, name, f"{name}\nSLEEP 0.2\n")
     manager = wait_for(lambda: [c for c in d.children() if c.name() == "fm-manager"], 10, "the manager process")
     wait_for(lambda: len(folder(watch, "processed")) >= 3, 30, "some files processed")
     manager[0].kill()
+    in_flight = folder(watch, "underprocess")
+    assert in_flight  # the manager died with files out on the workers
     wait_for(lambda: "the manager process died" in d.log(), 20, "the supervisor to notice")
     for name in names[20:]:
         drop(watch, name, f"{name}\nSLEEP 0.05\n")
     wait_for(lambda: folder(watch, "processed") == names, 60, "every file processed after the manager restart")
     assert folder(watch, "failed") == [] and d.alive()
+    # At no cost: the files in flight went out again without a charged attempt.
+    events = journal(watch)
+    assert not [e for e in events if e["event"] in ("retried", "failed")]
+    claims = [e for e in events if e["event"] == "claimed"]
+    assert {e["attempt"] for e in claims} == {1}, [e for e in claims if e["attempt"] != 1]
+    assert sorted({e["file"] for e in claims}) == names
+    assert sorted(e["file"] for e in events if e["event"] == "processed") == names
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     wait_for(lambda: _status(url + "health") == 200, 20, "the dashboard to answer again")
     assert d.stop() == 0

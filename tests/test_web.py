@@ -197,27 +197,80 @@ def test_served_on_a_real_port_while_files_flow_and_a_worker_dies(tmp_path: Path
     assert folder(watch, "failed") == []
 
 
+def post(url: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_errors_survive_a_restart_and_a_dead_dashboard_comes_back(tmp_path: Path, daemons) -> None:
-    config = write_config(tmp_path)
+    config = behave_config(tmp_path)
+    assert "max_attempts = 2" in config.read_text()
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
-    drop(watch, "bin.log", b"\x00\n")
-    wait_for(lambda: folder(watch, "failed") == ["bin.log"], 20, "bin.log in failed/")
+    broken = tmp_path / "flags" / "broken"
+    broken.touch()
+    # Fails while the flag is set (two attempts: failed); once it is cleared the ONCE line
+    # kills one attempt more: only fresh attempts get it processed.
+    drop(watch, "flaky.log", "FAILIF broken\nONCE flaky\nfine\n")
+    wait_for(lambda: folder(watch, "failed") == ["flaky.log"], 20, "flaky.log in failed/")
     assert d.stop() == 0
     d = start(daemons, config)
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     errors = wait_for(lambda: json.loads(get(url + "errors")[1])["errors"], 20, "/errors after the restart")
-    assert errors[0]["file"] == "bin.log" and "binary file" in errors[0]["message"]
-    # The retry action, end to end: the supervisor moves it back and takes it again.
-    request = urllib.request.Request(url + "failed/bin.log/retry", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 202
-    wait_for(lambda: [e["event"] for e in journal(watch) if e["file"] == "bin.log"][-3:]
-             == ["retry-requested", "claimed", "failed"], 20, "bin.log retried from the dashboard")
+    assert errors[0]["file"] == "flaky.log" and "flag broken is set" in errors[0]["message"]
+    # The retry action, end to end: the supervisor moves it back and takes it again, with
+    # fresh attempts (it had spent both of its two).
+    broken.unlink()
+    assert post(url + "failed/flaky.log/retry") == (202, {"accepted": True, "file": "flaky.log"})
+    wait_for(lambda: folder(watch, "processed") == ["flaky.log"], 20, "flaky.log retried from the dashboard")
+    events = [e for e in journal(watch) if e["file"] == "flaky.log"]
+    asked = [e["event"] for e in events].index("retry-requested")
+    assert [(e["event"], e.get("attempt")) for e in events[:asked] if e["event"] in ("retried", "failed")] \
+        == [("retried", 1), ("failed", 2)]
+    after = [(e["event"], e.get("attempt")) for e in events[asked:]]
+    assert after[:2] == [("retry-requested", None), ("claimed", 1)]
+    assert [x for x in after if x[0] in ("retried", "failed", "processed")] == [("retried", 1), ("processed", None)]
+    assert (watch / "output" / "flaky.log").read_text() == "FAILIF BROKEN\nONCE FLAKY\nFINE\n"
     web = wait_for(lambda: [c for c in d.children() if c.name() == "fm-web"], 10, "the dashboard process")
     web[0].kill()
     wait_for(lambda: "dashboard process died" in d.log(), 20, "the supervisor to notice")
     wait_for(lambda: _status(url + "health") == 200, 20, "the dashboard to answer again")
+
+
+def test_pause_and_resume_intake_from_the_dashboard(tmp_path: Path, daemons) -> None:
+    config = write_config(tmp_path)
+    assert "poll_interval = 0.2" in config.read_text()
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    wait_for(lambda: get(url + "health")[0] == 200, 20, "/health to answer 200")
+    assert post(url + "intake/pause") == (202, {"accepted": True, "intake": "paused"})
+    wait_for(lambda: json.loads(get(url + "stats")[1])["intake_paused"], 10, "/stats to show the intake paused")
+    drop(watch, "held.log", "held\n")
+    dropped_at = time.time()
+    left_early = []
+
+    def loop_ran_on() -> bool:
+        """The file stays while the loop publishes snapshots for 5 poll intervals."""
+        s = json.loads(get(url + "stats")[1])
+        if folder(watch, "unprocessed") != ["held.log"]:
+            left_early.append((folder(watch, "unprocessed"), folder(watch, "underprocess")))
+        return bool(left_early) or (s["time"] >= dropped_at + 1.0 and s["folders"].get("unprocessed") == 1
+                                    and s["intake_paused"])
+
+    wait_for(loop_ran_on, 20, "the loop to run on for 1 s while paused")
+    assert not left_early, "claimed while the intake was paused"
+    assert not [e for e in journal(watch) if e["file"] == "held.log"]
+    assert "intake paused from the dashboard" in d.log()
+    assert post(url + "intake/resume") == (202, {"accepted": True, "intake": "running"})
+    wait_for(lambda: folder(watch, "processed") == ["held.log"], 20, "held.log processed after the resume")
+    assert (watch / "output" / "held.log").read_text() == "HELD\n"
+    wait_for(lambda: json.loads(get(url + "stats")[1])["intake_paused"] is False, 10, "/stats to show it running")
+    assert d.stop() == 0
 
 
 def _status(url: str) -> int:

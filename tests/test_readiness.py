@@ -1,0 +1,73 @@
+"""open_for_writing against real processes that hold files open in a real folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import wait_for
+from workers.readiness import open_for_writing
+
+# Opens argv[1] with mode argv[2], says so, and keeps it open until stdin closes.
+HOLDER = "import sys\nf = open(sys.argv[1], sys.argv[2])\nprint('open', flush=True)\nsys.stdin.read()\n"
+
+
+class Holder:
+    """A real process holding one file open; ``close()`` ends it (and so its fd)."""
+
+    def __init__(self, path: Path, mode: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), mode], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == "open\n"  # it has the file open now
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            assert self.proc.wait(timeout=10) == 0
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def holders() -> Iterator[list[Holder]]:
+    started: list[Holder] = []
+    yield started
+    for h in started:
+        h.close()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path.resolve() / "unprocessed"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("mode", ["w", "a", "r+"])
+def test_a_file_held_open_for_writing_is_reported_until_it_is_closed(folder: Path, holders, mode: str) -> None:
+    (folder / "busy.log").write_text("start\n")
+    (folder / "idle.log").write_text("done\n")
+    holder = Holder(folder / "busy.log", mode)
+    holders.append(holder)
+    assert open_for_writing(str(folder)) == {"busy.log"}
+    assert open_for_writing(str(folder) + "/") == {"busy.log"}
+    holder.close()
+    wait_for(lambda: open_for_writing(str(folder)) == set(), 10, "busy.log no longer open for writing")
+
+
+def test_a_file_open_read_only_is_not_reported(folder: Path, holders) -> None:
+    (folder / "read.log").write_text("x\n")
+    holders.append(Holder(folder / "read.log", "r"))
+    assert open_for_writing(str(folder)) == set()
+
+
+def test_only_files_directly_in_the_folder_count(folder: Path, holders) -> None:
+    (folder / "sub").mkdir()
+    (folder.parent / "unprocessed-other").mkdir()
+    holders.append(Holder(folder / "sub" / "deep.log", "w"))
+    holders.append(Holder(folder.parent / "unprocessed-other" / "near.log", "w"))  # a name sharing the prefix
+    holders.append(Holder(folder / "mine.log", "w"))
+    assert open_for_writing(str(folder)) == {"mine.log"}
