@@ -1,4 +1,4 @@
-"""System components the tests drive for real: Prometheus, Chromium.
+"""System components the tests drive for real: Prometheus, Chromium, Redis.
 
 ``make test`` installs them (Debian packages) when it runs as root. Under ``CI=true`` a
 missing component fails the test; elsewhere the test skips and says how to get it.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
+
+from tests.redis_server import free_port
+
+__all__ = ["free_port", "require"]
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
             "redis-server": "redis-server"}
@@ -25,9 +28,3 @@ def require(binary: str) -> str:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{binary} is required under CI=true and was not found; {how}")
     pytest.skip(f"{binary} not found; {how}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
