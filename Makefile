@@ -4,13 +4,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A venv with requirements.txt alone (no dev dependency to hide a missing runtime one):
+# make test runs one file through each backend from it (tests/smoke_runtime.py).
+RUNTIME_VENV ?= .venv-runtime
 
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
 # (and under CI=true they fail rather than skip).
 SYSTEM_PACKAGES := prometheus chromium redis-server faketime
 
-.PHONY: run test lint check bench clean system-deps
+.PHONY: run test lint check bench clean system-deps smoke-runtime
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "foldermill needs Python 3.11 or newer (set PYTHON=...)")'
@@ -21,6 +24,16 @@ $(VENV)/.runtime: requirements.txt
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
+
+# Rebuilt from scratch when requirements.txt changes: a package dropped from it must go.
+$(RUNTIME_VENV)/.stamp: requirements.txt
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+smoke-runtime: $(RUNTIME_VENV)/.stamp system-deps
+	$(RUNTIME_VENV)/bin/python tests/smoke_runtime.py
 
 run: $(VENV)/.runtime
 	$(PY) supervisor.py -c config.toml
@@ -43,7 +56,7 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(VENV)/.dev system-deps
+test: $(VENV)/.dev system-deps smoke-runtime
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -51,4 +64,4 @@ bench: $(VENV)/.dev
 	$(PY) tests/bench/engine.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache .hypothesis

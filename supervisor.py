@@ -429,14 +429,20 @@ class Supervisor:
 
     def _start_remote(self) -> None:
         """Celery worker nodes do the processing; this process claims, commits, moves."""
-        from workers.remote import CeleryBackend
+        from workers.remote import BackendMissing, CeleryBackend, JobWatch
 
         self.remote = CeleryBackend(self.config, self.owner, 100 if self.options.trace else 0)
+        try:
+            self.remote.preflight()
+        except BackendMissing as exc:
+            raise QueueSetupError(str(exc)) from None
+        self.remote_watch = JobWatch(self.config, self.remote_sent)
         self.remote_slot = Slot(-1, capacity=self.config.celery.prefetch_jobs)
         self.remote_slot.jobs = _RemoteJobs(self.remote)
         threading.Thread(target=self.remote.pump, args=(self.inbox, self._remote_stop), name="celery-pump",
                          daemon=True).start()
-        log.info("backend: celery, broker %s, queue %r", self.config.celery.broker_url, self.config.celery.queue)
+        log.info("backend: celery, broker %s, queue %r, replies on %s", self.config.celery.broker_url,
+                 self.config.celery.queue, self.remote.reply)
 
     def _start_manager(self, ctx: Any) -> None:
         self.manager = SyncManager(ctx=ctx)
@@ -730,17 +736,15 @@ class Supervisor:
                  len(graph.nodes))
 
     def _on_broker(self, ok: bool, error: str) -> None:
-        """The broker went away or came back. Jobs sent before an outage may have died
-        with it (a Redis without persistence forgets its lists): send them again; a
-        result that comes twice is ignored the second time."""
+        """The broker went away or came back. The jobs that were out stay out: their
+        executions may still run (and their results arrive); only those the broker
+        really lost are sent again, by _check_remote, once that is known."""
         if not ok:
             log.error("the broker is unreachable (%s): claimed files wait; new claims stop", error)
             return
-        log.warning("the broker is back: sending again the %d job(s) that were out", len(self.remote_slot.assigned))
-        for job in list(self.remote_slot.assigned.values()):
-            self._requeue_items(job.items)
-        self.remote_slot.assigned.clear()
-        self.remote_sent.clear()
+        log.warning("the broker is back: %d job(s) out are kept; any the broker lost go out again",
+                    len(self.remote_slot.assigned))
+        self.remote_watch.outage_over(time.monotonic(), list(self.remote_slot.assigned))
 
     def _on_command(self, command: tuple) -> None:
         """An action from the dashboard (already authorised and validated there)."""
@@ -772,7 +776,8 @@ class Supervisor:
     def _on_result(self, result: JobResult) -> None:
         if result.slot == -1:
             slot = self.remote_slot
-            self.remote_sent.pop(result.seq, None)
+            if not self._accept_remote(result):
+                return
         else:
             slot = self.slots[result.slot] if result.slot < len(self.slots) else None
         job = slot.assigned.pop(result.seq, None) if slot else None
@@ -978,16 +983,46 @@ class Supervisor:
                 self._requeue_items(job.items)
 
     def _check_remote(self, now: float) -> None:
-        """A safety net for the Celery backend: a job with no result long after it should
-        have finished (its message lost, its task given up by Celery) goes out again."""
-        w = self.config.workers
-        for seq, job in list(self.remote_slot.assigned.items()):
-            sent = self.remote_sent.get(seq, now)
-            if now - sent > w.file_timeout * len(job.items) + self.config.celery.visibility_timeout:
-                log.warning("job %d (%d files) got no result in time: sending its files again", seq, len(job.items))
-                del self.remote_slot.assigned[seq]
-                self.remote_sent.pop(seq, None)
-                self._requeue_items(job.items)
+        """Jobs the broker really lost (workers/remote.py JobWatch) go out again; a job
+        with a live execution never does, however long it takes."""
+        watch, jobs = self.remote_watch, self.remote_slot.assigned
+        if not jobs or not self.remote.broker_ok or not watch.due(now):
+            return
+        states = self.remote.job_states(list(jobs))
+        for seq in watch.lost(now, jobs, states or {}):
+            job = jobs.pop(seq)
+            watch.forget(seq)
+            log.warning("job %d (%d files) was lost by the broker: sending its files again", seq, len(job.items))
+            self._requeue_items(job.items)
+
+    def _accept_remote(self, result: JobResult) -> bool:
+        """A Celery result: the first of a job's executions to arrive is the one
+        committed. Any other (a late or duplicate execution, or a job sent again) never
+        is: its staged files go, never those of an accepted result. An item whose staged
+        file is gone is not committed either: its file goes out again."""
+        self.remote_watch.forget(result.seq)
+        job = self.remote_slot.assigned.get(result.seq)
+        keep = []
+        for res in result.items:
+            name = self.by_id.get(res.file_id)
+            flight = self.flights.get(name) if name else None
+            if job is None or flight is None or flight.seq != result.seq:
+                self._discard_staged(res)
+            elif res.ok and not all(os.path.exists(self.queue.output / temp) for temp, _ in res.staged):
+                log.warning("%r: a staged output of its job %d is missing: processing it again", name, result.seq)
+                self._discard_staged(res)
+                flight.seq = 0
+                self.redispatch.append(name)
+            else:
+                keep.append(res)
+        result.items = keep
+        return job is not None
+
+    def _discard_staged(self, res: ItemResult) -> None:
+        pending = {temp for _, r, _ in self.to_commit for temp, _ in r.staged}
+        for temp, _ in res.staged:
+            if temp not in pending:
+                (self.queue.output / temp).unlink(missing_ok=True)
 
     def _start_worker(self, slot: Slot, now: float) -> None:
         base = slot.index * SLOT_SIZE

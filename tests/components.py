@@ -1,4 +1,4 @@
-"""System components the tests drive for real: Prometheus, Chromium.
+"""System components the tests drive for real: Prometheus, Chromium, Redis.
 
 ``make test`` installs them (Debian packages) when it runs as root. Under ``CI=true`` a
 missing component fails the test; elsewhere the test skips and says how to get it.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
+
+from tests.redis_server import free_port
+
+__all__ = ["free_port", "require", "require_root"]
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
             "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime"}
@@ -34,9 +37,3 @@ def require_root(why: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"this test needs root under CI=true ({why})")
     pytest.skip(f"needs root: {why}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

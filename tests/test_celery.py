@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -17,39 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.components import free_port, require
+from tests.components import require
 from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, pace, start, wait_for
-
-
-class Redis:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, 10, "redis-server to answer PING")
-
-    def ping(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
-def redis_server() -> Iterator[Redis]:
-    server = Redis(free_port())
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(require("redis-server"), tmp_path)
     server.start()
     yield server
     server.stop()
@@ -70,17 +46,43 @@ def celery_nodes() -> Iterator[list[subprocess.Popen]]:
             node.wait()
 
 
-def celery_config(tmp_path: Path, redis: Redis) -> Path:
+def celery_config(tmp_path: Path, redis: RedisServer) -> Path:
     config = behave_config(tmp_path, f"""
         [celery]
         broker_url = "{redis.url}"
         queue = "fm-test"
-        visibility_timeout = 30
+        visibility_timeout = 90
         prefetch_jobs = 4
     """)
     config.write_text(config.read_text().replace("max_attempts = 2", "max_attempts = 3\nbackend = \"celery\"\n"
-                                                 "file_timeout = 20\nbatch_files = 4"))
+                                                 "file_timeout = 10\nbatch_files = 4"))
+    behave = tmp_path / "behave.py"
+    behave.write_text(behave.read_text().replace('            if word == "PID":', MARK))
     return config
+
+
+MARK = '''            if word == "MARK":  # one line per execution of the file
+                with open(self.flags / arg, "a") as f:
+                    f.write(f"{os.getpid()}\\n")
+            if word == "PID":'''
+
+
+def executions(tmp_path: Path, mark: str) -> int:
+    """How many times a file that says ``MARK <mark>`` was run, by any execution."""
+    path = tmp_path / "flags" / mark
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def queued_payloads(redis: RedisServer, queue: str = "fm-test") -> list[dict]:
+    """The job payloads waiting in the broker's queue (Celery protocol 2 messages)."""
+    import redis as redis_py
+
+    payloads = []
+    for raw in redis_py.Redis.from_url(redis.url).lrange(queue, 0, -1):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        payloads.append(args[0])
+    return payloads
 
 
 def start_node(nodes: list[subprocess.Popen], config: Path, name: str) -> subprocess.Popen:
@@ -95,6 +97,10 @@ def start_node(nodes: list[subprocess.Popen], config: Path, name: str) -> subpro
     return node
 
 
+def staged_files(watch: Path) -> list[str]:
+    return sorted(n for n in os.listdir(watch / "output") if n.startswith("."))
+
+
 def get_json(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -103,24 +109,33 @@ def get_json(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def metric(url: str, name: str) -> float | None:
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        found = re.search(rf"^{name} (\S+)$", response.read().decode(), re.M)
+    return float(found.group(1)) if found else None
+
+
 def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
     config = celery_config(tmp_path, redis_server)
-    for name in ("alpha", "beta"):
-        start_node(celery_nodes, config, name)
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     names = [f"c{i:02d}.log" for i in range(30)]
     for name in names:
         drop(watch, name, f"{name}\nSLEEP 0.05\n")
+    # No node yet: the jobs wait on the broker, prefetch_jobs (4) of them.
+    wait_for(lambda: get_json(url + "stats")[1]["broker"]["queue_depth"] == 4, 30, "4 jobs waiting on the broker")
+    assert len(queued_payloads(redis_server)) == 4
+    assert metric(url, "foldermill_broker_queue_jobs") == 4
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
     wait_for(lambda: folder(watch, "processed") == names, 60, "every file processed by the celery nodes")
     for name in names:
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
-    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
     stats = get_json(url + "stats")[1]
     assert stats["backend"] == "celery" and stats["broker"]["ok"]
     wait_for(lambda: get_json(url + "stats")[1]["broker"]["queue_depth"] == 0, 10, "an empty broker queue")
-    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
-        assert "foldermill_broker_queue_jobs 0.0" in response.read().decode()
+    assert metric(url, "foldermill_broker_queue_jobs") == 0
     hosts = wait_for(lambda: {w["hostname"] for w in get_json(url + "stats")[1]["workers"]}, 20,
                      "the remote workers in /stats")
     assert {h.split("@")[0] for h in hosts} == {"alpha", "beta"}
@@ -191,7 +206,11 @@ def test_sigkill_of_the_supervisor_with_celery(tmp_path: Path, daemons, redis_se
     assert folder(watch, "underprocess") == [] and folder(watch, "failed") == []
     for name in names:
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
-    assert not [n for n in os.listdir(watch / "output") if n.startswith(".")]
+    # Jobs the dead supervisor sent may finish after it died: nobody commits them, and a
+    # live supervisor removes what they staged once the dead one's keepalive expired.
+    d3 = start(daemons, config, name="sup3")
+    wait_for(lambda: not staged_files(watch), 60, "the dead supervisor's late results to be reaped")
+    assert d3.stop() == 0
 
 
 @pytest.mark.slow
@@ -235,7 +254,7 @@ def test_chaos_with_celery(tmp_path: Path, daemons, redis_server, celery_nodes) 
 
 def test_file_timeout_on_a_celery_node(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
     config = celery_config(tmp_path, redis_server)
-    config.write_text(config.read_text().replace("file_timeout = 20", "file_timeout = 1").replace(
+    config.write_text(config.read_text().replace("file_timeout = 10", "file_timeout = 1").replace(
         "max_attempts = 3", "max_attempts = 2"))
     start_node(celery_nodes, config, "alpha")
     watch = tmp_path / "watch_dir"
@@ -246,3 +265,153 @@ def test_file_timeout_on_a_celery_node(tmp_path: Path, daemons, redis_server, ce
              "sleepy.log failed after its attempts, fine.log processed")
     assert "took longer than file_timeout = 1s" in (watch / "failed" / "sleepy.log.reason").read_text()
     assert celery_nodes[0].poll() is None  # the node lives on
+
+
+def test_a_missing_module_is_a_start_up_error(tmp_path: Path, daemons, redis_server, monkeypatch) -> None:
+    """kombu's Redis transport imports ``packaging``: without it the supervisor stops at
+    start-up (exit 3, naming the package), not "broker unreachable" every second."""
+    shadow = tmp_path / "shadow" / "packaging"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named packaging", name="packaging")\n')
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    config = celery_config(tmp_path, redis_server)
+    d = start(daemons, config, "--once")
+    assert d.wait(60) == 3, d.log()
+    assert "'packaging'" in d.log() and "requirements.txt" in d.log()
+    assert "broker is unreachable" not in d.log()
+
+
+def test_visibility_timeout_must_outlast_a_whole_job(tmp_path: Path, redis_server) -> None:
+    """A job carries up to batch_files files: 10 s x 4 + 30 = 70 s; 60 s would hand a
+    job that still runs to a second node."""
+    config = celery_config(tmp_path, redis_server)
+    config.write_text(config.read_text().replace("visibility_timeout = 90", "visibility_timeout = 60"))
+    done = subprocess.run([sys.executable, str(ROOT / "supervisor.py"), "-c", str(config), "check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "celery.visibility_timeout" in done.stderr and "70s" in done.stderr
+
+
+def test_a_copy_of_a_running_job_costs_nothing(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """A job delivered twice (as Redis does past visibility_timeout, or after a restore)
+    while its first execution runs: the copy waits for that execution's heartbeat and
+    finds the job done. Nothing is charged, the file runs once, nothing is left staged."""
+    import redis as redis_py
+
+    config = celery_config(tmp_path, redis_server)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "slow.log", "MARK slow\nSLEEP 3\nafter\n")
+    raw = wait_for(lambda: redis_py.Redis.from_url(redis_server.url).lrange("fm-test", 0, -1), 30, "the job queued")
+    assert len(raw) == 1
+    redis_py.Redis.from_url(redis_server.url).rpush("fm-test", raw[0])  # the same message again
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    wait_for(lambda: folder(watch, "processed") == ["slow.log"], 60, "slow.log processed")
+    logs = " ".join((tmp_path / f"celery-{n}.log").read_text() for n in ("alpha", "beta"))
+    assert "is running elsewhere" in logs  # the copy did reach the second node
+    assert executions(tmp_path, "slow") == 1
+    assert [e["event"] for e in journal(watch) if e["file"] == "slow.log"] == ["claimed", "processed"]
+    assert (watch / "output" / "slow.log").read_text() == "MARK SLOW\nSLEEP 3\nAFTER\n"
+    wait_for(lambda: not queued_payloads(redis_server), 10, "both copies taken")
+    assert staged_files(watch) == [] and d.alive()
+
+
+def test_a_late_result_is_never_committed_and_a_missing_staged_file_costs_nothing(
+        tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """A result whose staged output is gone must not kill the supervisor in
+    rename_staged: the file goes out again. The late result of the job it replaced is
+    never committed, and its staged files go."""
+    import redis as redis_py
+
+    config = celery_config(tmp_path, redis_server)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "a.log", "MARK a\nline\n")
+    payload = wait_for(lambda: queued_payloads(redis_server), 30, "the job queued")[0]
+    file_id, _, final, _ = payload["items"][0]
+    missing = f".fm-{file_id}.feedface0001.0.tmp"
+    forged = {"slot": -1, "pid": 1, "seq": payload["seq"], "nodes": {}, "rss_bytes": 0, "items": [
+        {"file_id": file_id, "ok": True, "staged": [[missing, final]], "lines_in": 2, "lines_out": 2,
+         "bytes_in": 12, "seconds": 0.1, "reason": "", "permanent": False, "error_node": "", "error_line": None,
+         "skipped": [], "routes": [], "digest": "", "duplicate_of": ""}]}
+    redis_py.Redis.from_url(redis_server.url).rpush(payload["reply"], json.dumps(forged))
+    wait_for(lambda: len(queued_payloads(redis_server)) == 2 or not d.alive(), 30, "a.log sent again in a new job")
+    assert d.alive(), d.log()
+    start_node(celery_nodes, config, "alpha")
+    wait_for(lambda: folder(watch, "processed") == ["a.log"], 60, "a.log processed")
+    wait_for(lambda: executions(tmp_path, "a") == 2 and not queued_payloads(redis_server), 30, "both jobs run")
+    wait_for(lambda: staged_files(watch) == [], 30, "the late execution's staged files removed")
+    assert d.alive(), d.log()
+    assert [e["event"] for e in journal(watch) if e["file"] == "a.log"] == ["claimed", "processed"]
+    assert (watch / "output" / "a.log").read_text() == "MARK A\nLINE\n"
+    assert d.stop() == 0
+
+
+def test_a_broker_restart_resends_only_the_jobs_it_lost(tmp_path: Path, daemons, redis_server,
+                                                        celery_nodes) -> None:
+    """Redis restarts (no persistence) while two jobs run and two wait in its queue: the
+    running ones are kept (their results arrive and are committed), only the two it
+    forgot go out again. Every file runs exactly once."""
+    config = celery_config(tmp_path, redis_server)
+    for name in ("alpha", "beta"):
+        start_node(celery_nodes, config, name)
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = [f"r{i:02d}.log" for i in range(16)]
+    for name in names:
+        drop(watch, name, f"MARK {name}\nSLEEP 1\n")
+    d = start(daemons, config)
+    wait_for(lambda: sum(executions(tmp_path, n) for n in names) >= 2, 30, "both nodes running a job")
+    assert len(queued_payloads(redis_server)) == 2
+    redis_server.restart()
+    wait_for(lambda: folder(watch, "processed") == names, 120, "every file processed after the restart")
+    assert {n: executions(tmp_path, n) for n in names} == dict.fromkeys(names, 1)
+    assert "the broker is back" in d.log() and d.log().count("was lost by the broker") == 2
+    assert not [e for e in journal(watch) if e["event"] in ("retried", "failed")]
+    wait_for(lambda: staged_files(watch) == [], 30, "no staged file left")
+    assert d.stop() == 0
+
+
+def test_redis_down_when_a_job_finishes_loses_nothing(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """Redis is away when a node pushes its result: the task waits it out (it does not
+    raise, which would drop the message), and the result is committed once Redis is back."""
+    config = celery_config(tmp_path, redis_server)
+    start_node(celery_nodes, config, "alpha")
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "late.log", "MARK late\nSLEEP 2\nafter\n")
+    wait_for(lambda: executions(tmp_path, "late") == 1, 30, "a node on late.log")
+    redis_server.stop()
+    log = tmp_path / "celery-alpha.log"
+    wait_for(lambda: "cannot reach Redis to push the result" in log.read_text(), 60, "the node waiting for Redis")
+    redis_server.start()
+    wait_for(lambda: folder(watch, "processed") == ["late.log"], 60, "late.log processed")
+    assert executions(tmp_path, "late") == 1
+    assert [e["event"] for e in journal(watch) if e["file"] == "late.log"] == ["claimed", "processed"]
+    assert (watch / "output" / "late.log").read_text() == "MARK LATE\nSLEEP 2\nAFTER\n"
+    assert d.stop() == 0
+
+
+def test_a_restart_with_the_same_pid_gets_new_job_keys(tmp_path: Path, redis_server, celery_nodes) -> None:
+    """A container's supervisor is pid 1 at every start: its jobs must not be taken for
+    the previous run's (which a node would skip as done)."""
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --pid (root) to run the supervisor as pid 1")
+    config = celery_config(tmp_path, redis_server)
+    start_node(celery_nodes, config, "alpha")
+    watch = tmp_path / "watch_dir"
+    (watch / "unprocessed").mkdir(parents=True)
+    for run in (1, 2):
+        names = [f"p{run}-{i}.log" for i in range(3)]
+        for name in names:
+            drop(watch, name, f"{name}\n")
+        log = tmp_path / f"pid1-{run}.log"
+        with open(log, "w") as out:
+            done = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", sys.executable,
+                                   str(ROOT / "supervisor.py"), "-c", str(config), "--once"],
+                                  stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, timeout=60)
+        assert done.returncode == 0, log.read_text()
+        assert set(names) <= set(folder(watch, "processed")), log.read_text()
+    owners = {e["supervisor"] for e in journal(watch) if e["event"] == "processed"}
+    assert len(owners) == 1 and next(iter(owners)).endswith(":1")  # the same owner both times

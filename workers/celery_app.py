@@ -7,24 +7,38 @@ runs the engine on the claimed files of one job and stages their outputs on the 
 storage, exactly as a local worker does (``workers/worker.py``), then pushes the result
 onto the supervisor's reply list in Redis (no Celery result backend).
 
-Delivery: ``acks_late`` with ``reject_on_worker_lost``, so a task whose worker dies is
-delivered again. A redelivered job knows which file its first run was on (recorded in
-Redis before each file): that file costs one attempt, the others are done again (their
-outputs are rewritten identically).
+Delivery is at-least-once underneath, exactly-once in effect:
+
+- ``acks_late`` with ``reject_on_worker_lost``: a job whose worker dies is delivered
+  again; a Redis error is waited out, then the job is rejected *with* requeue.
+- Job keys (``foldermill:job:<owner>:<start token>:<seq>``) are unique across supervisor
+  restarts, even when its pid repeats (pid 1 in a container).
+- One execution at a time runs a job: it holds the job's lease, kept alive by a
+  heartbeat thread. A copy that arrives while the lease is alive waits; it takes over
+  only when the lease expired (the runner is known dead), and only then is the file the
+  dead runner was on (recorded in Redis before each file) charged one attempt; the
+  others are processed again.
+- Every execution stages under its own names (``workers/outputs.py``); the first to
+  finish delivers its result (a Lua script, once per job); any other removes its own
+  staged files. The supervisor commits only the execution it accepts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from workers.config import Config, load_config
+from workers.config import Config, load_config, max_job_seconds
 from workers.graph import Graph, compile_graph
+from workers.names import new_execution
 from workers.worker import (
     P_BYTES,
     P_LINES,
@@ -40,6 +54,10 @@ from workers.worker import (
 TASK_NAME = "foldermill.process_job"
 KEY_TTL_S = 24 * 3600
 PROGRESS_EVERY_S = 0.25
+HEARTBEAT_EVERY_S = 1.0
+LEASE_TTL_S = 6  # a runner whose heartbeat stopped this long ago is known dead
+REDIS_PATIENCE_S = 300.0  # how long a job waits out a Redis outage before going back to the queue
+log = logging.getLogger("foldermill.celery")
 
 
 def make_app(config: Config) -> Any:
@@ -58,7 +76,7 @@ def make_app(config: Config) -> Any:
         # task); a job stuck past all of its files' time is killed by Celery and, not
         # acknowledged, delivered again, where the file it was on is charged. A child above
         # max_memory_mb is replaced after its job.
-        task_time_limit=config.workers.file_timeout * config.workers.batch_files + 30,
+        task_time_limit=max_job_seconds(config.workers),
         task_acks_on_failure_or_timeout=False,
         worker_max_memory_per_child=config.workers.max_memory_mb * 1024,
     )
@@ -87,13 +105,106 @@ def _worker_config() -> tuple[Config, Graph]:
     return _CACHE["config"], _CACHE["graph"]
 
 
-def _redis(url: str) -> Any:
-    import redis
+def _redis(url: str) -> _Redis:
+    r = _CACHE.get("redis")
+    if r is None:
+        r = _CACHE["redis"] = _Redis(url)
+    return r
 
-    client = _CACHE.get("redis")
-    if client is None:
-        client = _CACHE["redis"] = redis.Redis.from_url(url, socket_timeout=10)
-    return client
+
+class RedisUnavailable(Exception):
+    """Redis stayed unreachable for REDIS_PATIENCE_S while a job needed it."""
+
+
+# The lease's heartbeat: refreshed while held, taken again if Redis lost it (a restart
+# without persistence), left alone if another execution holds it now.
+_BEAT = """
+local v = redis.call('get', KEYS[1])
+if v == false then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
+if v == ARGV[1] then redis.call('expire', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+# Deliver a job's result once: the first execution to finish pushes it; a retry of our
+# own call (the reply was lost) still says yes; any other execution is told no.
+_FINISH = """
+local done = redis.call('hget', KEYS[1], 'done')
+if done then return done == ARGV[1] and 1 or 0 end
+redis.call('hset', KEYS[1], 'done', ARGV[1])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('rpush', KEYS[2], ARGV[2])
+redis.call('expire', KEYS[2], ARGV[3])
+if redis.call('get', KEYS[3]) == ARGV[1] then redis.call('del', KEYS[3]) end
+return 1
+"""
+
+
+class _Redis:
+    """A node's Redis client whose essential calls wait out an outage (bounded)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._beat = self.client.register_script(_BEAT)
+        self._finish = self.client.register_script(_FINISH)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: getattr(self.client, method)(*args, **kwargs), method)
+
+    def finish(self, job: str, reply: str, lease: str, execution: str, text: str) -> bool:
+        return bool(self._retry(lambda: self._finish(keys=[job, reply, lease], args=[execution, text, KEY_TTL_S]),
+                                "push the result"))
+
+    def beat(self, lease: str, execution: str) -> bool:
+        """One heartbeat, never retried (the next one comes in HEARTBEAT_EVERY_S)."""
+        try:
+            return bool(self._beat(keys=[lease], args=[execution, LEASE_TTL_S]))
+        except self.errors:
+            return False
+
+    def _retry(self, work: Any, what: str) -> Any:
+        deadline = time.monotonic() + REDIS_PATIENCE_S
+        delay = 0.2
+        while True:
+            try:
+                return work()
+            except self.errors as exc:
+                if time.monotonic() >= deadline:
+                    raise RedisUnavailable(f"Redis unreachable for {REDIS_PATIENCE_S:g}s ({exc}); "
+                                           "the job goes back to the queue") from None
+                log.warning("cannot reach Redis to %s (%s): retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's lease alive while this execution runs: when the process dies
+    (SIGKILL, OOM, the node lost), the lease expires within LEASE_TTL_S and only then
+    may another execution take over and charge the file this one was on."""
+
+    def __init__(self, r: _Redis, lease: str, execution: str) -> None:
+        super().__init__(name="foldermill-heartbeat", daemon=True)
+        self.r, self.lease, self.execution = r, lease, execution
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_EVERY_S):
+            self.r.beat(self.lease, self.execution)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def job_key(job: str) -> str:
+    """The job's hash: started, at/by (the file an execution is on), done, sent."""
+    return f"foldermill:job:{job}"
+
+
+def lease_key(job: str) -> str:
+    """Who runs the job now; expires LEASE_TTL_S after its holder's last heartbeat."""
+    return f"foldermill:lease:{job}"
 
 
 class _Progress(list):
@@ -112,25 +223,85 @@ class _Progress(list):
             self.push()
 
     def push(self, **fields: Any) -> None:
+        """Best effort: progress is for the dashboard, and a broker outage must not
+        cost the file being processed an attempt."""
+        import redis
+
         self.last = time.monotonic()
         self.info.update(fields, lines_done=int(self[P_LINES]), bytes_done=int(self[P_BYTES]), beat=time.time())
-        self.client.hset(self.key, mapping={k: json.dumps(v) for k, v in self.info.items()})
-        self.client.expire(self.key, 120)
+        try:
+            self.client.hset(self.key, mapping={k: json.dumps(v) for k, v in self.info.items()})
+            self.client.expire(self.key, 120)
+        except (redis.RedisError, OSError):
+            pass
 
 
 def process_job(task: Any, payload: dict[str, Any]) -> None:
-    """One job: the same work as a local worker's, for files claimed by the supervisor."""
+    """One job: the same work as a local worker's, for files claimed by the supervisor.
+
+    A Redis error outside the processing itself is waited out (the broker restarts);
+    past REDIS_PATIENCE_S the message is rejected *with* requeue, never dropped (the
+    app acknowledges neither failures nor timeouts)."""
+    from celery.exceptions import Reject
+
     config, graph = _worker_config()
-    client = _redis(config.celery.broker_url)
-    job_key = f"foldermill:job:{payload['owner']}:{payload['seq']}"
-    rerun = not client.hsetnx(job_key, "started", time.time())
-    client.expire(job_key, KEY_TTL_S)
-    if rerun and client.hget(job_key, "done"):
-        return  # its result was delivered before the worker died
-    died_at = int(client.hget(job_key, "at") or -1) if rerun else -1
+    execution = new_execution()
+    try:
+        _run_job(task, config, graph, _redis(config.celery.broker_url), payload, execution)
+    except RedisUnavailable as exc:
+        raise Reject(str(exc), requeue=True) from None
+
+
+def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[str, Any], execution: str) -> None:
+    job, lease = job_key(payload["job"]), lease_key(payload["job"])
+    if r.call("hget", job, "done") or not _take_lease(r, job, lease, execution, payload):
+        return  # another execution delivered its result
+    beat = _Heartbeat(r, lease, execution)
+    beat.start()
+    try:
+        died_at = _dead_runners_position(r, job, execution)
+        results, pid, nodes = _run_items(task, config, graph, r, job, execution, payload, died_at)
+        stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
+        text = json.dumps({**asdict(JobResult(-1, pid, payload["seq"], results, stats, process_rss())),
+                           "execution": execution})
+        accepted = r.finish(job, payload["reply"], lease, execution, text)
+    finally:
+        beat.stop()
+    if not accepted:  # another execution of this job delivered first: ours is never committed
+        log.warning("job %s: another execution delivered first; removing this one's staged outputs",
+                    payload["job"])
+        _remove_own_staged(config.output_dir, results)
+
+
+def _take_lease(r: _Redis, job: str, lease: str, execution: str, payload: dict[str, Any]) -> bool:
+    """The lease says who runs the job; it lives while its holder's heartbeat does. A
+    copy of a job whose runner is alive (a redelivery) waits: it takes over only once
+    that runner is known dead (its lease expired), and stops if the job got done."""
+    waited = False
+    while not r.call("set", lease, execution, nx=True, ex=LEASE_TTL_S):
+        if r.call("hget", job, "done"):
+            return False
+        if not waited:
+            log.info("job %s is running elsewhere (its heartbeat is alive): waiting for it", payload["job"])
+            waited = True
+        time.sleep(HEARTBEAT_EVERY_S)
+    r.call("hsetnx", job, "started", time.time())
+    r.call("expire", job, KEY_TTL_S)
+    return True
+
+
+def _dead_runners_position(r: _Redis, job: str, execution: str) -> int:
+    """The file an earlier execution was on when it died (we hold the lease now, so its
+    heartbeat stopped), or -1."""
+    at, by = r.call("hmget", job, ["at", "by"])
+    return int(at) if at is not None and by is not None and by.decode() != execution else -1
+
+
+def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, execution: str,
+               payload: dict[str, Any], died_at: int) -> tuple[list[ItemResult], int, dict[str, list[float]]]:
     host, pid = socket.gethostname(), os.getpid()
-    progress = _Progress(client, f"foldermill:worker:{task.request.hostname or host}:{pid}",
-                         {"hostname": task.request.hostname or host, "pid": pid, "files_done": 0})
+    name = task.request.hostname or host
+    progress = _Progress(r.client, f"foldermill:worker:{name}:{pid}", {"hostname": name, "pid": pid, "files_done": 0})
     args = WorkerArgs(0, os.getppid(), str(config.path), {}, payload.get("trace_every", 0), False, 0)
     nodes: dict[str, list[float]] = {}
     results = []
@@ -138,18 +309,21 @@ def process_job(task: Any, payload: dict[str, Any]) -> None:
         item = JobItem(*raw)
         if i == died_at:
             results.append(ItemResult(item.file_id, False, reason=f"celery worker died while processing "
-                                      f"{item.name!r} (the job was delivered again)"))
+                                      f"{item.name!r} (its heartbeat stopped; the job was delivered again)"))
             continue
-        client.hset(job_key, "at", i)
+        r.call("hset", job, mapping={"at": i, "by": execution})
         progress.push(file=item.name, size=item.size, started=time.time())
         results.append(_within_timeout(config.workers.file_timeout, item, lambda it=item: run_item(
             args, graph, config.output_dir, config.watch.dir / "underprocess", it, progress, nodes)))
         progress.info["files_done"] += 1
     progress.push(file=None)
-    stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
-    result = JobResult(-1, pid, payload["seq"], results, stats, process_rss())
-    client.rpush(payload["reply"], json.dumps(asdict(result)))
-    client.hset(job_key, "done", 1)
+    return results, pid, nodes
+
+
+def _remove_own_staged(out_dir: Path, results: list[ItemResult]) -> None:
+    for res in results:
+        for temp, _ in res.staged:
+            (out_dir / temp).unlink(missing_ok=True)
 
 
 class FileTimeout(Exception):
@@ -183,6 +357,7 @@ def result_from_json(text: bytes | str) -> JobResult:
     return JobResult(data["slot"], data["pid"], data["seq"], items, nodes, data["rss_bytes"])
 
 
-def job_payload(owner: str, reply: str, seq: int, items: tuple[JobItem, ...], trace_every: int) -> dict[str, Any]:
-    return {"owner": owner, "reply": reply, "seq": seq, "trace_every": trace_every,
+def job_payload(job: str, reply: str, seq: int, items: tuple[JobItem, ...], trace_every: int) -> dict[str, Any]:
+    """What a task gets: ``job`` names the job uniquely across supervisor restarts."""
+    return {"job": job, "reply": reply, "seq": seq, "trace_every": trace_every,
             "items": [[i.file_id, i.name, i.final_name, i.size] for i in items]}

@@ -130,9 +130,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     celery = _parse_celery(table.sub("celery"))
     pipeline = _parse_pipeline(table.sub("pipeline"))
     table.done()
-    if celery.visibility_timeout <= workers.file_timeout:
-        raise ConfigError("celery.visibility_timeout", "must be longer than [workers] file_timeout, or a slow "
-                          "file would be handed to a second worker while the first still works on it")
+    _check_visibility(celery, workers)
     return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, web=web, celery=celery, raw=data)
 
 
@@ -183,6 +181,33 @@ def _parse_web(t: _Table) -> WebConfig:
     )
     t.done()
     return cfg
+
+
+JOB_SLACK_S = 30.0  # a job's start-up and result push, on top of its files' time
+
+
+def max_job_seconds(workers: WorkersConfig) -> float:
+    """The longest a Celery job may run: each of its up to batch_files files gets
+    file_timeout (past it the node's task_time_limit kills the job)."""
+    return workers.file_timeout * workers.batch_files + JOB_SLACK_S
+
+
+def _check_visibility(celery: CeleryConfig, workers: WorkersConfig) -> None:
+    """Redis delivers an unacknowledged job again after visibility_timeout, and a job is
+    acknowledged only when done: a shorter timeout hands a job that still runs to a
+    second node. So with the Celery backend it must outlast the longest job; with the
+    local pool the key is unused, and only the old rule (one file's time) is kept."""
+    v = celery.visibility_timeout
+    if v <= workers.file_timeout:
+        raise ConfigError("celery.visibility_timeout", f"= {v:g} must be longer than [workers] file_timeout "
+                          f"= {workers.file_timeout:g}, or a slow file would be handed to a second worker "
+                          "while the first still works on it")
+    longest = max_job_seconds(workers)
+    if workers.backend == "celery" and v <= longest:
+        raise ConfigError("celery.visibility_timeout", f"= {v:g} must be longer than the longest a job may run: "
+                          f"[workers] file_timeout * batch_files + {JOB_SLACK_S:g} = {longest:g}s, or a job "
+                          "that still runs is delivered to a second node; raise it, or lower batch_files or "
+                          "file_timeout")
 
 
 def _parse_celery(t: _Table) -> CeleryConfig:

@@ -1,5 +1,11 @@
 """The supervisor's side of the Celery backend: send jobs, receive results, watch the
 broker and the worker nodes. No multiprocessing here; Redis is the broker.
+
+A job that is out is left alone while an execution of it is alive (its lease, kept
+by a heartbeat, ``workers/celery_app.py``), however long the broker was away. It goes
+out again only when it is really lost: Redis forgot it (a restart without persistence:
+its key is gone and no execution re-took its lease within a grace period), or it had
+no sign of life for longer than Celery's own redelivery could take.
 """
 
 from __future__ import annotations
@@ -11,12 +17,31 @@ import threading
 import time
 from typing import Any
 
-from workers.celery_app import TASK_NAME, job_payload, make_app, result_from_json
-from workers.config import Config
+from workers.celery_app import (
+    LEASE_TTL_S,
+    TASK_NAME,
+    job_key,
+    job_payload,
+    lease_key,
+    make_app,
+    result_from_json,
+)
+from workers.config import Config, max_job_seconds
+from workers.errors import FoldermillError
 from workers.worker import Job
 
 PING_EVERY_S = 5.0
 WORKER_SEEN_S = 30.0
+CHECK_JOBS_EVERY_S = 2.0
+SUPERVISOR_TTL_S = 5  # a supervisor's keepalive, refreshed by its pump every second
+REAP_EVERY_S = 5.0
+REPLY_PREFIX = "foldermill:reply:"
+ALIVE_PREFIX = "foldermill:supervisor:"
+GONE_GRACE_S = 2 * LEASE_TTL_S  # after a restart, live runners take their leases again within a beat
+
+
+class BackendMissing(FoldermillError):
+    """The Celery backend cannot run from this installation (a module is missing)."""
 
 
 class BrokerDown(OSError):
@@ -32,19 +57,56 @@ class CeleryBackend:
         self.app.conf.broker_connection_timeout = 2
         self.redis = redis.Redis.from_url(config.celery.broker_url, socket_timeout=5, socket_connect_timeout=2)
         self.owner = owner
-        self.reply = f"foldermill:reply:{owner}:{secrets.token_hex(4)}"
+        # Unique per start: a supervisor's pid repeats across restarts (pid 1 in a container).
+        self.run_id = secrets.token_hex(8)
+        self.reply = f"{REPLY_PREFIX}{owner}:{self.run_id}"
+        self.alive_key = f"{ALIVE_PREFIX}{owner}:{self.run_id}"
+        self.suspects: set[str] = set()  # reply lists whose supervisor looked dead at the last reap
         self.trace_every = trace_every
         self.broker_ok = True
         self.broker_error = ""
         self.nodes: dict[str, float] = {}  # worker node name -> last time it answered a ping
 
-    def send(self, job: Job) -> None:
-        payload = job_payload(self.owner, self.reply, job.seq, job.items, self.trace_every)
+    def preflight(self) -> None:
+        """Load the broker transport now: a missing module (kombu's Redis transport
+        needs ``packaging``) is a start-up error, not a broker outage reported forever."""
         try:
+            self.app.connection_for_write().transport  # noqa: B018 - imports the transport module
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            raise BackendMissing(f"the Celery backend cannot load its Redis transport: {exc} (install the "
+                                 f"package {missing!r}: pip install -r requirements.txt)") from None
+
+    def job_id(self, seq: int) -> str:
+        return f"{self.owner}:{self.run_id}:{seq}"
+
+    def send(self, job: Job) -> None:
+        """Mark the job as sent (the mark survives a blip, not a Redis restart without
+        persistence: that is how a lost job is told from a queued one), then send it."""
+        job_id = self.job_id(job.seq)
+        payload = job_payload(job_id, self.reply, job.seq, job.items, self.trace_every)
+        try:
+            self.redis.hset(job_key(job_id), "sent", time.time())
+            self.redis.expire(job_key(job_id), 24 * 3600)
             self.app.send_task(TASK_NAME, args=[payload], queue=self.config.celery.queue, retry=False)
         except Exception as exc:  # kombu raises its own OperationalError family
             self._down(exc)
             raise BrokerDown(str(exc)) from None
+
+    def job_states(self, seqs: list[int]) -> dict[int, str] | None:
+        """Each job: "alive" (an execution holds its lease), "known" (Redis has it:
+        queued, or about to be delivered again), "gone" (Redis forgot it). None when
+        Redis does not answer."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for seq in seqs:
+                pipe.exists(lease_key(self.job_id(seq)))
+                pipe.exists(job_key(self.job_id(seq)))
+            flags = pipe.execute()
+        except Exception:  # the broker is down: the pump reports it
+            return None
+        return {seq: "alive" if flags[2 * i] else "known" if flags[2 * i + 1] else "gone"
+                for i, seq in enumerate(seqs)}
 
     def _down(self, exc: BaseException) -> None:
         self.broker_ok = False
@@ -52,9 +114,10 @@ class CeleryBackend:
 
     def pump(self, inbox: queue.SimpleQueue, stop: threading.Event) -> None:
         """Results (BLPOP on our reply list) into the loop's inbox; broker state too."""
-        last_ping = 0.0
+        last_ping = last_reap = 0.0
         while not stop.is_set():
             try:
+                self.redis.set(self.alive_key, 1, ex=SUPERVISOR_TTL_S)
                 item = self.redis.blpop([self.reply], timeout=1)
                 if not self.broker_ok:
                     self.broker_ok, self.broker_error = True, ""
@@ -64,11 +127,31 @@ class CeleryBackend:
                 if time.monotonic() - last_ping >= PING_EVERY_S:
                     last_ping = time.monotonic()
                     self._ping()
+                if time.monotonic() - last_reap >= REAP_EVERY_S:
+                    last_reap = time.monotonic()
+                    self._reap()
             except Exception as exc:  # redis.ConnectionError and friends: the broker is down
                 if self.broker_ok:
                     self._down(exc)
                     inbox.put(("broker", False, self.broker_error))
                 stop.wait(1.0)
+
+    def _reap(self) -> None:
+        """Results pushed for a supervisor that died (a job it sent finished after it)
+        are never committed by anyone: remove their staged files. A reply list is reaped
+        only when its supervisor's keepalive was missing at two reaps in a row (after a
+        Redis restart every keepalive is missing until its pump runs again)."""
+        dead = set()
+        for key in self.redis.scan_iter(f"{REPLY_PREFIX}*", count=100):
+            reply = key.decode()
+            if reply != self.reply and not self.redis.exists(ALIVE_PREFIX + reply[len(REPLY_PREFIX):]):
+                dead.add(reply)
+        for reply in dead & self.suspects:
+            while (text := self.redis.lpop(reply)) is not None:
+                for item in result_from_json(text).items:
+                    for temp, _ in item.staged:
+                        (self.config.output_dir / temp).unlink(missing_ok=True)
+        self.suspects = dead
 
     def _ping(self) -> None:
         now = time.time()
@@ -106,3 +189,48 @@ class CeleryBackend:
             return int(self.redis.llen(self.config.celery.queue))
         except Exception:
             return None
+
+
+class JobWatch:
+    """Decides which outstanding Celery jobs are really lost; the supervisor sends only
+    those again. ``life`` maps a job's seq to its last sign of life (sent, or seen
+    alive), in monotonic seconds."""
+
+    def __init__(self, config: Config, life: dict[int, float]) -> None:
+        self.patience_s = max_job_seconds(config.workers) + config.celery.visibility_timeout
+        self.life = life
+        self.gone_since: dict[int, float] = {}
+        self.next_check = 0.0
+
+    def outage_over(self, now: float, seqs: list[int]) -> None:
+        """An outage is no job's fault: every job out starts its patience again."""
+        for seq in seqs:
+            self.life[seq] = now
+        self.next_check = 0.0
+
+    def due(self, now: float) -> bool:
+        """At most every CHECK_JOBS_EVERY_S: a look-up of the jobs' states per check."""
+        if now < self.next_check:
+            return False
+        self.next_check = now + CHECK_JOBS_EVERY_S
+        return True
+
+    def forget(self, seq: int) -> None:
+        self.life.pop(seq, None)
+        self.gone_since.pop(seq, None)
+
+    def lost(self, now: float, jobs: dict[int, Job], states: dict[int, str]) -> list[int]:
+        """The jobs to send again, given their states (``CeleryBackend.job_states``)."""
+        lost = []
+        for seq, state in states.items():
+            if state == "alive":
+                self.life[seq] = now
+                self.gone_since.pop(seq, None)
+            elif state == "gone":
+                if now - self.gone_since.setdefault(seq, now) >= GONE_GRACE_S:
+                    lost.append(seq)
+            else:
+                self.gone_since.pop(seq, None)
+                if now - self.life.setdefault(seq, now) > self.patience_s:
+                    lost.append(seq)
+        return [seq for seq in lost if seq in jobs]
