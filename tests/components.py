@@ -13,7 +13,7 @@ import pytest
 
 from tests.redis_server import free_port
 
-__all__ = ["free_port", "require", "require_root"]
+__all__ = ["free_port", "require", "require_root", "unavailable"]
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
             "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime"}
@@ -30,10 +30,14 @@ def require(binary: str) -> str:
     pytest.skip(f"{binary} not found; {how}")
 
 
+def unavailable(what: str) -> None:
+    """A capability the test needs is missing: fail under CI=true, skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"this test needs {what} under CI=true")
+    pytest.skip(f"needs {what}")
+
+
 def require_root(why: str) -> None:
     """Some guarantees are shown with root's tools (chattr +i, a read-only bind mount)."""
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"this test needs root under CI=true ({why})")
-    pytest.skip(f"needs root: {why}")
+    if os.geteuid() != 0:
+        unavailable(f"root: {why}")

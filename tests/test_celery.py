@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.components import require
+from tests.components import require, unavailable
 from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, pace, start, wait_for
 from tests.redis_server import RedisServer
 
@@ -397,7 +397,7 @@ def test_a_restart_with_the_same_pid_gets_new_job_keys(tmp_path: Path, redis_ser
     """A container's supervisor is pid 1 at every start: its jobs must not be taken for
     the previous run's (which a node would skip as done)."""
     if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs unshare --pid (root) to run the supervisor as pid 1")
+        unavailable("unshare --pid (root) to run the supervisor as pid 1")
     config = celery_config(tmp_path, redis_server)
     start_node(celery_nodes, config, "alpha")
     watch = tmp_path / "watch_dir"
