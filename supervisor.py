@@ -1009,7 +1009,8 @@ class Supervisor:
             if job is None or flight is None or flight.seq != result.seq:
                 self._discard_staged(res)
             elif res.ok and not all(os.path.exists(self.queue.output / temp) for temp, _ in res.staged):
-                log.warning("%r: a staged output of its job %d is missing: processing it again", name, result.seq)
+                log.warning("%s: a staged output of its job %d is missing: processing it again",
+                            shown(name), result.seq)
                 self._discard_staged(res)
                 flight.seq = 0
                 self.redispatch.append(name)
