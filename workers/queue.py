@@ -121,8 +121,8 @@ class FolderQueue:
         return known
 
     def _match_name(self, name: str) -> bool:
-        if name == PLACEHOLDER or self._is_marker(name):
-            return False
+        if name.startswith(".") or self._is_marker(name):
+            return False  # hidden names never count as work, whatever include says
         if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return False
         return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
