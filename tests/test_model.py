@@ -394,7 +394,11 @@ class FoldermillModel(RuleBasedStateMachine):
         token = self.token()
         self.deliver(f"hold-{token}.log".encode(), content_for("hold", token, []))
         pid_file = self.flags / f"{token}.pid"
-        wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the held file to reach a worker")
+        state = wait_for(lambda: (pid_file.exists() and pid_file.read_text()) or not self.daemon.alive(), 30,
+                         f"the held file to reach a worker; workers={self.daemon.workers()}; "
+                         f"underprocess={self._listing('underprocess')}")
+        assert self.daemon.alive(), f"the supervisor died:\n{self.daemon.log()[-3000:]}"
+        assert state is not True
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
         self._charge()
