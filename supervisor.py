@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import secrets
 import signal
 import socket
 import sqlite3
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     supervisor.catch_signals()  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         supervisor.start()
-    except (QueueSetupError, SystemFailure, StateError) as exc:
+    except (QueueSetupError, SystemFailure, StateError, OSError) as exc:
         log.error("cannot start: %s", exc)
         supervisor.shutdown()
         return EXIT_FATAL
@@ -326,11 +328,14 @@ class Supervisor:
         self.readiness = Readiness(w.settle)
         # SimpleQueue: put() is reentrant, so the signal handler may use it.
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"  # as people see it
+        # As the state database sees it: unique to this start, even for a pid 1 in a container.
+        self.incarnation = f"{self.owner}:{secrets.token_hex(4)}"
         self.flights: dict[str, Flight] = {}
         self.by_id: dict[int, str] = {}
         self.redispatch: list[str] = []
         self.unclaimable: set[str] = set()  # names a claim failed on (said once)
+        self.unmoved: dict[str, tuple[str, tuple]] = {}  # claimed files whose last move failed: retried
         self.parked: set[str] = set()  # flights waiting out the backoff of a failed attempt
         self.failures_in_a_row = 0
         self.to_commit: list[tuple[Flight, ItemResult, int]] = []
@@ -543,8 +548,13 @@ class Supervisor:
             self.failures_in_a_row = 0
         except SystemFailure:
             raise
-        except (sqlite3.DatabaseError, StateError) as exc:
+        except sqlite3.DatabaseError as exc:
+            if _transient(exc):
+                self._step_failed(exc)
+                return
             raise SystemFailure(f"the state database {self.queue.state_dir / 'state.db'} failed: {exc}") from None
+        except StateError as exc:
+            raise SystemFailure(str(exc)) from None
         except OSError as exc:
             if exc.errno in SYSTEM_ERRNOS:
                 raise SystemFailure(f"{exc.strerror} ({exc.filename}): the watch dir cannot be written") from None
@@ -563,7 +573,8 @@ class Supervisor:
 
     def _check_system(self) -> None:
         """The folders must still be there (a watch dir removed or unmounted)."""
-        for folder in (self.queue.unprocessed, self.queue.underprocess, self.queue.output):
+        q = self.queue
+        for folder in (q.unprocessed, q.underprocess, q.processed, q.failed, q.output):
             if not folder.is_dir():
                 raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
 
@@ -676,6 +687,7 @@ class Supervisor:
             self._return_undispatched()
         if now - self.last_recover >= RECOVER_EVERY_S:
             self._recover(now)
+            self._retry_moves()
         self._flush_journal()
         if now - self.last_publish >= PUBLISH_EVERY_S:
             self._publish(now)
@@ -798,15 +810,51 @@ class Supervisor:
             flight = self.flights.get(name) if name else None
             if flight is None or flight.seq != result.seq:
                 continue
-            if res.ok:
-                self.to_commit.append((flight, res, result.pid))
-                for line_no, route in res.routes:
-                    self.stats.routes.appendleft({"file": shown(name), "line": line_no, "route": route})
-                    log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
-            else:
-                cause = "input" if res.permanent else "error"
-                self._attempt_failed(flight, res.reason, res.permanent, result.pid, cause, res.error_node,
-                                     res.error_line)
+            self._per_file(flight, "handling its result", self._on_item, flight, res, result.pid)
+
+    def _on_item(self, flight: Flight, res: ItemResult, pid: int) -> None:
+        name = flight.record.name
+        if res.ok:
+            self.to_commit.append((flight, res, pid))
+            for line_no, route in res.routes:
+                self.stats.routes.appendleft({"file": shown(name), "line": line_no, "route": route})
+                log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
+        else:
+            cause = "input" if res.permanent else "error"
+            self._attempt_failed(flight, res.reason, res.permanent, pid, cause, res.error_node, res.error_line)
+
+    def _per_file(self, flight: Flight, what: str, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """Run one file's step: (True, what it returned), or (False, None) when it went
+        wrong, which costs that file (an attempt, with the reason), never the loop.
+        Errors of the whole system still stop it."""
+        try:
+            return True, fn(*args)
+        except (SystemFailure, StateError):
+            raise
+        except sqlite3.DatabaseError as exc:
+            if not _transient(exc):
+                raise
+            self._file_broke(flight, what, exc)
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise
+            self._file_broke(flight, what, exc)
+        except Exception as exc:
+            self._file_broke(flight, what, exc)
+        return False, None
+
+    def _file_broke(self, flight: Flight, what: str, exc: BaseException) -> None:
+        name = flight.record.name
+        log.error("%s: %s failed (%s: %s); it costs this file an attempt", shown(name), what,
+                  type(exc).__name__, exc, exc_info=exc)
+        if name not in self.flights or name in self.unmoved:
+            return
+        try:
+            self._attempt_failed(flight, f"{what} failed: {type(exc).__name__}: {exc}", False, 0, "error")
+        except Exception as again:  # the state itself refuses: it waits, claimed, for a later try
+            log.error("%s: could not record the failed attempt either (%s)", shown(name), again)
+            flight.seq, flight.not_before = 0, time.monotonic() + RECOVER_EVERY_S
+            self.parked.add(name)
 
     def _commit(self) -> None:
         """Group commit: one sync for every output staged since the last step. Each
@@ -823,17 +871,17 @@ class Supervisor:
         for flight, res, pid in batch:
             missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
             if missing:  # another execution removed it, or a person did: this attempt is void
-                self._attempt_failed(flight, f"its staged output {missing[0]} disappeared before the commit",
-                                     False, pid, "error")
+                self._per_file(flight, "committing", self._attempt_failed, flight,
+                               f"its staged output {missing[0]} disappeared before the commit", False, pid, "error")
             else:
                 ready.append((flight, res, pid))
         if not ready:
             return
-        if durable:
+        if durable and not all(r.synced for _, r, _ in ready):
             syncfs(out)
         self.store.committing([(f.record.id, r.staged) for f, r, _ in ready if r.staged])
-        for _, res, _ in ready:
-            rename_staged(out, res.staged, durable=False)
+        ready = [item for item in ready if self._per_file(item[0], "committing its outputs", rename_staged, out,
+                                                            item[1].staged, False)[0]]
         if durable:
             fsync_dir(out)
         done, digests = [], []
@@ -847,11 +895,12 @@ class Supervisor:
         if digests:
             self.store.add_digests(digests)
         self.store.finished(done)
-        self.store.add_totals({"files_processed": len(ready), "lines_processed": sum(r.lines_in for _, r, _ in ready)})
+        self.store.add_totals({"files_processed": len(done), "lines_processed": sum(r.lines_in for _, r, _ in ready)})
 
     def _move_committed(self, flight: Flight, res: ItemResult, pid: int) -> str:
         """The input of a committed file to processed/; its status ("processed", or
-        "vanished" if someone removed it from underprocess/)."""
+        "vanished" if someone removed it from underprocess/), or "" if it cannot be
+        moved now: it stays claimed, and the move is tried again (_retry_moves)."""
         name = flight.record.name
         outputs = [shown(final) for _, final in res.staged]
         try:
@@ -867,11 +916,9 @@ class Supervisor:
         except OSError as exc:
             if exc.errno in SYSTEM_ERRNOS:
                 raise
-            # Its outputs are committed: whoever claims it next (recovery) rolls it forward.
-            log.error("cannot move %s to processed/ (%s); its outputs are committed, and it will be moved "
-                      "when recovery next takes it", shown(name), exc.strerror or exc)
-            self._forget(name)
+            self._cannot_move(flight, "processed", exc, (res, pid))
             return ""
+        self.unmoved.pop(name, None)
         self._forget(name)
         self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time())
         self.summary_total["files"] += 1
@@ -886,6 +933,29 @@ class Supervisor:
                           lines_out=res.lines_out, skipped=len(res.skipped), output=outputs)
         return "processed"
 
+    def _cannot_move(self, flight: Flight, folder: str, exc: OSError, retry: tuple) -> None:
+        """A claimed file that cannot be moved to ``folder`` now (a full disk, a
+        permission changed...): it stays claimed where it is; said once, tried again."""
+        name = flight.record.name
+        if name not in self.unmoved:
+            log.error("cannot move %s to %s/ (%s); it stays in underprocess/ and is tried again every %.0fs",
+                      shown(name), folder, exc.strerror or exc, RECOVER_EVERY_S)
+        flight.seq = 0
+        self.unmoved[name] = (folder, retry)
+
+    def _retry_moves(self) -> None:
+        assert self.store is not None
+        for name, (folder, retry) in list(self.unmoved.items()):
+            flight = self.flights.get(name)
+            if flight is None:
+                self.unmoved.pop(name, None)
+            elif folder == "processed":
+                status = self._move_committed(flight, *retry)
+                if status:
+                    self.store.finished([(flight.record.id, status)])
+            else:
+                self._finish_failed(flight, *retry)
+
     def _find_duplicates(self, batch: list[tuple[Flight, ItemResult, int]]) -> None:
         """With dedupe on: a file whose content another file committed first (since its
         worker looked, or earlier in this batch) becomes a duplicate; its outputs go."""
@@ -899,7 +969,7 @@ class Supervisor:
                     (self.queue.output / temp).unlink(missing_ok=True)
                 res.staged, res.duplicate_of = [], earlier
             else:
-                seen[res.digest] = flight.record.final_name
+                seen[res.digest] = shown(flight.record.final_name)
 
     def _attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
                         node: str = "", line: int | None = None) -> None:
@@ -924,22 +994,34 @@ class Supervisor:
             log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(name), reason, delay)
             return
         why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
+        self._finish_failed(flight, why, dict(attempt=attempts, worker=worker, cause=cause, reason=reason,
+                                              node=node, line=line))
+
+    def _finish_failed(self, flight: Flight, why: str, fields: dict[str, Any]) -> None:
+        """After its last attempt: to failed/, with its reason beside it."""
+        assert self.store is not None
+        record, name = flight.record, flight.record.name
         try:
             flight.record = dataclasses.replace(record, final_name=self.queue.finish(
                 name, record.final_name, "failed", reason=why))
         except FileNotFoundError:
-            self._journal("vanished", flight, reason=f"removed from underprocess/ by hand; it had failed: {reason}")
+            self._journal("vanished", flight, reason=f"removed from underprocess/ by hand; it had failed: {why}")
             self.store.finished([(record.id, "vanished")])
             self._forget(name)
             return
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise
+            self._cannot_move(flight, "failed", exc, (why, fields))
+            return
+        self.unmoved.pop(name, None)
         self.summary["failed"] += 1
         self.summary_total["files"] += 1
         self.summary_total["bytes"] += flight.size
         self.store.add_totals({"files_failed": 1})
         self.store.finished([(record.id, "failed")])
-        self._journal("failed", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
-                      node=node, line=line, **self._reason_field(flight))
-        log.warning("failed %s for good after %d attempt(s): %s", shown(name), attempts, reason)
+        self._journal("failed", flight, **fields, **self._reason_field(flight))
+        log.warning("failed %s for good after %d attempt(s): %s", shown(name), fields["attempt"], fields["reason"])
         self._forget(name)
 
     def _reason_field(self, flight: Flight) -> dict[str, str]:
@@ -1206,15 +1288,25 @@ class Supervisor:
         if not picked:
             return []
         assert self.store is not None
-        records = self.store.claim(picked, self.owner, self)
+        try:
+            records = self.store.claim(picked, self.incarnation, self)
+        except (sqlite3.DatabaseError, StateError):
+            raise
+        except Exception as exc:  # nothing recorded: the files go back where they were, said once
+            for c in picked:
+                self.queue.put_back(c.name)
+                self._note_unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
+            return []
         flights = []
         for candidate, record in zip(picked, records, strict=True):
             flight = Flight(record, candidate.size)
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
             self._journal(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
-            if record.committed and self._roll_forward(flight):
-                continue
+            if record.committed:
+                ok, rolled = self._per_file(flight, "rolling its commit forward", self._roll_forward, flight)
+                if rolled or not ok:  # done, or it failed and cost the file an attempt
+                    continue
             if record.known:  # an earlier execution's leftovers
                 remove_staged(self.queue.output, str(record.id))
             flights.append(flight)
@@ -1378,15 +1470,18 @@ class Supervisor:
         by hand while waiting, or by a dead owner's operator): they reserve no name."""
         assert self.store is not None
         gone = []
-        for file_id, name, ino in self.store.others_live(self.owner):
-            index = self.queue.lock_index(name)
-            if name in self.flights or not self.queue.locks.try_acquire(index):
-                continue  # ours, or a live owner's: only the lock holder moves a file
+        q = self.queue
+        for file_id, name, ino, final in self.store.live_rows():
+            if file_id in self.by_id:
+                continue  # in flight here
+            index = q.lock_index(name)
+            if not q.locks.try_acquire(index):
+                continue  # a live owner's: only the lock holder moves a file
             try:
-                present = any(_inode(folder, name) == ino for folder in (self.queue.unprocessed,
-                                                                         self.queue.underprocess))
+                present = (any(_inode(folder, name) == ino for folder in (q.unprocessed, q.underprocess))
+                           or any(_inode(folder, final) == ino for folder in (q.processed, q.failed)))
             finally:
-                self.queue.locks.release(index)
+                q.locks.release(index)
             if not present:
                 gone.append((file_id, "vanished"))
                 self.events.append(_event("vanished", name, reason="no longer in unprocessed/ or underprocess/"))
@@ -1521,6 +1616,12 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def _transient(exc: sqlite3.DatabaseError) -> bool:
+    """A busy or locked database (another supervisor holds it long): not a corruption."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def _inode(folder: Path, name: str) -> int:

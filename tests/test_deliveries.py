@@ -449,3 +449,17 @@ def test_sigterm_while_starting_stops_cleanly(tmp_path: Path, daemons) -> None:
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait(30) == 0, d.log()
     assert "Traceback" not in d.log()
+
+
+def test_a_long_name_with_a_long_extension_delivered_twice(tmp_path: Path, daemons) -> None:
+    """Found by the model-based test: the collision name kept a 253-byte "extension"."""
+    config = control_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    name = "a." + "b" * 253
+    drop(watch, name, "first\n")
+    wait_for(lambda: folder(watch, "processed") == [name], 20, "the first delivery")
+    drop(watch, name, "second\n")
+    wait_for(lambda: len(folder(watch, "processed")) == 2, 20, "the second delivery, under a collision name")
+    second = next(n for n in folder(watch, "processed") if n != name)
+    assert name_bytes(second) <= NAME_MAX and (watch / "output" / second).read_text() == "SECOND\n"

@@ -68,3 +68,9 @@ def test_move_never_replaces_an_existing_name(tmp_path: Path, kind: str, how: st
     dst.unlink()
     move(src, dst)
     assert os.path.lexists(dst) and not os.path.lexists(src)
+
+
+@pytest.mark.parametrize("name", ["a." + "b" * 253, "x" * 10 + "." + "b" * 244, "h.log" + "x" * 230 + "~af662c079100"])
+def test_collision_names_of_names_with_long_extensions_fit(name: str) -> None:
+    for n in (1, 12, 10**6):
+        assert name_bytes(collision_name(name, n)) <= NAME_MAX

@@ -38,7 +38,7 @@ from typing import Any
 
 from workers.config import Config, load_config, max_job_seconds
 from workers.graph import Graph, compile_graph
-from workers.names import new_execution
+from workers.names import new_execution, shown
 from workers.worker import (
     P_BYTES,
     P_LINES,
@@ -309,10 +309,10 @@ def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, exe
         item = JobItem(*raw)
         if i == died_at:
             results.append(ItemResult(item.file_id, False, reason=f"celery worker died while processing "
-                                      f"{item.name!r} (its heartbeat stopped; the job was delivered again)"))
+                                      f"{shown(item.name)} (its heartbeat stopped; the job was delivered again)"))
             continue
         r.call("hset", job, mapping={"at": i, "by": execution})
-        progress.push(file=item.name, size=item.size, started=time.time())
+        progress.push(file=shown(item.name), size=item.size, started=time.time())
         results.append(_within_timeout(config.workers.file_timeout, item, lambda it=item: run_item(
             args, graph, config.output_dir, config.watch.dir / "underprocess", it, progress, nodes)))
         progress.info["files_done"] += 1
@@ -342,7 +342,7 @@ def _within_timeout(seconds: float, item: JobItem, work: Any) -> ItemResult:
     try:
         return work()
     except FileTimeout as exc:  # raised outside the processing itself
-        return ItemResult(item.file_id, False, reason=f"{item.name}: {exc}")
+        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {exc}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -33,8 +33,26 @@ _NOREPLACE_REFUSED: set[int] = set()  # devices whose filesystem refused the fla
 
 
 def move(src: str | Path, dst: str | Path) -> None:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists (then FileExistsError)."""
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (then FileExistsError). If
+    ``dst`` is ``src`` already (a link + unlink cut short by a crash), the move is
+    finished: the old name goes."""
     src_b, dst_b = os.fsencode(src), os.fsencode(dst)
+    try:
+        _move(src_b, dst_b)
+    except FileExistsError:
+        if not _same_file(src_b, dst_b):
+            raise
+        os.unlink(src_b)
+
+
+def _same_file(a: bytes, b: bytes) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
+
+
+def _move(src_b: bytes, dst_b: bytes) -> None:
     if _RENAMEAT2 is not None:
         dev = _device_of(dst_b)
         if dev not in _NOREPLACE_REFUSED:

@@ -109,14 +109,27 @@ def collision_name(name: str, n: int) -> str:
     lead = "." if name.startswith(".") else ""
     body = name[len(lead):]
     stem, dot, ext = body.rpartition(".")
-    if not dot or not stem:
+    if not dot or not stem or name_bytes(ext) > EXT_MAX:  # a long "extension" is part of the stem
         stem, dot, ext = body, "", ""
     suffix = f"-{n}{dot}{ext}"
     candidate = f"{lead}{stem}{suffix}"
     if name_bytes(candidate) <= NAME_MAX:
         return candidate
-    # Keep the "-N.ext" visible: shorten the stem, not the whole name.
-    return fit(f"{lead}{stem}", NAME_MAX - name_bytes(suffix)) + suffix
+    # Keep the "-N.ext" visible: shorten the stem, not the whole name. A shortened stem
+    # keeps no extension of its own (fit's), so the result always fits.
+    return _fit_bare(f"{lead}{stem}", NAME_MAX - name_bytes(suffix)) + suffix
+
+
+def _fit_bare(name: str, limit: int) -> str:
+    """``name`` cut to ``limit`` bytes with ``~<hash>`` at the end (no extension kept)."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    tail = b"~" + hashlib.blake2b(raw, digest_size=6).hexdigest().encode()
+    room = limit - len(tail)
+    while room > 0 and (raw[room] & 0xC0) == 0x80:
+        room -= 1
+    return os.fsdecode(raw[:room] + tail)
 
 
 def output_name(final: str, suffix: str = "") -> str:

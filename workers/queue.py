@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.errors import FoldermillError
+from workers.errors import FoldermillError, SystemFailure
 from workers.fs import move
 from workers.names import collision_name, output_name, reason_files, reason_name
 
@@ -207,30 +207,35 @@ class FolderQueue:
         """Move a claimed file to processed/ or failed/ under ``final_name`` (with its
         reason beside it in failed/), then release its lock. Returns the name it got:
         ``final_name``, or a collision name if something took that name meanwhile
-        (nothing is ever replaced). FileNotFoundError: it left underprocess/ (by hand)."""
+        (nothing is ever replaced). FileNotFoundError: it left underprocess/ (by hand).
+        Any other error leaves it claimed (lock held) where it is."""
         target_dir = self._proc if folder == "processed" else self._fail
         # The reason first: a file in failed/ always has its reason beside it.
         wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason)
-        try:
-            for n in range(1000):
-                target = final_name if n == 0 else collision_name(final_name, n)
-                try:
-                    move(self._under + name, target_dir + target)
-                except FileExistsError:
-                    continue
-                if reason and n:
-                    if wrote:
-                        os.unlink(self._fail + reason_name(final_name))
-                    write_reason(Path(self._fail + reason_name(target)), reason)
-                return target
-            raise FileExistsError(errno.EEXIST, "no free name", target_dir + final_name)
-        finally:
+        for n in range(1000):
+            target = final_name if n == 0 else collision_name(final_name, n)
+            try:
+                move(self._under + name, target_dir + target)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if os.path.lexists(self._under + name):  # it is the target folder that is gone
+                    raise SystemFailure(f"{target_dir} is gone (was the watch dir changed by hand?)") from None
+                self.release(name)
+                raise
             self.release(name)
+            if reason and n:
+                if wrote:
+                    os.unlink(self._fail + reason_name(final_name))
+                write_reason(Path(self._fail + reason_name(target)), reason)
+            return target
+        raise FileExistsError(errno.EEXIST, "no free name", target_dir + final_name)
 
     def put_back(self, name: str) -> str:
         """Return a claimed file to unprocessed/ (a stop) and release its lock:
-        "moved"; "taken" when a new delivery of that name is waiting there (the file
-        stays in underprocess/, for recovery to adopt); "gone" when it is not there."""
+        "moved"; "taken" when a new delivery of that name is waiting there, or
+        "stuck" when it cannot be moved (the file stays in underprocess/, for recovery
+        to take); "gone" when it is not there."""
         try:
             move(self._under + name, self._unp + name)
             outcome = "moved"
@@ -238,6 +243,8 @@ class FolderQueue:
             outcome = "taken"
         except FileNotFoundError:
             outcome = "gone"
+        except OSError:
+            outcome = "stuck"
         self.release(name)
         return outcome
 
@@ -246,7 +253,8 @@ class FolderQueue:
         new delivery of the same name waits there, adopted (claimed in place: its lock
         stays held). Returns (moved back, adopted)."""
         self.stranded = False
-        recovered, adopted = [], []
+        recovered: list[str] = []
+        adopted: list[str] = []
         try:
             names = os.listdir(self.underprocess)
         except FileNotFoundError:
@@ -257,16 +265,19 @@ class FolderQueue:
             index = self.lock_index(name)
             if not self._try_lock(index):
                 continue  # a live owner holds it
+            keep = False
             try:
                 move(self._under + name, self._unp + name)
                 recovered.append(name)
             except FileExistsError:
                 self._held[name] = index
                 adopted.append(name)
-                continue
-            except FileNotFoundError:
-                pass  # its owner finished it between our listing and our lock
-            self._unlock(index)
+                keep = True
+            except OSError:
+                pass  # gone (its owner finished it meanwhile), or not movable now: the next pass
+            finally:
+                if not keep:
+                    self._unlock(index)
         return recovered, adopted
 
     def stat_claimed(self, name: str) -> Candidate:
@@ -285,7 +296,7 @@ class FolderQueue:
     def taken(self, name: str, suffixes: list[str]) -> bool:
         """Whether ``name``, or a name derived from it (its outputs, its reason file),
         is already used in processed/, failed/ or output/."""
-        lexists = os.path.lexists
+        lexists = _used
         if lexists(self._proc + name) or lexists(self._fail + name) or lexists(self._out + name):
             return True
         if lexists(self._fail + reason_name(name)):
@@ -376,6 +387,17 @@ def open_claimed(path: Path) -> int:
         raise IsADirectoryError(errno.EISDIR, "is not a regular file")
     os.set_blocking(fd, True)
     return fd
+
+
+def _used(path: str) -> bool:
+    """Whether a name is in use; a name the filesystem refuses (too long) is never free."""
+    try:
+        os.lstat(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def write_reason(path: Path, reason: str) -> bool:

@@ -57,8 +57,10 @@ def open_for_writing(folder: str, candidates: Iterable[Candidate] = ()) -> set[s
                 continue
             if inside:
                 names.add(target[len(prefix):].removesuffix(" (deleted)"))
-            elif ino in by_ino and _device(f"{fd_dir}/{fd}") == device:
-                names.add(by_ino[ino])
+            elif ino in by_ino or ino < 0:  # fdinfo has "ino:" from Linux 5.14; before, stat the fd
+                dev, ino = _stat(f"{fd_dir}/{fd}")
+                if dev == device and ino in by_ino:
+                    names.add(by_ino[ino])
     return names
 
 
@@ -80,11 +82,12 @@ def _fdinfo(pid: str, fd: str) -> tuple[bool, int]:
     return writable, ino
 
 
-def _device(fd_link: str) -> int:
+def _stat(fd_link: str) -> tuple[int, int]:
     try:
-        return os.stat(fd_link).st_dev
+        st = os.stat(fd_link)
     except OSError:
-        return -1
+        return -1, -1
+    return st.st_dev, st.st_ino
 
 
 @dataclass

@@ -111,19 +111,21 @@ class Store:
     def _migrate(self) -> None:
         """Version 1 identified a file by (name, inode, size, mtime) with a UNIQUE
         constraint: copy its rows into the version 2 table."""
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        exists = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
-        if version >= SCHEMA_VERSION or not exists:
-            return
-        with self._tx() as db:
+        self.db.create_function("shown", 1, shown, deterministic=True)
+        with self._tx() as db:  # under the write lock: two supervisors never migrate twice
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
+            if version >= SCHEMA_VERSION or not exists:
+                return
             db.execute("ALTER TABLE files RENAME TO files_v1")
             db.execute("DROP INDEX IF EXISTS files_status")
             db.execute("DROP INDEX IF EXISTS files_final")
             db.execute(FILES)
             db.execute("INSERT INTO files (id, name, ino, size, mtime_ns, final_name, attempts, status, owner, "
-                       "not_before, reason, updated) SELECT id, name, ino, size, mtime_ns, final_name, attempts, "
-                       "status, owner, not_before, reason, updated FROM files_v1")
+                       "not_before, reason, updated) SELECT id, shown(name), ino, size, mtime_ns, shown(final_name), "
+                       "attempts, status, owner, not_before, reason, updated FROM files_v1")
             db.execute("DROP TABLE files_v1")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -252,11 +254,10 @@ class Store:
             db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? "
                            "WHERE name = ? AND status = 'claimed'", [(now, shown(n)) for n in names])
 
-    def others_live(self, owner: str) -> list[tuple[int, str, int]]:
-        """Live files not claimed by ``owner``: (id, name, inode), to find the vanished."""
-        rows = self.db.execute(f"SELECT id, name, ino FROM files WHERE status IN {_LIVE_SQL} "
-                               "AND (owner IS NULL OR owner != ?)", (owner,))
-        return [(i, unshown(n), ino) for i, n, ino in rows]
+    def live_rows(self) -> list[tuple[int, str, int, str]]:
+        """Every live file: (id, name, inode, final name), to find the vanished."""
+        rows = self.db.execute(f"SELECT id, name, ino, final_name FROM files WHERE status IN {_LIVE_SQL}")
+        return [(i, unshown(n), ino, unshown(f)) for i, n, ino, f in rows]
 
     def digest_owner(self, digest: str) -> str:
         row = self.db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()

@@ -12,6 +12,7 @@ Results go back through the manager's result queue, one message per job.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -34,6 +35,9 @@ from workers.queue import open_claimed
 # Shared-memory progress slot layout (doubles), one slot per worker.
 P_JOB, P_ITEM, P_STARTED, P_LINES, P_BYTES, P_BEAT, P_SENT, P_PID = range(8)
 SLOT_SIZE = 8
+PERMANENT_OPEN_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR, errno.ENOENT,
+                                   errno.ENXIO, errno.ENODEV})
+SELF_SYNC_BYTES = 4 << 20  # inputs this big get their outputs fsynced by the worker itself
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class ItemResult:
     routes: list[tuple[int, list[str]]] = field(default_factory=list)
     digest: str = ""  # content hash, when [watch] dedupe = "content"
     duplicate_of: str = ""  # the final name of an earlier file with the same content
+    synced: bool = False  # its outputs were fsynced by the worker (big files, durable = true)
 
 
 @dataclass
@@ -156,15 +161,19 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
                               seconds=time.monotonic() - started)
     try:
         fd = open_claimed(in_dir / item.name)
-    except OSError as exc:
+    except OSError as exc:  # unreadable for good (permissions, not a file), or for now (out of descriptors)
         return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: cannot read: {exc.strerror or exc}",
-                          permanent=True, seconds=time.monotonic() - started)
+                          permanent=exc.errno in PERMANENT_OPEN_ERRORS, seconds=time.monotonic() - started)
     staged: StagedOutputs | None = None
     try:
         with os.fdopen(fd, "rb") as source:
             staged = StagedOutputs(out_dir, item.final_name, graph.settings.encoding, token=str(item.file_id))
             result = run_file(graph, item.name, source, staged.sink, report, args.trace_every)
-        pairs = staged.close(durable=False)
+        # A big file's outputs are made durable here, by each worker in parallel, so the
+        # supervisor's commit never waits on them; small files share the supervisor's
+        # one syncfs per batch (group commit), far cheaper than an fsync per file.
+        synced = args.durable and item.size >= SELF_SYNC_BYTES
+        pairs = staged.close(durable=synced)
     except InputError as exc:
         _abort(staged)
         permanent = not isinstance(exc, ProcessingError)
@@ -185,7 +194,8 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         acc[2] += s.errors
         acc[3] += s.seconds
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
-                      time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest)
+                      time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest,
+                      synced=synced)
 
 
 def _abort(staged: StagedOutputs | None) -> None:
