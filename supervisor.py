@@ -1021,6 +1021,7 @@ class Supervisor:
         self.store.add_totals({"files_failed": 1})
         self.store.finished([(record.id, "failed")])
         self._journal("failed", flight, **fields, **self._reason_field(flight))
+        self._flush_journal()  # as close to the move as possible
         log.warning("failed %s for good after %d attempt(s): %s", shown(name), fields["attempt"], fields["reason"])
         self._forget(name)
 

@@ -170,7 +170,8 @@ def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp
         return [(e["event"], e.get("attempt")) for e in journal(watch)
                 if e["file"] == "flaky.log" and e["event"] in ("retried", "failed", "processed")]
 
-    assert attempts() == [("retried", 1), ("failed", 2)]  # it exhausted its attempts
+    wait_for(lambda: attempts() == [("retried", 1), ("failed", 2)], 10,  # it exhausted its attempts
+             "the journal line that follows the move to failed/")
 
     def status() -> dict:
         return json.loads(cli("-c", config, "status", "--json").stdout)

@@ -422,7 +422,9 @@ def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path,
     content = "FAILIF broken\nONCE second\nfine\n"
     drop(watch, "bad.log", content)
     wait_for(lambda: outcome(watch, "bad.log") == "failed", 20, "bad.log in failed/")
-    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2)]
+    # The journal line follows the move within the same loop step.
+    wait_for(lambda: attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2)], 10,
+             "the journal to say: retried at attempt 1, failed at attempt 2")
     before = (watch / "failed" / "bad.log").stat()
     # The operator fixes the cause (not the file) and moves the same bytes back.
     broken.unlink()
@@ -431,7 +433,8 @@ def test_a_failed_file_moved_back_is_retried_with_fresh_attempts(tmp_path: Path,
     after = (watch / "processed" / "bad.log").stat()  # the same file all along: the same identity
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     # Fresh attempts: it failed once more (attempt 1 again) and still had one left.
-    assert attempts_of(watch, "bad.log") == [("retried", 1), ("failed", 2), ("retried", 1), ("processed", None)]
+    want = [("retried", 1), ("failed", 2), ("retried", 1), ("processed", None)]
+    wait_for(lambda: attempts_of(watch, "bad.log") == want, 10, f"the journal to say {want}")
     events = journal(watch)
     moved_back = max(i for i, e in enumerate(events) if e["file"] == "bad.log" and e["event"] == "failed")
     claims = [e for e in events[moved_back:] if e["file"] == "bad.log" and e["event"] == "claimed"]

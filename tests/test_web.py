@@ -227,7 +227,8 @@ def test_errors_survive_a_restart_and_a_dead_dashboard_comes_back(tmp_path: Path
     broken.unlink()
     assert post(url + "failed/flaky.log/retry") == (202, {"accepted": True, "file": "flaky.log"})
     wait_for(lambda: folder(watch, "processed") == ["flaky.log"], 20, "flaky.log retried from the dashboard")
-    events = [e for e in journal(watch) if e["file"] == "flaky.log"]
+    events = wait_for(lambda: (es := [e for e in journal(watch) if e["file"] == "flaky.log"])[-1]["event"]
+                      == "processed" and es, 10, "the journal line that follows the move to processed/")
     asked = [e["event"] for e in events].index("retry-requested")
     assert [(e["event"], e.get("attempt")) for e in events[:asked] if e["event"] in ("retried", "failed")] \
         == [("retried", 1), ("failed", 2)]
