@@ -122,10 +122,11 @@ class Readiness:
             return True
         seen = self.seen.get(c.name)
         if seen is None or (seen.size, seen.mtime_ns) != (c.size, c.mtime_ns):
-            # Timed from when we first saw it (the monotonic clock), never from its
-            # mtime: a wall clock stepped forward would make a file being written look old.
             self.seen[c.name] = _Seen(c.size, c.mtime_ns, now)
-            return self.settle_s <= 0
+            # Unchanged since long before we looked (e.g. present at start-up): its mtime
+            # is the only clue, a wall-clock one (a writer that still has it open is seen
+            # in /proc; one that reopens it per chunk and a clock step together are not).
+            return time.time() - c.mtime_ns / 1e9 >= self.settle_s
         return now - seen.since >= self.settle_s
 
     def forget(self, name: str) -> None:

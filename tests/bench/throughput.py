@@ -464,7 +464,7 @@ def run_celery(cdir: Path, workload: Workload, workers: int) -> Measure:
     """Files renamed into a watched folder; watchdog sends each name to a Celery task."""
     import redis
     from celery import Celery
-    from watchdog.events import FileMovedEvent, FileSystemEventHandler
+    from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
     watch = cdir / "watch_dir"
@@ -486,9 +486,17 @@ def run_celery(cdir: Path, workload: Workload, workers: int) -> Measure:
     unprocessed = str(watch / "unprocessed")
 
     class Send(FileSystemEventHandler):
+        """A rename from outside the watched folder is reported as a creation."""
+
+        def on_created(self, event: Any) -> None:
+            self.send(os.fsdecode(event.src_path))
+
         def on_moved(self, event: Any) -> None:
-            if isinstance(event, FileMovedEvent) and os.path.dirname(os.fsdecode(event.dest_path)) == unprocessed:
-                app.send_task("bench.process", args=[str(watch), os.path.basename(os.fsdecode(event.dest_path))])
+            self.send(os.fsdecode(event.dest_path))
+
+        def send(self, path: str) -> None:
+            if os.path.dirname(path) == unprocessed:
+                app.send_task("bench.process", args=[str(watch), os.path.basename(path)])
 
     observer = Observer()
     observer.schedule(Send(), unprocessed, recursive=False)
