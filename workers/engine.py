@@ -23,13 +23,17 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from operator import itemgetter, length_hint
+from itertools import compress
+from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.errors import InputError, ProcessingError
 from workers.graph import END, START, Graph
 
-CHUNK_BYTES = 256 * 1024
+# 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
+# under glibc's default malloc thresholds, so every batch would page-fault its memory
+# in afresh; measured 7 % of a user generator's throughput.
+CHUNK_BYTES = 64 * 1024
 MAX_REPORTED_ERRORS = 100
 MAX_TRACED_ROUTES = 50
 
@@ -105,13 +109,80 @@ class _Node:
 
 
 class _Lines(list):
-    """The list a streaming processor gets; remembers its iterator to attribute outputs."""
+    """The list a streaming processor gets. ``left[0]()`` is how many of its lines the
+    processor has not started yet: n - 1 before it iterates (outputs made then go to
+    the first line), then its newest iterator's length hint (a processor that iterates
+    twice is attributed by the pass it is in)."""
 
-    __slots__ = ("it",)
+    __slots__ = ("left",)
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(lines)
+        self.left = [(len(lines) - 1).__int__]
 
     def __iter__(self) -> Iterator[str]:
-        self.it = list.__iter__(self)
-        return self.it
+        it = list.__iter__(self)
+        self.left[0] = it.__length_hint__
+        return it
+
+
+class _Capture:
+    """What one call of a streaming processor emitted, unpacked as it came.
+
+    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started;
+    ``odd`` keeps the outputs that were not 2-tuples (None, None in the lists where they
+    do not unpack), so that errors show them as emitted. ``exc``: what the processor
+    raised, if it did.
+    """
+
+    __slots__ = ("exc", "lefts", "odd", "tags", "texts")
+
+    def __init__(self, process: Callable[[list[str]], Any], feed: _Lines) -> None:
+        # One plain loop (cheaper than any chain of C iterators doing the same); the
+        # unpacking here is the check that every output is a pair.
+        tags: list[Any] = []
+        texts: list[Any] = []
+        lefts: list[int] = []
+        odd: dict[int, Any] = {}
+        left = feed.left
+        self.tags, self.texts, self.lefts, self.odd, self.exc = tags, texts, lefts, odd, None
+        try:
+            for pair in process(feed):
+                try:
+                    tag, text = pair
+                except (TypeError, ValueError):
+                    tag = text = None
+                    odd[len(tags)] = pair
+                else:
+                    if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
+                        odd[len(tags)] = pair
+                tags.append(tag)
+                texts.append(text)
+                lefts.append(left[0]())
+        except Exception as exc:
+            self.exc = exc
+
+    def outputs(self, n: int) -> list[tuple[int, Any]]:
+        """(position of the line being read, pair) for each output, for ``_route``."""
+        odd, last = self.odd, n - 1
+        pairs = list(zip(self.tags, self.texts, strict=True))
+        for j, pair in odd.items():
+            pairs[j] = pair
+        return [(at if at > 0 else 0, pair) for at, pair in zip([last - x for x in self.lefts], pairs, strict=True)]
+
+
+_UNIFORM: dict[tuple[int, int], list[int]] = {}
+
+
+def _uniform_lefts(n: int, k: int) -> list[int]:
+    """``left()`` after each output of a call where every one of n lines emitted k pairs."""
+    lefts = _UNIFORM.get((n, k))
+    if lefts is None:
+        lefts = list(range(n - 1, -1, -1)) if k == 1 else sorted(list(range(n)) * k, reverse=True)
+        if len(_UNIFORM) > 64:  # batch sizes vary with line lengths: keep a few
+            _UNIFORM.clear()
+        _UNIFORM[n, k] = lefts
+    return lefts
 
 
 class _FileRun:
@@ -216,13 +287,19 @@ class _FileRun:
                 except Exception as line_exc:
                     self._fail(node, keys[i], line_exc)
             return
+        self._emit_routes(node, keys, lines, hops, routes)
+
+    def _emit_routes(self, node: _Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
+        """Turn (tag, positions or None for all, texts or None for unchanged) entries
+        into segments: positions are the keys' indexes, so nothing is done per line."""
         nxt = hops + 1 if type(hops) is int else None
+        plain = type(keys) is range and keys.start == 0  # positions are the keys
         for tag, pos, texts in routes:
             if pos is None:
                 seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
             else:
                 seg = (
-                    pos if type(keys) is range else _take(keys, pos),
+                    pos if plain else _take(keys, pos),
                     texts if texts is not None else _take(lines, pos),
                     nxt if nxt is not None else [hops[i] + 1 for i in pos],
                 )
@@ -230,29 +307,61 @@ class _FileRun:
             self._emit(tag, seg)
 
     def _run_streaming(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """Feed the whole batch; attribute each output to the line being read."""
+        """Feed the whole batch; attribute each output to the line being read.
+
+        After a failure (skip_line) the rest of the batch is fed again from the line
+        after the failing one, so each line reaches the processor exactly once.
+        """
         start = 0
         while start < len(lines):
             feed = _Lines(lines[start:] if start else lines)
-            outputs: list[tuple[int, Any]] = []
-            failed_at = None
-            try:
-                for pair in node.process(feed):
-                    it = getattr(feed, "it", None)
-                    at = len(feed) - length_hint(it) - 1 if it is not None else 0
-                    outputs.append((max(at, 0), pair))
-            except Exception as exc:
-                it = getattr(feed, "it", None)
-                failed_at = max(len(feed) - length_hint(it) - 1, 0) if it is not None else 0
-                self._fail(node, keys[start + failed_at], exc)
+            got = _Capture(node.process, feed)
             sub_keys = keys[start:] if start else keys
             sub_hops = hops if type(hops) is int else hops[start:]
-            if failed_at is not None:
-                outputs = [o for o in outputs if o[0] != failed_at]
-            self._route(node, sub_keys, outputs, sub_hops)
-            if failed_at is None:
+            if got.exc is None:
+                if not self._route_uniform(node, sub_keys, got, sub_hops):
+                    self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
                 return
+            failed_at = max(len(feed) - feed.left[0]() - 1, 0)
+            self._fail(node, sub_keys[failed_at], got.exc)
+            outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
+            self._route(node, sub_keys, outputs, sub_hops)
             start += failed_at + 1
+
+    def _route_uniform(self, node: _Node, keys: Any, got: _Capture, hops: Any) -> bool:
+        """Route a call in which every line emitted the same number k of well-formed
+        pairs, output j coming from line j // k: one list comparison proves it, and
+        then no work is done per pair. False (nothing routed) for any other call.
+
+        The keys are what ``_route`` would give: the line's own for k = 1, the line's
+        extended by the sibling position for k > 1.
+        """
+        n, m = len(keys), len(got.tags)
+        k = m // n
+        if not m or k * n != m or got.odd or got.lefts != _uniform_lefts(n, k):
+            return not m  # no output at all is uniform too: nothing to route
+        tags, texts = got.tags, got.texts
+        first = tags[0]
+        single = tags.count(first) == m  # the usual case: one destination
+        if single:
+            if type(first) is not str or set(map(type, texts)) != {str}:
+                return False
+        elif set(map(type, tags)) != {str} or set(map(type, texts)) != {str}:
+            return False
+        distinct = (first,) if single else dict.fromkeys(tags)  # in order of appearance, as _route
+        if not all(t == END or t in self.nodes for t in distinct):
+            return False
+        if k > 1:
+            keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
+            hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
+        if single:
+            routes = [(first, None, texts)]
+        else:
+            every = range(m)
+            routes = [(tag, pos, _take(texts, pos))
+                      for tag in distinct for pos in [list(compress(every, map(tag.__eq__, tags)))]]
+        self._emit_routes(node, keys, texts, hops, routes)
+        return True
 
     def _run_per_line(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
         """A processor that returns a list: one line per call, so attribution is exact."""
@@ -366,11 +475,8 @@ class _FileRun:
         segs, self.end = self.end, []
         if not segs:
             return
-        if len(segs) == 1:
-            lines = segs[0][1]
-        else:
-            _, lines, _ = _merge(segs)
-        self.result.lines_out += len(lines)
+        lines = segs[0][1] if len(segs) == 1 else _assemble(segs)
+        self.result.lines_out += sum(len(seg[1]) for seg in segs)
         out = self.sink.main
         out.write("\n".join(lines))
         out.write("\n")
@@ -398,6 +504,33 @@ def _take(seq: Any, positions: list[int]) -> list[Any]:
     return list(itemgetter(*positions)(seq)) if positions else []
 
 
+def _assemble(segs: list[Segment]) -> list[str]:
+    """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
+
+    Each input line reaches ``end`` either as one copy with its own int key, or (once
+    some node gave it several outputs) only as copies with tuple keys. So the int keys
+    place their lines directly, each line's fanned-out copies are sorted among
+    themselves and joined into one text, and only input positions are sorted.
+    """
+    placed: dict[int, str] = {}
+    fanned: dict[int, list[tuple[Any, str]]] = {}
+    for keys, lines, _ in segs:
+        if type(keys) is range or tuple not in map(type, keys):
+            placed.update(zip(keys, lines, strict=True))
+            continue
+        for key, line in zip(keys, lines, strict=True):
+            if type(key) is tuple:
+                fanned.setdefault(key[0], []).append((key, line))
+            else:
+                placed[key] = line
+    for first, copies in fanned.items():
+        if first in placed:  # not reached: one line both fanned out and not
+            return _merge(segs)[1]
+        copies.sort(key=itemgetter(0))
+        placed[first] = "\n".join([line for _, line in copies])
+    return list(map(placed.__getitem__, sorted(placed)))
+
+
 def _merge(segs: list[Segment]) -> Segment:
     """Join the segments pending at one node into one, in key order."""
     if len(segs) == 1:
@@ -410,7 +543,7 @@ def _merge(segs: list[Segment]) -> Segment:
         keys.extend(k)
         lines.extend(ln)
         hops.extend([h] * len(ln) if type(h) is int else h)
-        tuples = tuples or any(type(x) is tuple for x in k)
+        tuples = tuples or tuple in map(type, k)
     if tuples:
         keys = [x if type(x) is tuple else (x,) for x in keys]
     order = sorted(range(len(keys)), key=keys.__getitem__)
