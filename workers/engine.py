@@ -23,7 +23,6 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import compress
 from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
@@ -109,30 +108,33 @@ class _Node:
 
 
 class _Lines(list):
-    """The list a streaming processor gets. ``left[0]()`` is how many of its lines the
-    processor has not started yet: n - 1 before it iterates (outputs made then go to
-    the first line), then its newest iterator's length hint (a processor that iterates
-    twice is attributed by the pass it is in)."""
+    """The list a streaming processor gets. ``cur[0].__length_hint__()`` is how many of
+    its lines the processor has not started yet: n - 1 before it iterates (outputs made
+    then go to the first line), then its newest iterator's count (a processor that
+    iterates twice is attributed by the pass it is in)."""
 
-    __slots__ = ("left",)
+    __slots__ = ("cur",)
 
     def __init__(self, lines: list[str]) -> None:
         super().__init__(lines)
-        self.left = [(len(lines) - 1).__int__]
+        self.cur: list[Any] = [iter(range(len(lines) - 1))]
 
     def __iter__(self) -> Iterator[str]:
         it = list.__iter__(self)
-        self.left[0] = it.__length_hint__
+        self.cur[0] = it
         return it
+
+    def left(self) -> int:
+        return self.cur[0].__length_hint__()
 
 
 class _Capture:
     """What one call of a streaming processor emitted, unpacked as it came.
 
-    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started;
-    ``odd`` keeps the outputs that were not 2-tuples (None, None in the lists where they
-    do not unpack), so that errors show them as emitted. ``exc``: what the processor
-    raised, if it did.
+    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started.
+    ``odd`` keeps the outputs that were not 2-tuples of strings (None, None in the lists
+    where they do not unpack), for ``_route`` to check and report as they were emitted.
+    ``exc``: what the processor raised, if it did.
     """
 
     __slots__ = ("exc", "lefts", "odd", "tags", "texts")
@@ -144,7 +146,7 @@ class _Capture:
         texts: list[Any] = []
         lefts: list[int] = []
         odd: dict[int, Any] = {}
-        left = feed.left
+        cur = feed.cur
         self.tags, self.texts, self.lefts, self.odd, self.exc = tags, texts, lefts, odd, None
         try:
             for pair in process(feed):
@@ -154,11 +156,15 @@ class _Capture:
                     tag = text = None
                     odd[len(tags)] = pair
                 else:
-                    if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
+                    # type() of one argument is a bytecode, not a call: cheaper here than
+                    # any pass over the lists afterwards.
+                    if type(pair) is not tuple or type(tag) is not str or type(text) is not str:
                         odd[len(tags)] = pair
                 tags.append(tag)
                 texts.append(text)
-                lefts.append(left[0]())
+                # A method called on the iterator is a specialised bytecode; calling a
+                # bound method (it.__length_hint__ kept aside) costs a third more.
+                lefts.append(cur[0].__length_hint__())
         except Exception as exc:
             self.exc = exc
 
@@ -199,7 +205,9 @@ class _FileRun:
         self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
         self.pending: dict[str, list[Segment]] = {}
         self.end: list[Segment] = []
+        self.end_lines = 0  # lines in self.end (a segment's text may hold several)
         self.base = 0  # key of the current batch's first line
+        self.width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
         self.input_lines = 0  # input lines read so far, the current batch included
         self.skip = self.settings.on_error == "skip_line"
         self.trace_every = trace_every
@@ -229,6 +237,7 @@ class _FileRun:
             first = -self.base % self.trace_every
             for i in range(first, n, self.trace_every):
                 self.traced[i] = [START]
+        self.width = n
         self.pending[START] = [(range(n), lines, 0)]
         self._drain()
         if self.traced:
@@ -244,6 +253,7 @@ class _FileRun:
                 continue
             outputs = [(0, pair) for pair in self._call_checked(node, node.finish, 0)]
             self._route(node, [0], outputs, 0)
+            self.width = 1
             self.base += 1  # the next node's finish() lines get keys after these
             self._drain()
 
@@ -322,7 +332,7 @@ class _FileRun:
                 if not self._route_uniform(node, sub_keys, got, sub_hops):
                     self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
                 return
-            failed_at = max(len(feed) - feed.left[0]() - 1, 0)
+            failed_at = max(len(feed) - feed.left() - 1, 0)
             self._fail(node, sub_keys[failed_at], got.exc)
             outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
             self._route(node, sub_keys, outputs, sub_hops)
@@ -343,23 +353,19 @@ class _FileRun:
         tags, texts = got.tags, got.texts
         first = tags[0]
         single = tags.count(first) == m  # the usual case: one destination
-        if single:
-            if type(first) is not str or set(map(type, texts)) != {str}:
-                return False
-        elif set(map(type, tags)) != {str} or set(map(type, texts)) != {str}:
-            return False
         distinct = (first,) if single else dict.fromkeys(tags)  # in order of appearance, as _route
         if not all(t == END or t in self.nodes for t in distinct):
             return False
         if k > 1:
+            if single and first == END and not self.traced:
+                self._emit_joined(node, keys, texts, k)
+                return True
             keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
             hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
         if single:
             routes = [(first, None, texts)]
         else:
-            every = range(m)
-            routes = [(tag, pos, _take(texts, pos))
-                      for tag in distinct for pos in [list(compress(every, map(tag.__eq__, tags)))]]
+            routes = [(tag, pos, _take(texts, pos)) for tag, pos in _positions(tags, distinct).items()]
         self._emit_routes(node, keys, texts, hops, routes)
         return True
 
@@ -412,6 +418,14 @@ class _FileRun:
             node.stats.lines_out += len(seg[1])
             self._emit(tag, seg)
 
+    def _emit_joined(self, node: _Node, keys: Any, texts: list[str], k: int) -> None:
+        """Each line's k copies go to ``end`` together, so they are one text at its key:
+        the same bytes, and the copies need no keys of their own."""
+        node.stats.lines_out += len(texts)
+        self.end_lines += len(texts)
+        joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
+        self.end.append((keys, joined, 0))
+
     def _check_pair(self, node: _Node, key: Any, pair: Any) -> tuple[str | None, str]:
         """A user processor's output must be a (tag, str) pair with a known tag."""
         if node.trusted:
@@ -435,6 +449,7 @@ class _FileRun:
         if self.traced:
             self._trace(tag, seg[0])
         if tag == END:
+            self.end_lines += len(seg[1])
             self.end.append(seg)
         else:
             self.pending.setdefault(tag, []).append(seg)
@@ -475,8 +490,9 @@ class _FileRun:
         segs, self.end = self.end, []
         if not segs:
             return
-        lines = segs[0][1] if len(segs) == 1 else _assemble(segs)
-        self.result.lines_out += sum(len(seg[1]) for seg in segs)
+        lines = segs[0][1] if len(segs) == 1 else _assemble(segs, self.width)
+        self.result.lines_out += self.end_lines
+        self.end_lines = 0
         out = self.sink.main
         out.write("\n".join(lines))
         out.write("\n")
@@ -497,6 +513,15 @@ class _FileRun:
         self.traced = {}
 
 
+def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:
+    """Where each tag occurs. A plain loop: its appends are bytecodes, while a C-speed
+    pass per tag (compress over map) pays a function call per line and tag."""
+    groups: dict[str, list[int]] = {tag: [] for tag in distinct}
+    for i, tag in enumerate(tags):
+        groups[tag].append(i)
+    return groups
+
+
 def _take(seq: Any, positions: list[int]) -> list[Any]:
     """``[seq[i] for i in positions]`` at C speed."""
     if len(positions) == 1:
@@ -504,31 +529,31 @@ def _take(seq: Any, positions: list[int]) -> list[Any]:
     return list(itemgetter(*positions)(seq)) if positions else []
 
 
-def _assemble(segs: list[Segment]) -> list[str]:
+def _assemble(segs: list[Segment], width: int) -> list[str]:
     """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
 
     Each input line reaches ``end`` either as one copy with its own int key, or (once
     some node gave it several outputs) only as copies with tuple keys. So the int keys
-    place their lines directly, each line's fanned-out copies are sorted among
-    themselves and joined into one text, and only input positions are sorted.
+    place their lines directly in a list by input position (``width`` of them), each
+    line's fanned-out copies are sorted among themselves and joined into one text,
+    and nothing else is sorted.
     """
-    placed: dict[int, str] = {}
+    placed: list[str | None] = [None] * width
     fanned: dict[int, list[tuple[Any, str]]] = {}
     for keys, lines, _ in segs:
-        if type(keys) is range or tuple not in map(type, keys):
-            placed.update(zip(keys, lines, strict=True))
-            continue
         for key, line in zip(keys, lines, strict=True):
-            if type(key) is tuple:
-                fanned.setdefault(key[0], []).append((key, line))
-            else:
+            if type(key) is int:
                 placed[key] = line
+            else:
+                fanned.setdefault(key[0], []).append((key, line))
     for first, copies in fanned.items():
-        if first in placed:  # not reached: one line both fanned out and not
+        if placed[first] is not None:  # not reached: one line both fanned out and not
             return _merge(segs)[1]
         copies.sort(key=itemgetter(0))
         placed[first] = "\n".join([line for _, line in copies])
-    return list(map(placed.__getitem__, sorted(placed)))
+    if None in placed:  # lines that were dropped, or are still in a cycle's next round
+        return [line for line in placed if line is not None]
+    return placed  # type: ignore[return-value]
 
 
 def _merge(segs: list[Segment]) -> Segment:
