@@ -14,6 +14,19 @@ order, a copy's own descendants before its later siblings. Within a batch, nodes
 the graph's topological order (``Graph.rank``), each on all its pending lines in key
 order, so in an acyclic graph where every node declares its tags each node sees the
 file's lines in input order.
+
+Speed (BENCHMARKS.md, "Engine"). The bookkeeping above must cost less than a user's
+own per-line work, so the usual calls take shortcuts that give the same keys:
+
+- A streaming processor's outputs are captured in one plain loop, each with the
+  position of the line being read. When every line emitted the same number k of
+  pairs (output j from line j // k, which one list comparison confirms), the call is
+  routed like a built-in fast path: by positions, with nothing done per pair.
+- ``end`` is assembled by input position: int keys are placed directly, and only a
+  line's fanned-out copies are sorted among themselves.
+- A lone node (``start`` the only node, ``fail_file``, no tracing) writes the
+  ``(end, line)`` pairs of a batch's own lines as emitted, unattributed: nothing can
+  reach ``end`` before them. At its first other output it falls back to the above.
 """
 
 from __future__ import annotations
