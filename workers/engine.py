@@ -142,6 +142,19 @@ class _Lines(list):
         return self.cur[0].__length_hint__()
 
 
+class _Unpacked(tuple):
+    """A pair that was not a tuple, as unpacked once (it may have been a one-shot
+    iterator), shown as the object that was emitted."""
+
+    def __new__(cls, tag: Any, text: Any, emitted: Any) -> _Unpacked:
+        self = super().__new__(cls, (tag, text))
+        self.emitted = emitted
+        return self
+
+    def __repr__(self) -> str:
+        return repr(self.emitted)
+
+
 class _Capture:
     """What one call of a streaming processor emitted, unpacked as it came.
 
@@ -172,7 +185,7 @@ class _Capture:
                     odd[len(tags)] = pair
                 else:
                     if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
-                        odd[len(tags)] = pair
+                        odd[len(tags)] = _Unpacked(tag, text, pair)
                 tags.append(tag)
                 texts.append(text)
                 # A method called on the iterator is a specialised bytecode; calling a
@@ -353,6 +366,8 @@ class _FileRun:
                 except (TypeError, ValueError):
                     break
                 if tag is not END or type(text) is not str or type(pair) is not tuple:
+                    if type(pair) is not tuple:  # unpacked once: it may be an iterator
+                        pair = _Unpacked(tag, text, pair)
                     break
                 texts.append(text)
             else:
