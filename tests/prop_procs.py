@@ -31,3 +31,22 @@ class Eager:
 
     def process(self, lines: list[str]) -> list[tuple[str, str]]:
         return [(self.to, line + "e") for line in lines if "ee" not in line]
+
+
+class Recycle:
+    """A generator for a graph of one node: drops, ends, or sends a shorter copy back to
+    ``start`` before or after ending the line, by length."""
+
+    emits = ("end", "start")
+
+    def process(self, lines: list[str]) -> Iterator[tuple[str, str]]:
+        for line in lines:
+            kind = len(line) % 4
+            if kind == 1:
+                yield "end", line
+            elif kind == 2:
+                yield "start", line[1:]
+                yield "end", line
+            elif kind == 3:
+                yield "end", line + "."
+                yield "start", line[1:]

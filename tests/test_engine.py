@@ -354,3 +354,27 @@ def test_side_outputs_from_write_are_committed_with_the_main_output() -> None:
     out, _ = run_text(graph, "a\nERROR b\nc\nERROR d\n")
     assert out.lines() == ["a", "ERROR b", "c", "ERROR d"]
     assert out.lines("errors") == ["ERROR b", "ERROR d"]
+
+
+@pytest.mark.parametrize("lone", [True, False])
+def test_pairs_that_are_not_tuples_are_unpacked_once_and_shown_as_emitted(tmp_path: Path, lone: bool) -> None:
+    # A lone node takes the engine's unattributed path, a graph of two the general one:
+    # both unpack a pair once (it may be a one-shot iterator), as a plain loop would.
+    other = "" if lone else '[pipeline.nodes.other]\nprocessor = "strip"\n'
+    body = """
+        def iterators(lines):
+            for line in lines:
+                yield iter(("end", line + "!"))
+
+        def lists(lines):
+            for line in lines:
+                yield ["end", line] if line != "bad" else ["end", 42]
+    """
+    graph = _user_graph(tmp_path, body, '[pipeline.nodes.start]\nprocessor = "myprocs:iterators"\n' + other)
+    out, _ = run_text(graph, "a\nb\n")
+    assert out.lines() == ["a!", "b!"]
+    graph = _user_graph(tmp_path, body, '[pipeline.nodes.start]\nprocessor = "myprocs:lists"\n' + other)
+    assert run_text(graph, "a\nb\n")[0].lines() == ["a", "b"]
+    with pytest.raises(ProcessingError, match=r"emitted \['end', 42\]: tag and line must be strings") as info:
+        run_text(graph, "a\nbad\n")
+    assert info.value.line == 2

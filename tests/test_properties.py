@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import MemoryOutputs, TrickleReader, graph_from_dict
 from workers.engine import MAX_REPORTED_ERRORS, run_file
+from workers.errors import ProcessingError
 from workers.graph import END, START, Graph
 
 WORDS = ["a", "b", "ab", "ERROR x", "x", "", "aa b", "WARN", "bb", "error"]
@@ -145,3 +147,21 @@ def test_batched_engine_equals_naive_reference_on_acyclic_graphs(data, lines, se
 @given(pipelines(cyclic=True), inputs, st.integers(0, 1000), st.integers(1, 64))
 def test_batched_engine_equals_naive_reference_on_graphs_with_cycles(data, lines, seed, piece) -> None:
     _same(graph_from_dict(data), lines, seed, piece)
+
+
+@hyp
+@given(st.sampled_from(["tests.prop_procs:Recycle", "tests.prop_procs:Twice"]), st.integers(2, 8), inputs,
+       st.integers(0, 1000), st.integers(1, 64))
+def test_a_lone_node_that_fails_the_file_on_error_equals_the_naive_reference(proc, hops, lines, seed, piece) -> None:
+    # One node and on_error = "fail_file": the engine takes its no-attribution path
+    # while the node emits only (end, line) pairs, and switches when a line cycles.
+    options = {"a": "end", "b": "start"} if proc.endswith("Twice") else {}
+    graph = graph_from_dict({"pipeline": {"max_hops": hops, "nodes": {START: {"processor": proc, **options}}}})
+    want, want_errors = naive(graph, lines)
+    if want_errors:
+        with pytest.raises(ProcessingError) as info:
+            engine(graph, lines, seed, piece)
+        assert (info.value.line, info.value.node) in want_errors
+        return
+    got, _, _ = engine(graph, lines, seed, piece)
+    assert got.lines() == want.lines()

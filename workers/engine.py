@@ -14,6 +14,19 @@ order, a copy's own descendants before its later siblings. Within a batch, nodes
 the graph's topological order (``Graph.rank``), each on all its pending lines in key
 order, so in an acyclic graph where every node declares its tags each node sees the
 file's lines in input order.
+
+Speed (BENCHMARKS.md, "Engine"). The bookkeeping above must cost less than a user's
+own per-line work, so the usual calls take shortcuts that give the same keys:
+
+- A streaming processor's outputs are captured in one plain loop, each with the
+  position of the line being read. When every line emitted the same number k of
+  pairs (output j from line j // k, which one list comparison confirms), the call is
+  routed like a built-in fast path: by positions, with nothing done per pair.
+- ``end`` is assembled by input position: int keys are placed directly, and only a
+  line's fanned-out copies are sorted among themselves.
+- A lone node (``start`` the only node, ``fail_file``, no tracing) writes the
+  ``(end, line)`` pairs of a batch's own lines as emitted, unattributed: nothing can
+  reach ``end`` before them. At its first other output it falls back to the above.
 """
 
 from __future__ import annotations
@@ -23,13 +36,18 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from operator import itemgetter, length_hint
+from itertools import chain
+from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.errors import InputError, ProcessingError
 from workers.graph import END, START, Graph
 
-CHUNK_BYTES = 256 * 1024
+# 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
+# under glibc's default malloc thresholds, so every batch would page-fault its memory
+# in afresh (issue 10's study: 7 % of a user generator's throughput). Smaller batches
+# also keep their pair tuples within CPython's free list, away from the collector.
+CHUNK_BYTES = 64 * 1024
 MAX_REPORTED_ERRORS = 100
 MAX_TRACED_ROUTES = 50
 
@@ -105,13 +123,99 @@ class _Node:
 
 
 class _Lines(list):
-    """The list a streaming processor gets; remembers its iterator to attribute outputs."""
+    """The list a streaming processor gets. ``cur[0].__length_hint__()`` is how many of
+    its lines the processor has not started yet: n - 1 before it iterates (outputs made
+    then go to the first line), then its newest iterator's count (a processor that
+    iterates twice is attributed by the pass it is in)."""
 
-    __slots__ = ("it",)
+    __slots__ = ("cur",)
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(lines)
+        self.cur: list[Any] = [iter(range(len(lines) - 1))]
 
     def __iter__(self) -> Iterator[str]:
-        self.it = list.__iter__(self)
-        return self.it
+        it = list.__iter__(self)
+        self.cur[0] = it
+        return it
+
+    def left(self) -> int:
+        return self.cur[0].__length_hint__()
+
+
+class _Unpacked(tuple):
+    """A pair that was not a tuple, as unpacked once (it may have been a one-shot
+    iterator), shown as the object that was emitted."""
+
+    def __new__(cls, tag: Any, text: Any, emitted: Any) -> _Unpacked:
+        self = super().__new__(cls, (tag, text))
+        self.emitted = emitted
+        return self
+
+    def __repr__(self) -> str:
+        return repr(self.emitted)
+
+
+class _Capture:
+    """What one call of a streaming processor emitted, unpacked as it came.
+
+    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started.
+    ``odd`` keeps the outputs that were not 2-tuples (None, None in the lists where they
+    do not unpack), for ``_route`` to check and report as they were emitted. ``exc``:
+    what the processor raised, if it did. Each bytecode per pair shows in the
+    throughput of small processors, so the types are checked afterwards, per call.
+    """
+
+    __slots__ = ("exc", "lefts", "odd", "tags", "texts")
+
+    def __init__(self, pairs: Iterator[Any], feed: _Lines) -> None:
+        # One plain loop (cheaper than any chain of C iterators doing the same); the
+        # unpacking here is the check that every output is a pair.
+        tags: list[Any] = []
+        texts: list[Any] = []
+        lefts: list[int] = []
+        odd: dict[int, Any] = {}
+        cur = feed.cur
+        self.tags, self.texts, self.lefts, self.odd, self.exc = tags, texts, lefts, odd, None
+        try:
+            for pair in pairs:
+                try:
+                    tag, text = pair
+                except (TypeError, ValueError):
+                    tag = text = None
+                    odd[len(tags)] = pair
+                else:
+                    if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
+                        odd[len(tags)] = _Unpacked(tag, text, pair)
+                tags.append(tag)
+                texts.append(text)
+                # A method called on the iterator is a specialised bytecode; calling a
+                # bound method (it.__length_hint__ kept aside) costs a third more.
+                lefts.append(cur[0].__length_hint__())
+        except Exception as exc:
+            self.exc = exc
+
+    def outputs(self, n: int) -> list[tuple[int, Any]]:
+        """(position of the line being read, pair) for each output, for ``_route``."""
+        odd, last = self.odd, n - 1
+        pairs = list(zip(self.tags, self.texts, strict=True))
+        for j, pair in odd.items():
+            pairs[j] = pair
+        return [(at if at > 0 else 0, pair) for at, pair in zip([last - x for x in self.lefts], pairs, strict=True)]
+
+
+_UNIFORM: dict[tuple[int, int], list[int]] = {}
+
+
+def _uniform_lefts(n: int, k: int) -> list[int]:
+    """``left()`` after each output of a call where every one of n lines emitted k pairs."""
+    lefts = _UNIFORM.get((n, k))
+    if lefts is None:
+        lefts = list(range(n - 1, -1, -1)) if k == 1 else sorted(list(range(n)) * k, reverse=True)
+        if len(_UNIFORM) > 64:  # batch sizes vary with line lengths: keep a few
+            _UNIFORM.clear()
+        _UNIFORM[n, k] = lefts
+    return lefts
 
 
 class _FileRun:
@@ -128,10 +232,14 @@ class _FileRun:
         self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
         self.pending: dict[str, list[Segment]] = {}
         self.end: list[Segment] = []
+        self.end_lines = 0  # lines in self.end and self.end_first
+        self.end_first: list[str] = []  # lines for end before any segment (_run_alone)
         self.base = 0  # key of the current batch's first line
+        self.width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
         self.input_lines = 0  # input lines read so far, the current batch included
         self.skip = self.settings.on_error == "skip_line"
         self.trace_every = trace_every
+        self.alone = len(graph.nodes) == 1 and not self.skip and not trace_every
         self.traced: dict[int, list[str]] = {}
         for node in self.nodes.values():
             start = getattr(node.instance, "start", None)
@@ -158,6 +266,7 @@ class _FileRun:
             first = -self.base % self.trace_every
             for i in range(first, n, self.trace_every):
                 self.traced[i] = [START]
+        self.width = n
         self.pending[START] = [(range(n), lines, 0)]
         self._drain()
         if self.traced:
@@ -173,6 +282,7 @@ class _FileRun:
                 continue
             outputs = [(0, pair) for pair in self._call_checked(node, node.finish, 0)]
             self._route(node, [0], outputs, 0)
+            self.width = 1
             self.base += 1  # the next node's finish() lines get keys after these
             self._drain()
 
@@ -196,7 +306,10 @@ class _FileRun:
         if node.batch is not None:
             self._run_batch_path(node, keys, lines, hops)
         elif node.streaming:
-            self._run_streaming(node, keys, lines, hops)
+            if self.alone and type(keys) is range:  # a batch's own lines, not a cycle's
+                self._run_alone(node, keys, lines, hops)
+            else:
+                self._run_streaming(node, keys, lines, hops)
         else:
             self._run_per_line(node, keys, lines, hops)
         stats.seconds += time.perf_counter() - started
@@ -216,43 +329,121 @@ class _FileRun:
                 except Exception as line_exc:
                     self._fail(node, keys[i], line_exc)
             return
+        self._emit_routes(node, keys, lines, hops, routes)
+
+    def _emit_routes(self, node: _Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
+        """Turn (tag, positions or None for all, texts or None for unchanged) entries
+        into segments: positions are the keys' indexes, so nothing is done per line."""
         nxt = hops + 1 if type(hops) is int else None
+        plain = type(keys) is range and keys.start == 0  # positions are the keys
         for tag, pos, texts in routes:
             if pos is None:
                 seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
             else:
                 seg = (
-                    pos if type(keys) is range else _take(keys, pos),
+                    pos if plain else _take(keys, pos),
                     texts if texts is not None else _take(lines, pos),
                     nxt if nxt is not None else [hops[i] + 1 for i in pos],
                 )
             node.stats.lines_out += len(seg[1])
             self._emit(tag, seg)
 
+    def _run_alone(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+        """The graph's only node on a batch's own lines, when a failing line fails the
+        file and no route is traced: while every output is an ``(end, str)`` pair,
+        nothing else can reach ``end`` in this batch before them, so they are written
+        in emission order and need no attribution. At the first other output (a pair
+        for ``start``, or one that is wrong) the rest of the call is captured as
+        usual; the lines so far come first in the order the keys would give too, as
+        they descend from earlier lines (or are earlier siblings of the same line).
+        """
+        feed = _Lines(lines)
+        texts: list[str] = []
+        pairs = node.process(feed)
+        try:
+            for pair in pairs:
+                try:
+                    tag, text = pair
+                except (TypeError, ValueError):
+                    break
+                if tag is not END or type(text) is not str or type(pair) is not tuple:
+                    if type(pair) is not tuple:  # unpacked once: it may be an iterator
+                        pair = _Unpacked(tag, text, pair)
+                    break
+                texts.append(text)
+            else:
+                self._emit_first(node, texts)
+                return
+        except Exception as exc:
+            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], exc)
+        self._emit_first(node, texts)
+        got = _Capture(chain((pair,), pairs), feed)
+        if got.exc is not None:
+            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], got.exc)
+        self._route(node, keys, got.outputs(len(feed)), hops)
+
+    def _emit_first(self, node: _Node, texts: list[str]) -> None:
+        node.stats.lines_out += len(texts)
+        self.end_lines += len(texts)
+        self.end_first += texts
+
     def _run_streaming(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """Feed the whole batch; attribute each output to the line being read."""
+        """Feed the whole batch; attribute each output to the line being read.
+
+        After a failure (skip_line) the rest of the batch is fed again from the line
+        after the failing one, so each line reaches the processor exactly once.
+        """
         start = 0
         while start < len(lines):
             feed = _Lines(lines[start:] if start else lines)
-            outputs: list[tuple[int, Any]] = []
-            failed_at = None
-            try:
-                for pair in node.process(feed):
-                    it = getattr(feed, "it", None)
-                    at = len(feed) - length_hint(it) - 1 if it is not None else 0
-                    outputs.append((max(at, 0), pair))
-            except Exception as exc:
-                it = getattr(feed, "it", None)
-                failed_at = max(len(feed) - length_hint(it) - 1, 0) if it is not None else 0
-                self._fail(node, keys[start + failed_at], exc)
+            got = _Capture(node.process(feed), feed)
             sub_keys = keys[start:] if start else keys
             sub_hops = hops if type(hops) is int else hops[start:]
-            if failed_at is not None:
-                outputs = [o for o in outputs if o[0] != failed_at]
-            self._route(node, sub_keys, outputs, sub_hops)
-            if failed_at is None:
+            if got.exc is None:
+                if not self._route_uniform(node, sub_keys, got, sub_hops):
+                    self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
                 return
+            failed_at = max(len(feed) - feed.left() - 1, 0)
+            self._fail(node, sub_keys[failed_at], got.exc)
+            outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
+            self._route(node, sub_keys, outputs, sub_hops)
             start += failed_at + 1
+
+    def _route_uniform(self, node: _Node, keys: Any, got: _Capture, hops: Any) -> bool:
+        """Route a call in which every line emitted the same number k of well-formed
+        pairs, output j coming from line j // k: one list comparison proves it, and
+        then no work is done per pair. False (nothing routed) for any other call.
+
+        The keys are what ``_route`` would give: the line's own for k = 1, the line's
+        extended by the sibling position for k > 1.
+        """
+        n, m = len(keys), len(got.tags)
+        k = m // n
+        if not m or k * n != m or got.odd or got.lefts != _uniform_lefts(n, k):
+            return not m  # no output at all is uniform too: nothing to route
+        tags, texts = got.tags, got.texts
+        first = tags[0]
+        try:
+            single = tags.count(first) == m  # the usual case: one destination
+        except Exception:  # a tag that is no string, with an __eq__ that raises
+            return False
+        if set(map(type, texts)) != {str} or (type(first) is not str if single else set(map(type, tags)) != {str}):
+            return False
+        distinct = (first,) if single else dict.fromkeys(tags)  # in order of appearance, as _route
+        if not all(t == END or t in self.nodes for t in distinct):
+            return False
+        if k > 1:
+            if single and first == END and not self.traced:
+                self._emit_joined(node, keys, texts, k)
+                return True
+            keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
+            hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
+        if single:
+            routes = [(first, None, texts)]
+        else:
+            routes = [(tag, pos, _take(texts, pos)) for tag, pos in _positions(tags, distinct).items()]
+        self._emit_routes(node, keys, texts, hops, routes)
+        return True
 
     def _run_per_line(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
         """A processor that returns a list: one line per call, so attribution is exact."""
@@ -303,6 +494,14 @@ class _FileRun:
             node.stats.lines_out += len(seg[1])
             self._emit(tag, seg)
 
+    def _emit_joined(self, node: _Node, keys: Any, texts: list[str], k: int) -> None:
+        """Each line's k copies go to ``end`` together, so they are one text at its key:
+        the same bytes, and the copies need no keys of their own."""
+        node.stats.lines_out += len(texts)
+        self.end_lines += len(texts)
+        joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
+        self.end.append((keys, joined, 0))
+
     def _check_pair(self, node: _Node, key: Any, pair: Any) -> tuple[str | None, str]:
         """A user processor's output must be a (tag, str) pair with a known tag."""
         if node.trusted:
@@ -326,6 +525,7 @@ class _FileRun:
         if self.traced:
             self._trace(tag, seg[0])
         if tag == END:
+            self.end_lines += len(seg[1])
             self.end.append(seg)
         else:
             self.pending.setdefault(tag, []).append(seg)
@@ -364,16 +564,19 @@ class _FileRun:
 
     def _write_end(self) -> None:
         segs, self.end = self.end, []
-        if not segs:
+        first, self.end_first = self.end_first, []
+        if not segs and not first:
             return
-        if len(segs) == 1:
-            lines = segs[0][1]
-        else:
-            _, lines, _ = _merge(segs)
-        self.result.lines_out += len(lines)
+        lines = segs[0][1] if len(segs) == 1 else _assemble(segs, self.width) if segs else []
+        self.result.lines_out += self.end_lines
+        self.end_lines = 0
         out = self.sink.main
-        out.write("\n".join(lines))
-        out.write("\n")
+        if first:
+            out.write("\n".join(first))
+            out.write("\n")
+        if lines:
+            out.write("\n".join(lines))
+            out.write("\n")
 
     def _trace(self, tag: str, keys: Any) -> None:
         traced = self.traced
@@ -391,11 +594,47 @@ class _FileRun:
         self.traced = {}
 
 
+def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:
+    """Where each tag occurs. A plain loop: its appends are bytecodes, while a C-speed
+    pass per tag (compress over map) pays a function call per line and tag."""
+    groups: dict[str, list[int]] = {tag: [] for tag in distinct}
+    for i, tag in enumerate(tags):
+        groups[tag].append(i)
+    return groups
+
+
 def _take(seq: Any, positions: list[int]) -> list[Any]:
     """``[seq[i] for i in positions]`` at C speed."""
     if len(positions) == 1:
         return [seq[positions[0]]]
     return list(itemgetter(*positions)(seq)) if positions else []
+
+
+def _assemble(segs: list[Segment], width: int) -> list[str]:
+    """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
+
+    Each input line reaches ``end`` either as one copy with its own int key, or (once
+    some node gave it several outputs) only as copies with tuple keys. So the int keys
+    place their lines directly in a list by input position (``width`` of them), each
+    line's fanned-out copies are sorted among themselves and joined into one text,
+    and nothing else is sorted.
+    """
+    placed: list[str | None] = [None] * width
+    fanned: dict[int, list[tuple[Any, str]]] = {}
+    for keys, lines, _ in segs:
+        for key, line in zip(keys, lines, strict=True):
+            if type(key) is int:
+                placed[key] = line
+            else:
+                fanned.setdefault(key[0], []).append((key, line))
+    for first, copies in fanned.items():
+        if placed[first] is not None:  # not reached: one line both fanned out and not
+            return _merge(segs)[1]
+        copies.sort(key=itemgetter(0))
+        placed[first] = "\n".join([line for _, line in copies])
+    if None in placed:  # lines that were dropped, or are still in a cycle's next round
+        return [line for line in placed if line is not None]
+    return placed  # type: ignore[return-value]
 
 
 def _merge(segs: list[Segment]) -> Segment:
@@ -410,7 +649,7 @@ def _merge(segs: list[Segment]) -> Segment:
         keys.extend(k)
         lines.extend(ln)
         hops.extend([h] * len(ln) if type(h) is int else h)
-        tuples = tuples or any(type(x) is tuple for x in k)
+        tuples = tuples or tuple in map(type, k)
     if tuples:
         keys = [x if type(x) is tuple else (x,) for x in keys]
     order = sorted(range(len(keys)), key=keys.__getitem__)

@@ -2,9 +2,18 @@
 
     .venv/bin/python tests/bench/engine.py [--lines 1000000] [--runs 5]
 
-Prints lines/s for (1) a 3-way ``regex_route`` whose three tags are ``write`` sinks,
-next to a bare loop that does the same regex routing and writing on the same file,
-with the ratio engine/bare (target >= 0.8); (2) the shipped ``config.toml`` pipeline.
+Prints lines/s, each engine case next to a hand-written loop that does the same work on
+the same file and writes the same bytes (checked once before timing), with the ratio:
+
+1. a 3-way ``regex_route`` whose three tags are ``write`` sinks (built-in fast paths);
+2. the shipped ``config.toml`` pipeline (engine only);
+3. ``user generator``: one plain user generator (a regex per line, one pair per line,
+   ``start`` -> ``end``), against a loop doing the same regex and write (target >= 0.9);
+4. ``user graph``: small user generators with fan-out (a node emitting two copies),
+   fan-in (four nodes into ``end``), a cycle (a node sending a line back to itself until
+   it is short enough) and a ``finish()`` summary, against a loop doing the same
+   transformations inline (target >= 0.5).
+
 Runs alternate between the contenders and the medians are reported, since the machine
 is shared and noisy; times are CPU seconds of the process (both contenders are
 single-threaded, and CPU time is less disturbed by other load than wall time).
@@ -58,6 +67,127 @@ def make_input(path: Path, lines: int) -> None:
                     f"took {rng.randint(1, 999)}ms user=u{i % 1000}{secret}\n")
 
 
+# -- the user processors (named as tests.bench.engine:NAME in the graphs below) --------
+
+LEVEL = re.compile(r" (ERROR|WARN|INFO) ")
+
+
+def tag_level(lines):
+    """Case 3: tag each line by its level, as a user would write it."""
+    search = LEVEL.search
+    for line in lines:
+        m = search(line)
+        yield "end", f"{m[1] if m else 'OTHER'}\t{line}"
+
+
+def tag_level_loop(src: Path, out: Path) -> None:
+    """Case 3 by hand: the same regex and the same output, one pass."""
+    search = LEVEL.search
+    with open(src, encoding="utf-8") as f, open(out / "x", "w", encoding="utf-8") as w:
+        write = w.write
+        for line in f:
+            m = search(line)
+            write(f"{m[1] if m else 'OTHER'}\t{line}")
+
+
+SHORT = 60  # the cycle drops a line's last word until it is at most this long
+
+
+class Classify:
+    """Case 4's start: route by level and count; finish() writes the counts."""
+
+    emits = ("dup", "trim", "mask", "info")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.emits, 0)
+
+    def process(self, lines):
+        counts = self.counts
+        for line in lines:
+            if "ERROR" in line:
+                tag = "dup"
+            elif "WARN" in line:
+                tag = "trim"
+            elif "password=" in line:
+                tag = "mask"
+            else:
+                tag = "info"
+            counts[tag] += 1
+            yield tag, line
+
+    def finish(self):
+        yield "end", "summary " + " ".join(f"{k}={v}" for k, v in self.counts.items())
+
+
+def dup(lines):  # fan-out: two copies of each line
+    for line in lines:
+        yield "end", line
+        yield "end", "+ " + line
+
+
+def trim(lines):  # a cycle: back to itself until short enough
+    for line in lines:
+        if len(line) > SHORT:
+            yield "trim", line.rpartition(" ")[0]
+        else:
+            yield "end", line
+
+
+def info(lines):
+    for line in lines:
+        yield "end", line[20:]
+
+
+def mask(lines):
+    for line in lines:
+        yield "end", line[: line.index("password=") + 9] + "***"
+
+
+def graph_loop(src: Path, out: Path) -> None:
+    """Case 4 by hand, the fastest way found: the same transformations inline, writing
+    lines as they come (the read lines keep their newline where the text allows)."""
+    counts = dict.fromkeys(Classify.emits, 0)
+    with open(src, encoding="utf-8") as f, open(out / "x", "w", encoding="utf-8") as w:
+        write = w.write
+        for line in f:
+            if "ERROR" in line:
+                counts["dup"] += 1
+                write(line)
+                write("+ " + line)
+            elif "WARN" in line:
+                counts["trim"] += 1
+                line = line[:-1]
+                while len(line) > SHORT:
+                    line = line.rpartition(" ")[0]
+                write(line + "\n")
+            elif "password=" in line:
+                counts["mask"] += 1
+                write(line[: line.index("password=") + 9] + "***\n")
+            else:
+                counts["info"] += 1
+                write(line[20:])
+        write("summary " + " ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
+
+
+USER_GENERATOR = """
+[pipeline.nodes.start]
+processor = "tests.bench.engine:tag_level"
+"""
+
+USER_GRAPH = """
+[pipeline.nodes.start]
+processor = "tests.bench.engine:Classify"
+[pipeline.nodes.dup]
+processor = "tests.bench.engine:dup"
+[pipeline.nodes.trim]
+processor = "tests.bench.engine:trim"
+[pipeline.nodes.mask]
+processor = "tests.bench.engine:mask"
+[pipeline.nodes.info]
+processor = "tests.bench.engine:info"
+"""
+
+
 def bare_loop(src: Path, out: Path) -> None:
     """What a user would write by hand: one pass, first matching regex, write."""
     error, warn = re.compile("ERROR").search, re.compile("WARN").search
@@ -87,34 +217,84 @@ def timed(fn, *args) -> float:
     return time.process_time() - started
 
 
+def compile_toml(text: str):
+    return compile_graph(parse_config(tomllib.loads(text), ROOT / "x.toml").pipeline, str(ROOT))
+
+
+def check_same(tmp: Path, src: Path, graph, loop) -> None:
+    """Both contenders must write the same main output, byte for byte."""
+    a, b = tmp / f"check-{loop.__name__}-engine", tmp / f"check-{loop.__name__}"
+    a.mkdir()
+    b.mkdir()
+    engine_run(graph, src, a)
+    loop(src, b)
+    if (a / "x").read_bytes() != (b / "x").read_bytes():
+        raise SystemExit(f"{loop.__name__}: the engine and the loop wrote different bytes")
+
+
+CASES = ["route3", "shipped", "generator", "graph"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--only", choices=CASES, action="append", help="run only these cases")
     parser.add_argument("--verbose", action="store_true", help="print every run")
     args = parser.parse_args()
-    route3 = compile_graph(parse_config(tomllib.loads(ROUTE3), ROOT / "x.toml").pipeline)
-    shipped_config = load_config(ROOT / "config.toml")
-    shipped = compile_graph(shipped_config.pipeline, str(ROOT))
+    cases = args.only or CASES
+    route3 = compile_toml(ROUTE3)
+    shipped = compile_graph(load_config(ROOT / "config.toml").pipeline, str(ROOT))
+    generator, graph = compile_toml(USER_GENERATOR), compile_toml(USER_GRAPH)
+    # (case, contender) -> what one run calls; alternated within each run.
+    contenders = {
+        ("route3", "engine"): (engine_run, route3), ("route3", "loop"): (bare_loop, None),
+        ("shipped", "engine"): (engine_run, shipped),
+        ("generator", "engine"): (engine_run, generator), ("generator", "loop"): (tag_level_loop, None),
+        ("graph", "engine"): (engine_run, graph), ("graph", "loop"): (graph_loop, None),
+    }
+    contenders = {k: v for k, v in contenders.items() if k[0] in cases}
+    speeds: dict[tuple[str, str], list[float]] = {k: [] for k in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         src = tmp_path / "input.log"
         make_input(src, args.lines)
         out = tmp_path / "out"
         out.mkdir()
-        bare, eng, ship = [], [], []
+        if "generator" in cases:
+            check_same(tmp_path, src, generator, tag_level_loop)
+        if "graph" in cases:
+            check_same(tmp_path, src, graph, graph_loop)
         for _ in range(args.runs):
-            bare.append(args.lines / timed(bare_loop, src, out))
-            eng.append(args.lines / timed(engine_run, route3, src, out))
-            ship.append(args.lines / timed(engine_run, shipped, src, out))
-    b, e, s = (statistics.median(x) for x in (bare, eng, ship))
-    if args.verbose:
-        print("runs (lines/s): bare", [round(x) for x in bare], "engine", [round(x) for x in eng])
-    print(f"lines: {args.lines:,}, runs: {args.runs} (medians)")
-    print(f"3-way regex_route -> write sinks  engine {e:12,.0f} lines/s")
-    print(f"same routing, bare Python loop           {b:12,.0f} lines/s")
-    print(f"ratio engine/bare                        {e / b:12.2f}   (target >= 0.8)")
-    print(f"shipped config.toml pipeline      engine {s:12,.0f} lines/s")
+            for key, (fn, g) in contenders.items():
+                args_ = (g, src, out) if g is not None else (src, out)
+                speeds[key].append(args.lines / timed(fn, *args_))
+    report(args, speeds)
+
+
+TITLES = {
+    "route3": ("3-way regex_route -> write sinks", 0.8),
+    "shipped": ("shipped config.toml pipeline", None),
+    "generator": ("user generator, start -> end", 0.9),
+    "graph": ("user graph: fan-out, fan-in, cycle, finish", 0.5),
+}
+
+
+def report(args: argparse.Namespace, speeds: dict[tuple[str, str], list[float]]) -> None:
+    print(f"lines: {args.lines:,}, runs: {args.runs} (medians, lines/s of CPU time)")
+    for case, (title, target) in TITLES.items():
+        if (case, "engine") not in speeds:
+            continue
+        e = statistics.median(speeds[case, "engine"])
+        if args.verbose:
+            for who in ("engine", "loop"):
+                if (case, who) in speeds:
+                    print(f"  {case} {who} runs:", [round(x) for x in speeds[case, who]])
+        if (case, "loop") not in speeds:
+            print(f"{title:44} engine {e:12,.0f}")
+            continue
+        b = statistics.median(speeds[case, "loop"])
+        print(f"{title:44} engine {e:12,.0f}  loop {b:12,.0f}  ratio {e / b:5.2f}  (target >= {target})")
 
 
 if __name__ == "__main__":
