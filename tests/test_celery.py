@@ -115,6 +115,11 @@ def metric(url: str, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def queue_depth(url: str) -> int | None:
+    """The broker's queue depth in /stats (None until the first snapshot with a broker)."""
+    return (get_json(url + "stats")[1].get("broker") or {}).get("queue_depth")
+
+
 def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
     config = celery_config(tmp_path, redis_server)
     watch = tmp_path / "watch_dir"
@@ -124,7 +129,7 @@ def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, 
     for name in names:
         drop(watch, name, f"{name}\nSLEEP 0.05\n")
     # No node yet: the jobs wait on the broker, prefetch_jobs (4) of them.
-    wait_for(lambda: get_json(url + "stats")[1]["broker"]["queue_depth"] == 4, 30, "4 jobs waiting on the broker")
+    wait_for(lambda: queue_depth(url) == 4, 30, "4 jobs waiting on the broker")
     assert len(queued_payloads(redis_server)) == 4
     assert metric(url, "foldermill_broker_queue_jobs") == 4
     for name in ("alpha", "beta"):
@@ -134,7 +139,7 @@ def test_lifecycle_with_two_celery_nodes(tmp_path: Path, daemons, redis_server, 
         assert (watch / "output" / name).read_text() == f"{name.upper()}\nSLEEP 0.05\n"
     stats = get_json(url + "stats")[1]
     assert stats["backend"] == "celery" and stats["broker"]["ok"]
-    wait_for(lambda: get_json(url + "stats")[1]["broker"]["queue_depth"] == 0, 10, "an empty broker queue")
+    wait_for(lambda: queue_depth(url) == 0, 10, "an empty broker queue")
     assert metric(url, "foldermill_broker_queue_jobs") == 0
     hosts = wait_for(lambda: {w["hostname"] for w in get_json(url + "stats")[1]["workers"]}, 20,
                      "the remote workers in /stats")
