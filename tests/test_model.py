@@ -460,9 +460,10 @@ class FoldermillModel(RuleBasedStateMachine):
     def drop_hidden(self, data: st.DataObject) -> None:
         with self._step():
             name = (b"." + _clean(data.draw(st.binary(min_size=1, max_size=20), label="hidden name")))[:255]
+            content, inplace = self._content(data), data.draw(st.booleans())  # drawn whatever happens next
             if os.path.lexists(os.fsencode(self.watch / "unprocessed") + b"/" + name):
                 return  # hidden files stay for good: that name will never be free again
-            self.deliver(name, self._content(data), inplace=data.draw(st.booleans()))
+            self.deliver(name, content, inplace=inplace)
 
     @rule(data=st.data(), inplace=st.booleans())
     def deliver_same_name_again(self, data: st.DataObject, inplace: bool) -> None:
