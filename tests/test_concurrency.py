@@ -120,7 +120,9 @@ def test_two_supervisors_share_a_watch_dir_and_recover_only_a_dead_ones_files(tm
     for f, i in recovered.items():  # ... and b never took back one of its own
         assert events[i]["supervisor"] == b_owner
         before = [e["supervisor"] for e in events[:i] if e["event"] == "claimed" and e["file"] == f]
-        assert before == [a_owner], (f, before)
+        # a's claim, or none journaled: the SIGKILL fell between a's claiming move and its
+        # journal line (b journals every claim before its next step, so none of b's is missing)
+        assert before in ([a_owner], []), (f, before)
         after = [e for e in events[i:] if e["event"] == "claimed" and e["file"] == f]
         assert [(e["supervisor"], e["attempt"]) for e in after] == [(b_owner, 1)], (f, after)  # at no cost
     for f in slow:
