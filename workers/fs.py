@@ -29,6 +29,7 @@ def _load_renameat2() -> object | None:
 
 
 _RENAMEAT2 = _load_renameat2()
+_LIBC = ctypes.CDLL(None, use_errno=True)
 _NOREPLACE_REFUSED: set[int] = set()  # devices whose filesystem refused the flag
 
 
@@ -53,15 +54,15 @@ def _same_file(a: bytes, b: bytes) -> bool:
 
 
 def _move(src_b: bytes, dst_b: bytes) -> None:
-    if _RENAMEAT2 is not None:
-        dev = _device_of(dst_b)
-        if dev not in _NOREPLACE_REFUSED:
-            if _RENAMEAT2(AT_FDCWD, src_b, AT_FDCWD, dst_b, RENAME_NOREPLACE) == 0:  # type: ignore[operator]
-                return
-            code = ctypes.get_errno()
-            if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-                raise OSError(code, os.strerror(code), os.fsdecode(src_b), None, os.fsdecode(dst_b))
-            _NOREPLACE_REFUSED.add(dev)
+    # The device is looked up only once some filesystem has refused the flag: on the
+    # common path a move is the one system call.
+    if _RENAMEAT2 is not None and not (_NOREPLACE_REFUSED and _device_of(dst_b) in _NOREPLACE_REFUSED):
+        if _RENAMEAT2(AT_FDCWD, src_b, AT_FDCWD, dst_b, RENAME_NOREPLACE) == 0:  # type: ignore[operator]
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), os.fsdecode(src_b), None, os.fsdecode(dst_b))
+        _NOREPLACE_REFUSED.add(_device_of(dst_b))
     _link_then_unlink(src_b, dst_b)
 
 
@@ -96,8 +97,7 @@ def syncfs(path: Path | str) -> None:
     batch: group commit)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
+        if _LIBC.syncfs(fd) != 0:
             os.sync()
     except (OSError, AttributeError):
         os.sync()

@@ -25,6 +25,10 @@ for flushing the copies) and times it, alternating the contenders:
 - **foldermill**: ``supervisor.py -c CONFIG --once --workers N`` in a subprocess, from its
   start to its exit (interpreter start, worker spawn and shutdown included), with
   ``durable = true`` (the default) and with ``durable = false``.
+- **foldermill, running daemon**: the way a hot folder is used, and the way the Celery
+  contender is timed: a supervisor (``durable = true``) already running on an empty
+  ``unprocessed/``; the files are renamed in, timed from the first rename to the last
+  ``processed`` entry in its journal (its start-up and shutdown excluded).
 - **celery**: a real ``redis-server`` on a free loopback port, a real
   ``celery worker --pool=prefork -c N`` whose task does the loop's work for one file, and a
   watchdog observer in this process that sends each file renamed into ``unprocessed/`` to
@@ -75,9 +79,10 @@ LATENCY_SPACING_S = 0.02
 LOOP = "hand-written loop"
 DURABLE = "foldermill"
 NOT_DURABLE = "foldermill, durable=false"
+RUNNING = "foldermill, running daemon"
 CELERY = "celery + redis, prefork"
 CELERY_BACKEND = "foldermill, celery backend"
-CONTENDERS: tuple[str, ...] = (LOOP, DURABLE, NOT_DURABLE, CELERY)
+CONTENDERS: tuple[str, ...] = (LOOP, DURABLE, NOT_DURABLE, RUNNING, CELERY)
 BACKEND_CONFIG = """
 [workers]
 backend = "celery"
@@ -426,7 +431,50 @@ def run_contender(name: str, cdir: Path, workload: Workload, workers: int) -> Me
         return run_celery(cdir, workload, workers)
     if name == CELERY_BACKEND:
         return run_celery_backend(config, workload, workers)
+    if name == RUNNING:
+        return run_running(config, workload, workers)
     return run_foldermill(config, workload, workers)
+
+
+def run_running(config: Path, workload: Workload, workers: int) -> Measure:
+    """A running supervisor; the files renamed in (from a folder beside, same filesystem)."""
+    watch = config.parent / "watch_dir"
+    staging = config.parent / "staging"
+    os.rename(watch / "unprocessed", staging)
+    (watch / "unprocessed").mkdir()
+    daemon = Daemon(config, "--workers", str(workers), name="running")
+    children: list[int] = []
+    try:
+        wait_for(lambda: "foldermill started" in daemon.log() or not daemon.alive(), 30, "the supervisor to start")
+        if not daemon.alive():
+            raise BenchError(f"supervisor exited at start:\n{daemon.log()[-2000:]}")
+        wait_for(lambda: "dashboard at" in daemon.log(), 30, "the supervisor's dashboard (its start complete)")
+        started = time.time()
+        for name in workload.names:
+            os.rename(staging / name, watch / "unprocessed" / name)
+        total = len(workload.names)
+        wait_for(lambda: len(os.listdir(watch / "processed")) >= total, RUN_TIMEOUT_S,
+                 "the running daemon to process every file", interval_s=0.1)
+        children = [c.pid for c in daemon.children()]
+        code = daemon.stop(timeout_s=60)
+    except BaseException:
+        children += [c.pid for c in daemon.children()]
+        if daemon.alive():
+            daemon.kill()
+        kill_pids(children)
+        raise
+    if code != 0:
+        raise BenchError(f"supervisor exited with status {code} on SIGTERM:\n{daemon.log()[-2000:]}")
+    wait_for(lambda: not alive(children), 10, f"the supervisor's children to exit: {alive(children)}")
+    check_done(watch, workload, "running daemon", daemon.log())
+    done = [e for e in journal(watch) if e["event"] == "processed"]
+    lines = sum(e["lines_in"] for e in done)
+    if len(done) != total or lines != workload.lines:
+        raise BenchError(f"running daemon: journal has {len(done)} processed files, {lines} lines; "
+                         f"expected {total}, {workload.lines}")
+    last = max(parse_ts(e["ts"]) for e in done)
+    warnings = sum(1 for line in daemon.log().splitlines() if " WARNING " in line or " ERROR " in line)
+    return Measure(last - started, warnings=warnings)
 
 
 # -- Celery + Redis + watchdog: the contender -----------------------------------------------------
@@ -639,14 +687,15 @@ def report_workload(workload: Workload, results: Results, args: argparse.Namespa
         print(f"  {c:<34} {s:8.2f} {files / s:10,.0f} {workload.lines / s:12,.0f}")
     unit, vs_loop, vs_celery = TARGETS[workload.name]
     print(f"  ratios of {unit}:")
-    for c in (DURABLE, NOT_DURABLE, CELERY_BACKEND):
+    for c in (DURABLE, NOT_DURABLE, RUNNING, CELERY_BACKEND):
         if c not in CONTENDERS:
             continue
         for base, target in ((LOOP, vs_loop), (CELERY, vs_celery)):
             if base not in CONTENDERS:
                 continue
             ratio = seconds[base] / seconds[c]  # same work: the rate ratio is the inverse time ratio
-            verdict = f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})" if c == DURABLE else ""
+            met = "met" if ratio >= target else "NOT met"
+            verdict = f"   (target >= {target}: {met})" if c in (DURABLE, RUNNING) else ""
             print(f"  {f'ratio {c} / {base}':<56} {ratio:8.2f}{verdict}")
     startup, tail = results.median(DURABLE, "startup"), results.median(DURABLE, "tail")
     print(f"  foldermill fixed costs: start -> first claim {startup:.2f} s, last commit -> exit {tail:.2f} s")
@@ -698,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {CELERY} if args.no_celery else set()
     if args.backend != "celery":
         skipped.add(CELERY_BACKEND)
-    CONTENDERS = tuple(c for c in (LOOP, DURABLE, NOT_DURABLE, CELERY, CELERY_BACKEND) if c not in skipped)
+    CONTENDERS = tuple(c for c in (LOOP, DURABLE, NOT_DURABLE, RUNNING, CELERY, CELERY_BACKEND) if c not in skipped)
     if CELERY in CONTENDERS or CELERY_BACKEND in CONTENDERS:
         start_redis()
     parts = [args.only] if args.only else ["small", "big", "latency"]
