@@ -26,7 +26,7 @@ from workers.names import shown, unshown
 from workers.outputs import unique_name
 from workers.queue import Candidate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILES = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -46,13 +46,15 @@ CREATE TABLE IF NOT EXISTS files (
 """
 SCHEMA = FILES + """
 CREATE INDEX IF NOT EXISTS files_identity ON files (name, ino);
-CREATE INDEX IF NOT EXISTS files_status ON files (status);
-CREATE INDEX IF NOT EXISTS files_final ON files (final_name);
+CREATE INDEX IF NOT EXISTS files_age ON files (status, updated);
 CREATE TABLE IF NOT EXISTS reserved (key TEXT PRIMARY KEY, file_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS reserved_file ON reserved (file_id);
 CREATE TABLE IF NOT EXISTS totals (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL,
+                                    added REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS digests_added ON digests (added);
 """
+PRUNE_ROWS = 500  # rows per pruning transaction: a few milliseconds of the write lock
 
 LIVE = ("claimed", "waiting", "committing")
 _LIVE_SQL = "('claimed', 'waiting', 'committing')"
@@ -101,6 +103,7 @@ class Store:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self._failed_cursor = 0  # where the last prune stopped among old failed rows
             self._migrate()
             self.db.executescript(SCHEMA)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -110,21 +113,29 @@ class Store:
 
     def _migrate(self) -> None:
         """Version 1 identified a file by (name, inode, size, mtime) with a UNIQUE
-        constraint: copy its rows into the version 2 table."""
+        constraint: copy its rows into the version 2 table. Version 3 dates digests (for
+        their retention), indexes files by (status, age) for pruning and drops an index
+        nothing read."""
         self.db.create_function("shown", 1, shown, deterministic=True)
         with self._tx() as db:  # under the write lock: two supervisors never migrate twice
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
-            if version >= SCHEMA_VERSION or not exists:
+            tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version >= SCHEMA_VERSION or "files" not in tables:
                 return
-            db.execute("ALTER TABLE files RENAME TO files_v1")
+            if version < 2:
+                db.execute("ALTER TABLE files RENAME TO files_v1")
+                db.execute(FILES)
+                db.execute("INSERT INTO files (id, name, ino, size, mtime_ns, final_name, attempts, status, owner, "
+                           "not_before, reason, updated) SELECT id, shown(name), ino, size, mtime_ns, "
+                           "shown(final_name), attempts, status, owner, not_before, reason, updated FROM files_v1")
+                db.execute("DROP TABLE files_v1")
             db.execute("DROP INDEX IF EXISTS files_status")
             db.execute("DROP INDEX IF EXISTS files_final")
-            db.execute(FILES)
-            db.execute("INSERT INTO files (id, name, ino, size, mtime_ns, final_name, attempts, status, owner, "
-                       "not_before, reason, updated) SELECT id, shown(name), ino, size, mtime_ns, shown(final_name), "
-                       "attempts, status, owner, not_before, reason, updated FROM files_v1")
-            db.execute("DROP TABLE files_v1")
+            if "digests" in tables:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(digests)")}
+                if "added" not in columns:  # dated now: kept a full retention period from the upgrade
+                    db.execute("ALTER TABLE digests ADD COLUMN added REAL NOT NULL DEFAULT 0")
+                    db.execute("UPDATE digests SET added = ?", (time.time(),))
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -266,8 +277,40 @@ class Store:
     def add_digests(self, rows: list[tuple[str, str, int]]) -> None:
         """(digest, final name, file id) of files just processed; the first one wins."""
         with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id) VALUES (?, ?, ?)",
-                           [(d, shown(n), i) for d, n, i in rows])
+            now = time.time()
+            db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id, added) VALUES (?, ?, ?, ?)",
+                           [(d, shown(n), i, now) for d, n, i in rows])
+
+    def prune(self, before: float, digests_before: float, in_failed: Callable[[str], bool],
+              limit: int = PRUNE_ROWS) -> tuple[int, bool]:
+        """One small step of retention: forget up to ``limit`` records of files finished
+        (processed, vanished) before ``before``, of failed files older than that which
+        are no longer in failed/ (``in_failed(final_name)``: an operator removed them), and
+        digests added before ``digests_before``. Each part is one short transaction.
+        Returns how many rows went, and whether there may be more to do now.
+        A file whose record is gone is a new file if it ever comes back. The newest
+        record always stays, so that ids keep growing (SQLite gives a new row the
+        largest id + 1): an id names one file, ever."""
+        with self._tx() as db:
+            finished = db.execute(
+                "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE status IN ('processed', 'vanished') "
+                "AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)", (before, limit)).rowcount
+        removed = finished
+        rows = self.db.execute(
+            "SELECT id, final_name FROM files WHERE status = 'failed' AND updated < ? AND id > ? ORDER BY id LIMIT ?",
+            (before, self._failed_cursor, limit)).fetchall()
+        self._failed_cursor = rows[-1][0] if len(rows) == limit else 0  # round-robin over the old failed rows
+        gone = [(i,) for i, final in rows if not in_failed(unshown(final))]
+        if gone:
+            with self._tx() as db:  # still failed and still old: an operator may have retried it meanwhile
+                removed += db.executemany(
+                    "DELETE FROM files WHERE id = ? AND status = 'failed' AND updated < ? "
+                    "AND id < (SELECT MAX(id) FROM files)", [(i, before) for (i,) in gone]).rowcount
+        with self._tx() as db:
+            digests = db.execute(
+                "DELETE FROM digests WHERE rowid IN (SELECT rowid FROM digests WHERE added < ? LIMIT ?)",
+                (digests_before, limit)).rowcount
+        return removed + digests, limit in (finished, len(rows), digests)
 
     def add_totals(self, deltas: dict[str, int]) -> None:
         with self._tx() as db:

@@ -1,0 +1,142 @@
+"""The state database on its own: a real SQLite file in tmp_path, real files for the
+name rules. Retention (``Store.prune``) and the schema migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from workers.queue import Candidate
+from workers.store import SCHEMA_VERSION, Store
+
+
+class Folders:
+    """The store's ``NameRules`` over a real failed/ and output/ folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.failed, self.output = root / "failed", root / "output"
+        self.failed.mkdir(parents=True)
+        self.output.mkdir()
+
+    def taken(self, name: str) -> bool:
+        return (self.output / name).exists() or (self.failed / name).exists()
+
+    def derived(self, name: str) -> list[str]:
+        return [f"output/{name}", f"failed/{name}"]
+
+    def left_failed(self, name: str) -> None:
+        pass
+
+    def in_failed(self, name: str) -> bool:
+        return (self.failed / name).exists()
+
+
+def claim(store: Store, folders: Folders, names: list[str], first_ino: int = 100) -> dict[str, int]:
+    records = store.claim([Candidate(n, 1, 1, first_ino + i, 0o100644) for i, n in enumerate(names)], "me", folders)
+    return {r.name: r.id for r in records}
+
+
+def statuses(path: Path) -> dict[str, str]:
+    return dict(sqlite3.connect(path).execute("SELECT name, status FROM files"))
+
+
+def test_prune_forgets_old_finished_records_and_keeps_live_and_failed_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store, folders = Store(db), Folders(tmp_path)
+    ids = claim(store, folders, ["done.log", "gone.log", "live.log", "failed-here.log", "failed-removed.log"])
+    store.finished([(ids["done.log"], "processed"), (ids["gone.log"], "vanished"),
+                    (ids["failed-here.log"], "failed"), (ids["failed-removed.log"], "failed")])
+    (folders.failed / "failed-here.log").write_text("x\n")  # still in failed/: its record stays
+    store.add_digests([("d-old", "done.log", ids["done.log"])])
+
+    # Nothing is older than the cut-off yet: nothing goes.
+    assert store.prune(time.time() - 3600, time.time() - 3600, folders.in_failed) == (0, False)
+    assert len(statuses(db)) == 5
+
+    later = time.time() + 1
+    assert store.prune(later, later, folders.in_failed) == (3, False)
+    # ... all but the newest record, which keeps ids growing
+    assert statuses(db) == {"live.log": "claimed", "failed-here.log": "failed", "failed-removed.log": "failed"}
+    assert store.digest_owner("d-old") == ""
+    store.close()
+
+
+def test_prune_works_in_small_steps_and_says_when_there_is_more(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store, folders = Store(db), Folders(tmp_path)
+    ids = claim(store, folders, [f"f{i}.log" for i in range(5)])
+    store.finished([(i, "processed") for i in ids.values()])
+    later = time.time() + 1
+    assert store.prune(later, later, folders.in_failed, limit=2) == (2, True)
+    assert store.prune(later, later, folders.in_failed, limit=2) == (2, True)
+    assert store.prune(later, later, folders.in_failed, limit=2) == (0, False)
+    assert statuses(db) == {"f4.log": "processed"}  # the newest stays: ids keep growing
+    store.close()
+
+
+def test_a_pruned_file_that_comes_back_is_a_new_file(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store, folders = Store(db), Folders(tmp_path)
+    first = claim(store, folders, ["app.log"], first_ino=7)["app.log"]
+    newer = claim(store, folders, ["other.log"], first_ino=8)["other.log"]
+    store.finished([(first, "processed"), (newer, "processed")])
+    later = time.time() + 1
+    store.prune(later, later, folders.in_failed)
+    again = store.claim([Candidate("app.log", 1, 1, 7, 0o100644)], "me", folders)
+    assert again[0].id > newer and again[0].attempts == 0 and not again[0].known
+    store.close()
+
+
+def test_version_2_databases_are_migrated_to_dated_digests(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, final_name TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL, owner TEXT, not_before REAL NOT NULL DEFAULT 0, reason TEXT, commit_pairs TEXT,
+            updated REAL NOT NULL);
+        CREATE INDEX files_status ON files (status);
+        CREATE INDEX files_final ON files (final_name);
+        CREATE TABLE digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL);
+        INSERT INTO files VALUES (1, 'a.log', 5, 1, 1, 'a.log', 0, 'processed', 'x', 0, NULL, NULL, 1.0);
+        INSERT INTO files VALUES (2, 'b.log', 6, 1, 1, 'b.log', 0, 'processed', 'x', 0, NULL, NULL, 2.0);
+        INSERT INTO digests VALUES ('abc', 'a.log', 1);
+        PRAGMA user_version = 2;
+    """)
+    old.commit()
+    old.close()
+    before = time.time()
+    store, folders = Store(db), Folders(tmp_path)
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    (added,) = check.execute("SELECT added FROM digests WHERE digest = 'abc'").fetchone()
+    assert added >= before  # dated at the upgrade: kept a whole retention period from then
+    indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "files_final" not in indexes and "files_age" in indexes
+    # The old records are old (updated 1970): they go but the newest; the digest is young: it stays.
+    assert store.prune(time.time() - 60, time.time() - 60, folders.in_failed) == (1, False)
+    assert store.digest_owner("abc") == "a.log"
+    store.close()
+
+
+def test_version_1_databases_are_migrated_with_their_records(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, final_name TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL, owner TEXT, not_before REAL NOT NULL DEFAULT 0, reason TEXT, updated REAL NOT NULL,
+            UNIQUE (name, ino, size, mtime_ns));
+        CREATE INDEX files_status ON files (status);
+        CREATE TABLE digests (digest TEXT PRIMARY KEY, final_name TEXT NOT NULL, file_id INTEGER NOT NULL);
+        INSERT INTO files VALUES (3, 'w.log', 9, 1, 1, 'w-1.log', 2, 'waiting', 'x', 0, 'boom', 5.0);
+    """)
+    old.commit()
+    old.close()
+    store, folders = Store(db), Folders(tmp_path)
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert store.live() == {("w.log", 9)}
+    again = store.claim([Candidate("w.log", 1, 1, 9, 0o100644)], "me", folders)
+    assert (again[0].id, again[0].final_name, again[0].attempts) == (3, "w-1.log", 2)  # attempts and name kept
+    store.close()
