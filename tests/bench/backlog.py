@@ -1,0 +1,231 @@
+"""The intake against a backlog: per-file cost and supervisor memory as the number of
+waiting files grows, and the cost of a producer trickling files in meanwhile (a
+benchmark, not a test).
+
+    .venv/bin/python tests/bench/backlog.py [--sizes 5000,100000,1000000] [--trickle 200000]
+        [--rate 100] [--workers 2] [--dir DIR]
+
+For each size N: a supervisor (normal mode, 2 workers, ``durable = true``, the built-in
+``upper`` pipeline, so the figure is the intake's and not a processor's) runs on an empty
+watch dir; N tiny files (one line each, mtimes one millisecond apart in the past, oldest
+renamed first) are renamed into ``unprocessed/`` from a folder beside it, as after an
+outage. Timed from the first rename to the last ``processed`` journal line. Reported:
+files/s, the per-file cost (its inverse) against the smallest size's, the supervisor's
+peak RSS (psutil, sampled every 0.2 s), ``state.db`` bytes per file, and how many claims
+came out of oldest-first order (a claim of a file older than one claimed before it).
+
+``--trickle T``: T files renamed in at once, then, while they drain, a producer renames in
+``--rate`` new files a second; throughput against the same T without the producer.
+Targets (issue 11): per-file cost at 1,000,000 <= 1.2x its cost at 5,000; RSS <= 80 MB
+at 1,000,000; the trickle costs <= 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.daemon import Daemon, alive, journal, wait_for  # noqa: E402
+
+CONFIG = """\
+[watch]
+dir = "watch_dir"
+settle = 0.5
+poll_interval = 1.0
+
+[web]
+port = 0
+
+[workers]
+count = {workers}
+
+[pipeline.nodes.start]
+processor = "upper"
+"""
+TIMEOUT_S = 6 * 3600.0
+
+
+class BenchError(Exception):
+    """The daemon did not do the work, or misbehaved."""
+
+
+@dataclass(frozen=True)
+class Run:
+    files: int
+    seconds: float
+    peak_rss: int
+    db_bytes: int
+    out_of_order: int
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds
+
+
+def make_files(staging: Path, count: int, prefix: str, oldest: float) -> list[str]:
+    """``count`` one-line files, mtimes 1 ms apart from ``oldest`` on; names oldest first."""
+    staging.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"{prefix}-{i:07d}.log"
+        path = staging / name
+        with open(path, "w") as f:
+            f.write(f"2026-12-01T00:00:00 INFO file {i}\n")
+        at = oldest + i / 1000
+        os.utime(path, (at, at))
+        names.append(name)
+    os.sync()
+    return names
+
+
+class Sampler(threading.Thread):
+    """The peak RSS of one process, sampled until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+
+
+def out_of_order(watch: Path) -> int:
+    """Claims of a file older (by its mtime in the name's order) than one claimed before."""
+    order = [e["file"] for e in journal(watch) if e["event"] == "claimed"]
+    count, newest = 0, ""
+    for name in order:
+        if name < newest:  # names sort as their mtimes do (made so; trickle files sort after)
+            count += 1
+        newest = max(newest, name)
+    return count
+
+
+def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0) -> Run:
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    (base / "config.toml").write_text(CONFIG.format(workers=workers))
+    watch, staging = base / "watch_dir", base / "staging"
+    (watch / "unprocessed").mkdir(parents=True)
+    names = make_files(staging, files, "a", time.time() - 3 * 86400)
+    daemon = Daemon(base / "config.toml", name="backlog")
+    children: list[int] = []
+    stop_trickle = threading.Event()
+    trickled: list[str] = []
+    try:
+        wait_for(lambda: "foldermill started" in daemon.log() or not daemon.alive(), 60, "the supervisor to start")
+        if not daemon.alive():
+            raise BenchError(f"supervisor exited at start:\n{daemon.log()[-2000:]}")
+        sampler = Sampler(daemon.pid)
+        sampler.start()
+        started = time.time()
+        for name in names:
+            os.rename(staging / name, watch / "unprocessed" / name)
+        if trickle_rate:
+            producer = threading.Thread(target=trickle, args=(watch, trickle_rate, stop_trickle, trickled),
+                                        daemon=True)
+            producer.start()
+        wait_for(lambda: all_processed(watch, names), TIMEOUT_S, f"{files:,} files processed", interval_s=0.5)
+        finished = time.time()
+        stop_trickle.set()
+        if trickle_rate:
+            producer.join()
+            wait_for(lambda: all_processed(watch, trickled), 120, "the trickled files processed", interval_s=0.2)
+        sampler.done.set()
+        children = [c.pid for c in daemon.children()]
+        code = daemon.stop(timeout_s=120)
+    except BaseException:
+        children += [c.pid for c in daemon.children()]
+        if daemon.alive():
+            daemon.kill()
+        for pid in alive(children):
+            psutil.Process(pid).kill()
+        raise
+    if code != 0:
+        raise BenchError(f"supervisor exited with status {code}:\n{daemon.log()[-2000:]}")
+    wait_for(lambda: not alive(children), 10, "the supervisor's children to exit")
+    db = watch / ".foldermill" / "state.db"
+    db_bytes = sum(p.stat().st_size for p in db.parent.glob("state.db*"))
+    # Throughput of the backlog alone: its files over the time they took (the trickle's
+    # files are extra work done in that time, which is the point of the comparison).
+    return Run(files, finished - started, sampler.peak, db_bytes, out_of_order(watch))
+
+
+def all_processed(watch: Path, names: list[str]) -> bool:
+    processed = watch / "processed"
+    # Cheap first: the count; then the names (only once the count says it may be done).
+    if len(os.listdir(processed)) < len(names):
+        return False
+    present = set(os.listdir(processed))
+    return all(n in present for n in names)
+
+
+def trickle(watch: Path, rate: float, stop: threading.Event, made: list[str]) -> None:
+    """A producer: ``rate`` new files a second (written beside, renamed in), newest names."""
+    staging = watch.parent / "trickle"
+    staging.mkdir(exist_ok=True)
+    i = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        name = f"z-{i:07d}.log"
+        path = staging / name
+        path.write_text(f"2026-12-01T00:00:00 INFO trickle {i}\n")
+        os.rename(path, watch / "unprocessed" / name)
+        made.append(name)
+        i += 1
+        next_at += 1 / rate
+        stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="5000,100000,1000000")
+    parser.add_argument("--trickle", type=int, default=200_000, help="backlog for the trickle case (0: skip)")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dir", type=Path, default=ROOT / ".scratch")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fm-backlog-", dir=args.dir) as tmp:
+        runs = []
+        for n in sizes:
+            run = run_one(Path(tmp) / "run", n, args.workers)
+            runs.append(run)
+            print(f"  {n:>9,} waiting: {run.rate:8,.0f} files/s, per-file cost {1 / run.rate * 1000:6.3f} ms "
+                  f"({runs[0].rate / run.rate:4.2f}x the {runs[0].files:,} case), supervisor peak RSS "
+                  f"{run.peak_rss / 2**20:6.1f} MB, state.db {run.db_bytes / run.files:6.1f} B/file "
+                  f"({run.db_bytes / 2**20:.1f} MB), out of order {run.out_of_order}", flush=True)
+        if args.trickle:
+            calm = run_one(Path(tmp) / "run", args.trickle, args.workers)
+            busy = run_one(Path(tmp) / "run", args.trickle, args.workers, trickle_rate=args.rate)
+            print(f"  trickle: {args.trickle:,} draining alone {calm.rate:,.0f} files/s, with {args.rate:.0f} files/s "
+                  f"renamed in meanwhile {busy.rate:,.0f} files/s ({busy.rate / calm.rate:.2f}x); "
+                  f"out of order {busy.out_of_order}; peak RSS {busy.peak_rss / 2**20:.1f} MB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"backlog: FAILED: {exc}", file=sys.stderr)
+        sys.exit(1)
