@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from tests.daemon import behave_config, drop, folder, start, wait_for
 from workers.queue import Candidate
 from workers.store import SCHEMA_VERSION, Store
 
@@ -140,3 +141,27 @@ def test_version_1_databases_are_migrated_with_their_records(tmp_path: Path) -> 
     again = store.claim([Candidate("w.log", 1, 1, 9, 0o100644)], "me", folders)
     assert (again[0].id, again[0].final_name, again[0].attempts) == (3, "w-1.log", 2)  # attempts and name kept
     store.close()
+
+
+def test_the_daemon_prunes_old_records_and_keeps_a_failed_files_while_it_is_in_failed(tmp_path: Path,
+                                                                                       daemons: list) -> None:
+    # A retention of ~1 s: records of finished files go soon after they finish.
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("settle = 0.3\n", "settle = 0.3\nstate_retention_days = 0.00001\n"))
+    (tmp_path / "flags" / "stop").touch()
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    for name in ("a.log", "b.log"):
+        drop(watch, name, "fine\n")
+    drop(watch, "bad.log", "FAILIF stop\n")
+    wait_for(lambda: folder(watch, "processed") == ["a.log", "b.log"] and folder(watch, "failed") == ["bad.log"],
+             30, "a and b processed, bad failed")
+    drop(watch, "c.log", "fine\n")  # the newest record: it always stays (ids keep growing)
+    wait_for(lambda: "c.log" in folder(watch, "processed"), 30, "c processed")
+    db = watch / ".foldermill" / "state.db"
+    wait_for(lambda: statuses(db) == {"bad.log": "failed", "c.log": "processed"}, 30,
+             "a's and b's records pruned, bad's kept while it is in failed/")
+    (watch / "failed" / "bad.log").unlink()  # the operator gives up on it
+    wait_for(lambda: statuses(db) == {"c.log": "processed"}, 30, "bad's record pruned once it left failed/")
+    assert "state retention: forgot" in d.log()
+    assert d.stop() == 0

@@ -34,6 +34,8 @@ class WatchConfig:
     journal_max_mb: float = 64.0  # input.log is rotated past this size
     journal_keep: int = 5  # rotated journals kept: input.log.1 ... input.log.N
     dedupe: str = "off"  # "content": a file whose content was processed before is not processed again
+    state_retention_days: float = 30.0  # records of finished files older than this are pruned (0: kept forever)
+    dedupe_retention_days: float = 90.0  # content digests are kept this long (0: forever)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ def _parse_watch(t: _Table, base: Path) -> WatchConfig:
         journal_max_mb=t.get("journal_max_mb", float, d.journal_max_mb, check=_positive),
         journal_keep=t.get("journal_keep", int, d.journal_keep, check=_at_least(1)),
         dedupe=t.get("dedupe", str, d.dedupe, check=_one_of(("off", "content"))),
+        state_retention_days=t.get("state_retention_days", float, d.state_retention_days, check=_at_least(0)),
+        dedupe_retention_days=t.get("dedupe_retention_days", float, d.dedupe_retention_days, check=_at_least(0)),
     )
     t.done()
     return cfg
