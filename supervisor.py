@@ -33,7 +33,7 @@ from workers.cli import (
     setup_logging,
 )
 from workers.config import Config, load_config
-from workers.daemon.loop import Daemon, StartInterrupted
+from workers.daemon.service import Daemon, StartInterrupted
 from workers.daemon.types import Options
 from workers.errors import ConfigError, SystemFailure
 from workers.graph import compile_graph

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from workers.config import WorkersConfig
@@ -185,7 +186,7 @@ class Commit:
             return
         durable = self.workers.durable
         out = self.queue.output
-        self._find_duplicates(batch)
+        find_duplicates(batch, self.store, self.queue.output)
         ready = []
         for flight, res, pid in batch:
             missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
@@ -215,21 +216,6 @@ class Commit:
             self.store.add_digests(digests)
         self.store.finished(done)
         self.store.add_totals({"files_processed": len(done), "lines_processed": sum(r.lines_in for _, r, _ in ready)})
-
-    def _find_duplicates(self, batch: list[tuple[Flight, ItemResult, int]]) -> None:
-        """With dedupe on: a file whose content another file committed first (since its
-        worker looked, or earlier in this batch) becomes a duplicate; its outputs go."""
-        seen: dict[str, str] = {}
-        for flight, res, _ in batch:
-            if not res.digest or res.duplicate_of:
-                continue
-            earlier = seen.get(res.digest) or self.store.digest_owner(res.digest)
-            if earlier:
-                for temp, _ in res.staged:
-                    (self.queue.output / temp).unlink(missing_ok=True)
-                res.staged, res.duplicate_of = [], earlier
-            else:
-                seen[res.digest] = shown(flight.record.final_name)
 
     def _move_committed(self, flight: Flight, res: ItemResult, pid: int) -> str:
         """The input of a committed file to processed/; its status ("processed", or
@@ -339,6 +325,22 @@ class Commit:
         self.ledger.flush()  # as close to the move as possible
         log.warning("failed %s for good after %d attempt(s): %s", shown(name), fields["attempt"], fields["reason"])
         self.ledger.forget(name)
+
+
+def find_duplicates(batch: list[tuple[Flight, ItemResult, int]], store: Store, out: Path) -> None:
+    """With dedupe on: a file whose content another file committed first (since its
+    worker looked, or earlier in this batch) becomes a duplicate; its outputs go."""
+    seen: dict[str, str] = {}
+    for flight, res, _ in batch:
+        if not res.digest or res.duplicate_of:
+            continue
+        earlier = seen.get(res.digest) or store.digest_owner(res.digest)
+        if earlier:
+            for temp, _ in res.staged:
+                (out / temp).unlink(missing_ok=True)
+            res.staged, res.duplicate_of = [], earlier
+        else:
+            seen[res.digest] = shown(flight.record.final_name)
 
 
 def _reason_field(flight: Flight) -> dict[str, str]:
