@@ -1,4 +1,5 @@
-"""Who may import whom (STYLE.md): checked by scanning the imports."""
+"""Who may import whom (STYLE.md, README "Architecture"), and how big a daemon part may
+grow: checked by scanning the sources."""
 
 from __future__ import annotations
 
@@ -6,6 +7,29 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DAEMON = ROOT / "workers" / "daemon"
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 300
+
+# The daemon's parts, and the parts each may import. A part not listed for another
+# talks to it through the named types (types.py) and the protocols (backend.py,
+# types.Records, types.Shared), handed in by the loop or the service.
+PART_IMPORTS = {
+    "types": set(),
+    "events": set(),
+    "inbox": {"types"},
+    "intake": {"types", "events"},
+    "ledger": {"types"},
+    "commit": {"types", "ledger"},  # the commit part writes the outcomes into the ledger's book
+    "backend": {"types"},
+    "local_pool": {"types"},
+    "celery_pool": {"types"},
+    "publisher": {"types"},
+    "dashboard": {"types"},
+    "loop": {"types", "backend", "commit", "dashboard", "inbox", "intake", "ledger", "publisher"},
+    "service": {"types", "backend", "celery_pool", "commit", "dashboard", "inbox", "intake", "ledger",
+                "local_pool", "loop", "publisher"},
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -18,6 +42,10 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+def daemon_modules() -> list[Path]:
+    return sorted(p for p in DAEMON.glob("*.py") if p.name != "__init__.py")
+
+
 def test_workers_never_import_web_or_supervisor() -> None:
     for path in (ROOT / "workers").rglob("*.py"):
         bad = {m for m in imports_of(path) if m.split(".")[0] in ("web", "supervisor")}
@@ -25,7 +53,8 @@ def test_workers_never_import_web_or_supervisor() -> None:
 
 
 def test_engine_and_queue_do_no_multiprocessing() -> None:
-    for name in ("engine.py", "queue.py", "graph.py", "config.py", "readiness.py"):
+    for name in ("engine.py", "queue.py", "graph.py", "config.py", "readiness.py", "daemon/intake.py",
+                 "daemon/ledger.py", "daemon/commit.py", "daemon/publisher.py", "daemon/types.py"):
         mods = imports_of(ROOT / "workers" / name)
         assert not {m for m in mods if m.startswith(("multiprocessing", "concurrent"))}, name
 
@@ -34,3 +63,55 @@ def test_only_the_supervisor_creates_the_manager() -> None:
     for path in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "web").rglob("*.py")]:
         assert "SyncManager(" not in path.read_text() and "Manager()" not in path.read_text(), path
     assert "SyncManager(" in (ROOT / "supervisor.py").read_text()
+
+
+def test_every_daemon_module_is_a_known_part() -> None:
+    assert {p.stem for p in daemon_modules()} == set(PART_IMPORTS)
+
+
+def test_parts_import_only_the_parts_they_may() -> None:
+    for path in daemon_modules():
+        used = {m.split(".")[2] for m in imports_of(path) if m.startswith("workers.daemon.")}
+        extra = used - PART_IMPORTS[path.stem]
+        assert not extra, f"workers/daemon/{path.name} imports the parts {sorted(extra)}"
+
+
+def test_the_rest_of_workers_never_imports_the_daemon_or_the_cli() -> None:
+    for path in (ROOT / "workers").rglob("*.py"):
+        if path.parent == DAEMON or path.name == "cli.py":
+            continue
+        bad = {m for m in imports_of(path) if m.startswith(("workers.daemon", "workers.cli"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_web_never_imports_the_daemon_or_touches_processes() -> None:
+    for path in (ROOT / "web").rglob("*.py"):
+        bad = {m for m in imports_of(path)
+               if m.startswith(("workers.daemon", "workers.cli", "workers.queue", "workers.worker",
+                                "workers.remote", "workers.store", "supervisor"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_supervisor_py_is_a_thin_main() -> None:
+    daemon_parts = {m for m in imports_of(ROOT / "supervisor.py") if m.startswith("workers.daemon.")}
+    assert daemon_parts <= {"workers.daemon.service", "workers.daemon.types"}, daemon_parts
+    assert len((ROOT / "supervisor.py").read_text().splitlines()) <= 150
+
+
+def test_the_loop_has_no_backend_branches() -> None:
+    """Only the service knows there are two backends (it builds one); the loop speaks
+    the protocol alone."""
+    for name in ("loop.py", "intake.py", "ledger.py", "commit.py", "publisher.py", "inbox.py"):
+        text = (DAEMON / name).read_text().lower()
+        for word in ("celery", "localpool", "local_pool", "remote", "slot"):
+            assert word not in text, f"workers/daemon/{name} mentions {word!r}"
+
+
+def test_daemon_modules_and_classes_stay_small() -> None:
+    for path in [*daemon_modules(), ROOT / "workers" / "cli.py", ROOT / "supervisor.py"]:
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines (> {MAX_MODULE_LINES})"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                assert size <= MAX_CLASS_LINES, f"{path.relative_to(ROOT)}: class {node.name} has {size} lines"

@@ -420,3 +420,69 @@ def test_a_restart_with_the_same_pid_gets_new_job_keys(tmp_path: Path, redis_ser
         assert set(names) <= set(folder(watch, "processed")), log.read_text()
     owners = {e["supervisor"] for e in journal(watch) if e["event"] == "processed"}
     assert len(owners) == 1 and next(iter(owners)).endswith(":1")  # the same owner both times
+
+
+def test_content_dedupe_with_celery(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """[watch] dedupe = "content" with the Celery backend, as with the local pool: a
+    file whose content was processed before is a duplicate (no output, journalled as
+    such), and the node skips it without running the pipeline on it; across a restart."""
+    config = celery_config(tmp_path, redis_server)
+    config.write_text(config.read_text().replace("settle = 0.3", 'settle = 0.3\ndedupe = "content"'))
+    start_node(celery_nodes, config, "alpha")
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "first.log", "MARK same\n")
+    wait_for(lambda: folder(watch, "processed") == ["first.log"], 60, "first.log processed")
+    drop(watch, "second.log", "MARK same\n")
+    drop(watch, "other.log", "MARK other\n")
+    wait_for(lambda: folder(watch, "processed") == ["first.log", "other.log", "second.log"], 60,
+             "the duplicate and the other file")
+    assert d.stop() == 0
+    d2 = start(daemons, config)
+    drop(watch, "third.log", "MARK same\n")
+    wait_for(lambda: "third.log" in folder(watch, "processed"), 60, "third.log after a restart")
+    assert d2.stop() == 0
+    events = {e["file"]: e for e in journal(watch) if e["event"] in ("processed", "duplicate")}
+    assert events["first.log"]["event"] == "processed" and events["other.log"]["event"] == "processed"
+    for dup in ("second.log", "third.log"):
+        assert events[dup]["event"] == "duplicate" and events[dup]["of"] == "first.log"
+    assert sorted(os.listdir(watch / "output")) == ["first.log", "other.log"]  # no output for duplicates
+    assert executions(tmp_path, "same") == 1  # the node skipped the duplicates by their digest
+    assert executions(tmp_path, "other") == 1
+
+
+def test_sighup_reaches_celery_nodes_through_the_jobs(tmp_path: Path, daemons, redis_server,
+                                                      celery_nodes) -> None:
+    """A SIGHUP's new pipeline and limits apply on a Celery node that started with the
+    old ones: each job says which pipeline version it needs (and carries it), and the
+    node reloads it before running the job. Its config.toml is not read again."""
+    config = celery_config(tmp_path, redis_server)
+    node_config = tmp_path / "node" / "config.toml"  # the node's own copy: it never changes
+    node_config.parent.mkdir()
+    watch = tmp_path / "watch_dir"
+    node_config.write_text(config.read_text().replace('dir = "watch_dir"', f'dir = "{watch}"'))
+    (node_config.parent / "behave.py").write_text((tmp_path / "behave.py").read_text())
+    start_node(celery_nodes, node_config, "alpha")
+    d = start(daemons, config)
+    drop(watch, "a.log", "Mixed Case\n")
+    wait_for(lambda: folder(watch, "processed") == ["a.log"], 60, "a.log with the first pipeline")
+    assert (watch / "output" / "a.log").read_text() == "MIXED CASE\n"
+    # New limits: file_timeout 10 -> 1 and a single attempt.
+    config.write_text(config.read_text().replace("file_timeout = 10", "file_timeout = 1").replace(
+        "max_attempts = 3", "max_attempts = 1"))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("configuration reloaded") == 1, 10, "the first reload")
+    drop(watch, "sleepy.log", "SLEEP 5\n")
+    wait_for(lambda: folder(watch, "failed") == ["sleepy.log"], 60, "sleepy.log failed under the new limit")
+    assert "took longer than file_timeout = 1s" in (watch / "failed" / "sleepy.log.reason").read_text()
+    # A new pipeline: lower-case instead of the node's own upper-casing processor.
+    text = config.read_text()
+    config.write_text(text[:text.index("[pipeline.nodes.start]")] + '[pipeline.nodes.start]\nprocessor = "lower"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("configuration reloaded") == 2, 10, "the second reload")
+    drop(watch, "b.log", "Mixed Case\n")
+    wait_for(lambda: "b.log" in folder(watch, "processed"), 60, "b.log with the new pipeline")
+    assert (watch / "output" / "b.log").read_text() == "mixed case\n"
+    assert (node_config.parent / "celery-alpha.log").read_text().count("reloaded from the job") == 2
+    assert celery_nodes[0].poll() is None
+    assert d.stop() == 0

@@ -36,7 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from workers.config import Config, load_config, max_job_seconds
+from workers.config import Config, load_config, max_job_seconds, parse_config, pipeline_version
 from workers.graph import Graph, compile_graph
 from workers.names import new_execution, shown
 from workers.worker import (
@@ -95,14 +95,34 @@ def __getattr__(name: str) -> Any:
 
 
 _CACHE: dict[str, Any] = {}
+KEEP_PIPELINES = 4  # pipeline versions a node keeps compiled (supervisors may differ during a rollout)
 
 
-def _worker_config() -> tuple[Config, Graph]:
+def _worker_config(pipeline: dict[str, Any] | None = None) -> tuple[Config, Graph]:
+    """The node's config and graph for a job. A job says which pipeline version it
+    needs, with that pipeline's tables: a node whose own version is older (its
+    config.toml predates the supervisor's SIGHUP) reloads it first, and keeps it."""
     if "config" not in _CACHE:
         config = load_config(os.environ.get("FOLDERMILL_CONFIG", "config.toml"))
         _CACHE["config"] = config
-        _CACHE["graph"] = compile_graph(config.pipeline, str(config.base_dir))
-    return _CACHE["config"], _CACHE["graph"]
+        _CACHE["versions"] = {pipeline_version(config.raw): (config, compile_graph(config.pipeline,
+                                                                                  str(config.base_dir)))}
+    own: Config = _CACHE["config"]
+    versions: dict[str, tuple[Config, Graph]] = _CACHE["versions"]
+    wanted = pipeline["version"] if pipeline else pipeline_version(own.raw)
+    if wanted not in versions:
+        raw = {**own.raw, "pipeline": pipeline["pipeline"], "workers": pipeline["workers"]}  # type: ignore[index]
+        config = parse_config(raw, own.path)
+        versions[wanted] = (config, compile_graph(config.pipeline, str(config.base_dir)))
+        while len(versions) > KEEP_PIPELINES:
+            del versions[next(iter(versions))]
+        log.info("pipeline version %s reloaded from the job (%d nodes)", wanted, len(versions[wanted][1].nodes))
+    return versions[wanted]
+
+
+def pipeline_tables(raw: Any, version: str) -> dict[str, Any]:
+    """What a job carries of its pipeline: the version and the tables it comes from."""
+    return {"version": version, "pipeline": raw.get("pipeline", {}), "workers": raw.get("workers", {})}
 
 
 def _redis(url: str) -> _Redis:
@@ -244,7 +264,7 @@ def process_job(task: Any, payload: dict[str, Any]) -> None:
     app acknowledges neither failures nor timeouts)."""
     from celery.exceptions import Reject
 
-    config, graph = _worker_config()
+    config, graph = _worker_config(payload.get("pipeline"))
     execution = new_execution()
     try:
         _run_job(task, config, graph, _redis(config.celery.broker_url), payload, execution)
@@ -302,7 +322,10 @@ def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, exe
     host, pid = socket.gethostname(), os.getpid()
     name = task.request.hostname or host
     progress = _Progress(r.client, f"foldermill:worker:{name}:{pid}", {"hostname": name, "pid": pid, "files_done": 0})
-    args = WorkerArgs(0, os.getppid(), str(config.path), {}, payload.get("trace_every", 0), False, 0)
+    # With [watch] dedupe = "content" on the supervisor, the node hashes each file and
+    # skips one whose content the shared state database says was processed before.
+    dedupe_db = str(config.watch.dir / ".foldermill" / "state.db") if payload.get("dedupe") else ""
+    args = WorkerArgs(0, os.getppid(), str(config.path), {}, payload.get("trace_every", 0), False, 0, dedupe_db)
     nodes: dict[str, list[float]] = {}
     results = []
     for i, raw in enumerate(payload["items"]):
@@ -357,7 +380,10 @@ def result_from_json(text: bytes | str) -> JobResult:
     return JobResult(data["slot"], data["pid"], data["seq"], items, nodes, data["rss_bytes"])
 
 
-def job_payload(job: str, reply: str, seq: int, items: tuple[JobItem, ...], trace_every: int) -> dict[str, Any]:
-    """What a task gets: ``job`` names the job uniquely across supervisor restarts."""
-    return {"job": job, "reply": reply, "seq": seq, "trace_every": trace_every,
-            "items": [[i.file_id, i.name, i.final_name, i.size] for i in items]}
+def job_payload(job: str, reply: str, seq: int, items: tuple[JobItem, ...], trace_every: int,
+                pipeline: dict[str, Any] | None = None, dedupe: bool = False) -> dict[str, Any]:
+    """What a task gets: ``job`` names the job uniquely across supervisor restarts;
+    ``pipeline`` the version it needs and its tables; ``dedupe`` whether to skip a
+    file whose content was processed before."""
+    return {"job": job, "reply": reply, "seq": seq, "trace_every": trace_every, "pipeline": pipeline,
+            "dedupe": dedupe, "items": [[i.file_id, i.name, i.final_name, i.size] for i in items]}

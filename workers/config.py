@@ -9,6 +9,9 @@ checked by :func:`workers.engine.compile_graph`, which needs to import processor
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import hashlib
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -188,6 +191,35 @@ def _parse_web(t: _Table) -> WebConfig:
 
 
 JOB_SLACK_S = 30.0  # a job's start-up and result push, on top of its files' time
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """What a SIGHUP applies: the new ``[pipeline]`` and ``[workers]`` limits, on the
+    running ``[watch]``, ``[web]``, ``[celery]``, ``backend`` and ``count`` (those need
+    a restart: their names are returned, to be logged)."""
+    kept = [key for key, old, now in (("watch", running.watch, new.watch), ("web", running.web, new.web),
+                                      ("celery", running.celery, new.celery))
+            if old != now]
+    if new.workers.backend != running.workers.backend or new.workers.count != running.workers.count:
+        kept.append("workers.backend/count")
+    workers = dataclasses.replace(new.workers, backend=running.workers.backend, count=running.workers.count)
+    # Workers parse the raw tables: give them the running [watch], [web] and [celery].
+    raw = {**new.raw, **{k: running.raw[k] for k in ("watch", "web", "celery") if k in running.raw}}
+    for k in ("watch", "web", "celery"):
+        if k not in running.raw:
+            raw.pop(k, None)
+    raw.setdefault("workers", {})
+    raw["workers"] = {**raw["workers"], "backend": workers.backend, "count": workers.count}
+    return dataclasses.replace(running, pipeline=new.pipeline, workers=workers, raw=raw), kept
+
+
+def pipeline_version(raw: Mapping[str, Any]) -> str:
+    """A short digest of what a job is processed with: the ``[pipeline]`` and
+    ``[workers]`` tables. The supervisor stamps it on every job; a Celery node whose
+    own version differs takes the job's tables (``workers/celery_app.py``)."""
+    text = json.dumps({"pipeline": raw.get("pipeline", {}), "workers": raw.get("workers", {})},
+                      sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def max_job_seconds(workers: WorkersConfig) -> float:

@@ -24,6 +24,7 @@ from workers.celery_app import (
     job_payload,
     lease_key,
     make_app,
+    pipeline_tables,
     result_from_json,
 )
 from workers.config import Config, max_job_seconds
@@ -49,10 +50,11 @@ class BrokerDown(OSError):
 
 
 class CeleryBackend:
-    def __init__(self, config: Config, owner: str, trace_every: int) -> None:
+    def __init__(self, config: Config, owner: str, trace_every: int, pipeline: str) -> None:
         import redis
 
         self.config = config
+        self.pipeline = pipeline  # the version every job sent needs (workers/config.py pipeline_version)
         self.app = make_app(config)
         self.app.conf.broker_connection_timeout = 2
         self.redis = redis.Redis.from_url(config.celery.broker_url, socket_timeout=5, socket_connect_timeout=2)
@@ -77,6 +79,11 @@ class CeleryBackend:
             raise BackendMissing(f"the Celery backend cannot load its Redis transport: {exc} (install the "
                                  f"package {missing!r}: pip install -r requirements.txt)") from None
 
+    def use(self, config: Config, pipeline: str) -> None:
+        """A reload: jobs sent from now on need this pipeline, with these limits."""
+        self.config = config
+        self.pipeline = pipeline
+
     def job_id(self, seq: int) -> str:
         return f"{self.owner}:{self.run_id}:{seq}"
 
@@ -84,11 +91,15 @@ class CeleryBackend:
         """Mark the job as sent (the mark survives a blip, not a Redis restart without
         persistence: that is how a lost job is told from a queued one), then send it."""
         job_id = self.job_id(job.seq)
-        payload = job_payload(job_id, self.reply, job.seq, job.items, self.trace_every)
+        config = self.config
+        payload = job_payload(job_id, self.reply, job.seq, job.items, self.trace_every,
+                              pipeline_tables(config.raw, self.pipeline), config.watch.dedupe == "content")
         try:
             self.redis.hset(job_key(job_id), "sent", time.time())
             self.redis.expire(job_key(job_id), 24 * 3600)
-            self.app.send_task(TASK_NAME, args=[payload], queue=self.config.celery.queue, retry=False)
+            # The job's own time limit: the limits of the pipeline it needs, not the node's.
+            self.app.send_task(TASK_NAME, args=[payload], queue=config.celery.queue, retry=False,
+                               time_limit=max_job_seconds(config.workers))
         except Exception as exc:  # kombu raises its own OperationalError family
             self._down(exc)
             raise BrokerDown(str(exc)) from None
@@ -121,7 +132,7 @@ class CeleryBackend:
                 item = self.redis.blpop([self.reply], timeout=1)
                 if not self.broker_ok:
                     self.broker_ok, self.broker_error = True, ""
-                    inbox.put(("broker", True, ""))
+                    inbox.put(("backend", "broker", True, ""))
                 if item is not None:
                     inbox.put(("result", result_from_json(item[1])))
                 if time.monotonic() - last_ping >= PING_EVERY_S:
@@ -133,7 +144,7 @@ class CeleryBackend:
             except Exception as exc:  # redis.ConnectionError and friends: the broker is down
                 if self.broker_ok:
                     self._down(exc)
-                    inbox.put(("broker", False, self.broker_error))
+                    inbox.put(("backend", "broker", False, self.broker_error))
                 stop.wait(1.0)
 
     def _reap(self) -> None:

@@ -52,6 +52,7 @@ class JobItem:
 class Job:
     seq: int
     items: tuple[JobItem, ...]
+    pipeline: str = ""  # the pipeline version it needs (workers/config.py pipeline_version)
 
 
 @dataclass
@@ -217,10 +218,10 @@ _DIGEST_DBS: dict[str, Any] = {}
 
 def processed_digest(db_path: str, digest: str) -> str:
     """The final name of a processed file with this content, or "" (read-only look-up)."""
-    db = _DIGEST_DBS.get(db_path)
-    if db is None:
-        db = _DIGEST_DBS[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
     try:
+        db = _DIGEST_DBS.get(db_path)
+        if db is None:
+            db = _DIGEST_DBS[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
         row = db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
     except sqlite3.Error:
         return ""

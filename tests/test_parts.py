@@ -1,0 +1,266 @@
+"""Each daemon part on its own, with real folders, a real state database, real worker
+processes and (for the Celery backend) a real redis-server and Celery node."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+import pytest
+
+from supervisor import open_shared
+from tests.components import require
+from tests.daemon import behave_config, journal, wait_for
+from tests.redis_server import RedisServer
+from workers.config import Config, load_config, pipeline_version, reloaded
+from workers.daemon.backend import Backend
+from workers.daemon.celery_pool import CeleryPool
+from workers.daemon.commit import Commit
+from workers.daemon.intake import Intake
+from workers.daemon.ledger import Ledger
+from workers.daemon.local_pool import LocalPool
+from workers.daemon.types import Delivery, Tally
+from workers.graph import compile_graph
+from workers.queue import FolderQueue
+from workers.state import Stats
+from workers.store import Journal, Store
+from workers.worker import ItemResult, Job, JobItem, JobResult
+
+
+class Nothing:
+    """Records of a ledger that holds nothing (the intake's view of it)."""
+
+    def in_flight(self, name: str) -> bool:
+        return False
+
+    def backing_off(self) -> dict[tuple[str, int], float]:
+        return {}
+
+    def seen_before(self) -> set[tuple[str, int]]:
+        return set()
+
+
+def make_queue(root: Path) -> FolderQueue:
+    q = FolderQueue(root, ("*",), (".*", "*.tmp"), "")
+    q.prepare()
+    return q
+
+
+def renamed_in(q: FolderQueue, name: str, text: str, mtime: float) -> None:
+    tmp = q.root / f".in-{name}"
+    tmp.write_text(text)
+    os.utime(tmp, (mtime, mtime))
+    os.rename(tmp, q.unprocessed / name)
+
+
+# -- intake ------------------------------------------------------------------------------------
+
+
+def test_intake_claims_oldest_first_up_to_the_limit_and_rejects_what_is_not_a_file(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    for i, name in enumerate(["c.log", "a.log", "b.log"]):
+        renamed_in(q, name, "x\n", 1_000_000 + i)  # c oldest, then a, then b
+    os.symlink("/etc/passwd", q.unprocessed / "link.log")
+    os.utime(q.unprocessed / "link.log", (900_000, 900_000), follow_symlinks=False)
+    intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False)
+    claims = intake.claim(1.0, 2, Nothing(), True, True)
+    assert [c.name for c in claims.files] == ["c.log", "a.log"]
+    assert [(c.name, "a symlink" in why) for c, why in claims.rejects] == [("link.log", True)]
+    assert sorted(os.listdir(q.underprocess)) == ["a.log", "c.log", "link.log"]
+    assert intake.backlog_size() == (1, 2)  # b.log waits for the next round
+    assert [c.name for c in intake.claim(1.1, 10, Nothing(), False, False).files] == ["b.log"]
+
+
+def test_intake_does_not_claim_a_file_still_open_for_writing(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False)
+    with open(q.unprocessed / "busy.log", "w") as writer:
+        writer.write("half")
+        writer.flush()
+        assert intake.claim(1.0, 10, Nothing(), True, True).files == []
+    intake.wake()
+    assert [c.name for c in intake.claim(2.0, 10, Nothing(), True, True).files] == ["busy.log"]
+
+
+def test_intake_recovers_a_dead_owners_file_and_leaves_its_own(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    renamed_in(q, "mine.log", "x\n", 1_000_000)
+    intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False)
+    assert intake.claim(1.0, 10, Nothing(), True, True).files
+    (q.underprocess / "orphan.log").write_text("left by a dead supervisor\n")  # nobody holds its lock
+    found = intake.recover(2.0, {"mine.log"})
+    assert found.requeued == ["orphan.log"] and not found.adopted
+    assert sorted(os.listdir(q.unprocessed)) == ["orphan.log"] and os.listdir(q.underprocess) == ["mine.log"]
+
+
+# -- ledger and commit -------------------------------------------------------------------------
+
+
+def book(tmp_path: Path) -> tuple[FolderQueue, Store, Ledger, Commit, Config]:
+    config = load_config(behave_config(tmp_path))
+    q = make_queue(config.watch.dir)
+    store = Store(q.state_dir / "state.db")
+    journal = Journal(config.watch.dir / "input.log", 1 << 20, 2, q.locks_dir / "journal.lock")
+    graph = compile_graph(config.pipeline, str(config.base_dir))
+    ledger = Ledger(q, store, journal, graph, "host:1", "host:1:test", False, lambda name: None)
+    commit = Commit(ledger, store, q, config.workers, Stats(0.0, {}), Tally())
+    return q, store, ledger, commit, config
+
+
+def test_the_commit_order_outputs_then_input_then_journal_then_state(tmp_path: Path) -> None:
+    """staged -> state "committing" -> outputs in place -> input in processed/ -> journal
+    -> state "processed": what each write saw of the folders, in the order it came."""
+    q, store, ledger, commit, _ = book(tmp_path)
+    renamed_in(q, "a.log", "x\n", 1_000_000)
+    intake = Intake(q, 0.0, 60, False)
+    flights = commit.admitted(ledger.admit(intake.claim(1.0, 10, ledger, True, True).files, "claimed"))
+    job = ledger.assign(flights, "v1")
+    temp = f".fm-{job.items[0].file_id}.cafe.0.tmp"
+    (q.output / temp).write_text("X\n")
+    seen: list[tuple[str, bool, bool, bool]] = []
+
+    def trace(sql: str) -> None:
+        if sql.lstrip().upper().startswith("UPDATE FILES SET STATUS"):
+            journal = (q.root / "input.log").read_text() if (q.root / "input.log").exists() else ""
+            seen.append(("committing" if "committing" in sql else "finished", (q.output / "a.log").exists(),
+                         (q.processed / "a.log").exists(), '"processed"' in journal))
+
+    store.db.set_trace_callback(trace)
+    commit.deliver(Delivery(job.seq, 7, True, [ItemResult(job.items[0].file_id, True, [(temp, "a.log")], 1, 1)]))
+    commit.run()
+    store.db.set_trace_callback(None)
+    assert seen == [("committing", False, False, False), ("finished", True, True, True)]
+    assert (q.output / "a.log").read_text() == "X\n" and not ledger.count()
+
+
+def test_a_commit_cut_short_is_rolled_forward_at_the_next_claim(tmp_path: Path) -> None:
+    """The owner died after marking the file committing and renaming one output: the
+    next claim finishes the commit without processing the file again."""
+    q, store, ledger, _, _ = book(tmp_path)
+    renamed_in(q, "a.log", "x\n", 1_000_000)
+    intake = Intake(q, 0.0, 60, False)
+    flights = ledger.admit(intake.claim(1.0, 10, ledger, True, True).files, "claimed")
+    ledger.flush()
+    file_id = flights[0].record.id
+    (q.output / f".fm-{file_id}.cafe.0.tmp").write_text("X\n")
+    store.committing([(file_id, [(f".fm-{file_id}.cafe.0.tmp", "a.log")])])
+    q.put_back("a.log")  # as recovery does after its owner's death
+    q2, _, ledger2, commit2, _ = book(tmp_path)
+    again = ledger2.admit(Intake(q2, 0.0, 60, False).claim(2.0, 10, ledger2, True, True).files, "claimed")
+    assert again[0].record.committed
+    assert commit2.admitted(again) == []  # nothing left to process
+    ledger2.flush()
+    assert (q2.processed / "a.log").exists() and (q2.output / "a.log").read_text() == "X\n"
+    events = [e["event"] for e in journal(q2.root) if e["file"] == "a.log"]
+    assert events == ["claimed", "claimed", "processed"]
+
+
+def test_a_failed_attempt_parks_the_file_and_the_last_one_fails_it(tmp_path: Path) -> None:
+    q, _, ledger, commit, _ = book(tmp_path)  # max_attempts = 2
+    renamed_in(q, "bad.log", "x\n", 1_000_000)
+    flights = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")
+    for attempt in (1, 2):
+        job = ledger.assign(flights, "v1")
+        commit.deliver(Delivery(job.seq, 7, True, [ItemResult(flights[0].record.id, False, reason="boom")]))
+        if attempt == 1:
+            assert ledger.take_pending(float("inf")) == flights  # its backoff is over: it goes out again
+    ledger.flush()
+    assert os.listdir(q.failed) == ["bad.log", "bad.log.reason"] and not ledger.count()
+
+
+# -- the backend protocol, both implementations ------------------------------------------------
+
+
+def round_trip(backend: Backend, results: queue.SimpleQueue | None, shared_results: object, job: Job) -> JobResult:
+    wait_for(lambda: backend.room() > 0, 60, "room for a job")
+    assert backend.submit(job)
+
+    def arrived() -> JobResult | None:
+        try:
+            if results is not None:
+                item = results.get(timeout=0.2)
+                return item[1] if item[0] == "result" else None
+            return shared_results.get(timeout=0.2)  # type: ignore[attr-defined]
+        except queue.Empty:
+            return None
+
+    return wait_for(arrived, 60, f"the result of job {job.seq}")
+
+
+def claimed_job(config: Config, seq: int, name: str, text: str, pipeline: str = "") -> Job:
+    q = make_queue(config.watch.dir)
+    renamed_in(q, name, text, 1_000_000)
+    assert q.claim(name)
+    return Job(seq, (JobItem(seq, name, name, len(text)),), pipeline)
+
+
+def test_the_local_pool_runs_a_job_and_names_the_file_a_dead_worker_was_on(tmp_path: Path) -> None:
+    config = load_config(behave_config(tmp_path))
+    shared = open_shared(mp.get_context("fork"))
+    pool = LocalPool(mp.get_context("spawn"), shared, config, 1, False, tmp_path / "state.db", Counter())
+    try:
+        pool.start(queue.SimpleQueue())
+        pool.check(0.0, False)  # starts the worker
+        result = round_trip(pool, None, shared.results, claimed_job(config, 1, "ok.log", "fine\n"))
+        delivery = pool.collect(result)
+        assert delivery is not None and delivery.accepted and delivery.items[0].ok
+        temp, final = delivery.items[0].staged[0]
+        assert final == "ok.log" and (config.output_dir / temp).read_text() == "FINE\n"
+        assert pool.collect(result) is None  # the same result again is stale
+        assert pool.submit(claimed_job(config, 2, "crash.log", "EXIT\n"))
+        returned = wait_for(lambda: pool.check(1.0, False), 60, "the worker's death")
+        assert [(r.seq, r.culprit.name if r.culprit else None, r.cause) for r in returned] == [
+            (2, "crash.log", "crash")]
+        assert "exited with status 3 while processing it" in returned[0].reason
+    finally:
+        pool.stop()
+        shared.shutdown()
+        # The spawn context started multiprocessing's resource tracker for this process
+        # (the daemon's own runs in the supervisor process): stop it, as its exit would.
+        resource_tracker._resource_tracker._stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(require("redis-server"), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_the_celery_pool_runs_jobs_of_the_pipeline_version_they_need(tmp_path: Path, redis_server) -> None:
+    from tests.test_celery import celery_config, start_node
+
+    config = load_config(celery_config(tmp_path, redis_server))
+    nodes: list[subprocess.Popen] = []
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    pool = CeleryPool(config, "host:1", False, pipeline_version(config.raw))
+    try:
+        start_node(nodes, config.path, "alpha")
+        pool.start(inbox)
+        result = round_trip(pool, inbox, None, claimed_job(config, 1, "a.log", "Mixed\n"))
+        delivery = pool.collect(result)
+        assert delivery is not None and delivery.accepted and not delivery.resend
+        assert (config.output_dir / delivery.items[0].staged[0][0]).read_text() == "MIXED\n"
+        late = pool.collect(result)  # a second execution's result of the same job is never accepted
+        assert late is not None and not late.accepted
+        # A reload: the node started with the old pipeline and reloads it from the job.
+        text = config.path.read_text()
+        lower = text[:text.index("[pipeline.nodes.start]")] + '[pipeline.nodes.start]\nprocessor = "lower"\n'
+        config.path.with_name("new.toml").write_text(lower)
+        new, _ = reloaded(config, load_config(config.path.with_name("new.toml")))
+        pool.reload(new, pipeline_version(new.raw))
+        second = pool.collect(round_trip(pool, inbox, None, claimed_job(config, 2, "b.log", "Mixed\n",
+                                                                         pipeline_version(new.raw))))
+        assert second is not None and (config.output_dir / second.items[0].staged[0][0]).read_text() == "mixed\n"
+    finally:
+        pool.stop()
+        for node in nodes:
+            node.terminate()
+            node.wait(timeout=15)

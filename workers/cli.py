@@ -1,0 +1,172 @@
+"""The command line's verbs other than the daemon itself: ``check``, ``run``, ``status``,
+``retry``, ``history``; the argument parser, the exit codes and the log format.
+
+``supervisor.py`` parses the arguments and dispatches here; the daemon is
+``workers/daemon/loop.py``. Nothing here holds a lock or starts a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workers import __version__
+from workers.config import Config
+from workers.engine import run_file
+from workers.errors import InputError
+from workers.graph import Graph
+from workers.names import output_name, shown
+from workers.outputs import StagedOutputs, unique_name
+from workers.progress import Progress
+
+EXIT_OK = 0
+EXIT_FILES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+
+log = logging.getLogger("foldermill")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supervisor.py", description="foldermill hot-folder processor")
+    parser.add_argument("-c", "--config", default="config.toml", help="path to config.toml (default: %(default)s)")
+    parser.add_argument("--once", action="store_true", help="process what is ready, wait for it, exit 0")
+    parser.add_argument("--trace", action="store_true", help="trace line routes and log every file transition")
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes (overrides [workers] count)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
+    parser.add_argument("--version", action="version", version=f"foldermill {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("check", help="validate the config and print the routing graph")
+    status = sub.add_parser("status", help="queue counts, workers, recent failures (running or not)")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
+    retry.add_argument("names", nargs="*", metavar="NAME")
+    retry.add_argument("--all", action="store_true", help="every file in failed/")
+    history = sub.add_parser("history", help="every journal entry for one file")
+    history.add_argument("name", metavar="NAME")
+    history.add_argument("--json", action="store_true", help="JSON lines")
+    run = sub.add_parser("run", help="run the pipeline on files directly (no folders, no pool)")
+    run.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run.add_argument("--output-dir", type=Path, help="where outputs go (default: the watch dir's output/)")
+    run.add_argument("--trace", action="store_true", help="print the route of sampled lines")
+    return parser
+
+
+def cmd_ops(config: Config, args: argparse.Namespace) -> int:
+    """status, retry, history: the operator's verbs (workers/ops.py)."""
+    from workers import ops
+
+    if args.command == "status":
+        s = ops.status(config)
+        print(json.dumps(s) if args.json else ops.format_status(s))
+        return EXIT_OK
+    if args.command == "retry":
+        if bool(args.names) == bool(args.all):
+            print("foldermill: retry needs NAME... or --all (not both)", file=sys.stderr)
+            return EXIT_USAGE
+        moved, problems = ops.retry(config, args.names, args.all)
+        for name in moved:
+            print(f"{name}: back in unprocessed/, with fresh attempts")
+        for problem in problems:
+            print(f"foldermill: {problem}", file=sys.stderr)
+        return EXIT_FILES_FAILED if problems else EXIT_OK
+    entries = ops.history(config, args.name)
+    if not entries:
+        print(f"foldermill: no journal entry for {args.name!r}", file=sys.stderr)
+        return EXIT_FILES_FAILED
+    print("\n".join(json.dumps(e) for e in entries) if args.json else ops.format_history(entries))
+    return EXIT_OK
+
+
+def cmd_check(config: Config, graph: Graph) -> int:
+    print(f"config {config.path} is valid")
+    print(f"watch dir: {config.watch.dir}")
+    print("routing graph (tag -> processor -> tags it may emit):")
+    for line in graph.describe():
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_run(config: Config, graph: Graph, files: list[Path], output_dir: Path | None, trace: bool) -> int:
+    out_dir = output_dir or config.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = [_size(p) for p in files]
+    view = Progress(sys.stderr)
+    failed, done_bytes = 0, 0
+    for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
+        def report(bytes_done: int, _lines: int, path: Path = path, size: int = size, i: int = i,
+                   before: int = done_bytes) -> None:
+            view.update(i, len(files), before + bytes_done, sum(sizes), [(shown(path.name), bytes_done, size)])
+
+        if not _run_one(graph, path, out_dir, trace, report):
+            failed += 1
+        done_bytes += size
+    view.update(len(files), len(files), done_bytes, sum(sizes), [], final=True)
+    return EXIT_FILES_FAILED if failed else EXIT_OK
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any = None) -> bool:
+    suffixes = graph.side_outputs()
+
+    def taken(name: str) -> bool:
+        return any(os.path.lexists(out_dir / output_name(name, s)) for s in ("", *suffixes))
+
+    started = time.monotonic()
+    where = shown(str(path))
+    try:
+        source = open(path, "rb")  # noqa: SIM115 - the with block below closes it
+    except OSError as exc:
+        print(f"{where}: cannot open: {exc.strerror}", file=sys.stderr)
+        return False
+    with source:
+        staged = StagedOutputs(out_dir, unique_name(path.name, taken), graph.settings.encoding)
+        try:
+            result = run_file(graph, path.name, source, staged.sink, report, trace_every=100 if trace else 0)
+        except InputError as exc:
+            staged.abort()
+            print(f"{where}: failed: {exc}", file=sys.stderr)
+            return False
+        except BaseException:
+            staged.abort()
+            raise
+    finals = staged.commit()
+    seconds = time.monotonic() - started
+    for error in result.errors:
+        print(f"{where}: line {error['line']} (node {error['node']!r}) skipped: {error['message']}", file=sys.stderr)
+    finals_shown = ", ".join(shown(str(p)) for p in finals)
+    print(f"{where}: {result.lines_in} lines in, {result.lines_out} out, "
+          f"{result.error_count} skipped, {seconds:.3f}s -> {finals_shown}")
+    for line_no, route in result.routes:
+        print(f"  trace line {line_no}: {' -> '.join(route)}")
+    return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname.lower(), "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False

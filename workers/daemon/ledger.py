@@ -1,0 +1,263 @@
+"""The ledger: the book of the files this supervisor holds. It owns the table of
+flights (claimed files, by name and by id), which of them wait for dispatch or for
+their backoff, the state database's records of claims, requeues and recoveries, and
+the journal (``input.log``) entries, written in batches. It decides nothing about a
+file's outcome (``commit.py`` does) and moves files only to give them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.daemon.types import Flight, Returned
+from workers.graph import Graph
+from workers.names import output_name, reason_name, shown
+from workers.outputs import remove_staged
+from workers.queue import Candidate, FolderQueue
+from workers.store import Journal, Store
+from workers.worker import Job, JobItem
+
+log = logging.getLogger("foldermill")
+
+
+class Ledger:
+    """Files in flight, their records and their journal (also the store's NameRules)."""
+
+    def __init__(self, queue: FolderQueue, store: Store, journal: Journal, graph: Graph, owner: str,
+                 incarnation: str, trace: bool, forgotten: Any) -> None:
+        self.queue = queue
+        self.store = store
+        self.journal = journal
+        self.graph = graph
+        self.owner = owner  # as people see it
+        self.incarnation = incarnation  # as the state database sees it: unique to this start
+        self.trace = trace
+        self.forgotten = forgotten  # called with a name that left our hands (the intake's readiness)
+        self.flights: dict[str, Flight] = {}
+        self.by_id: dict[int, str] = {}
+        self.redispatch: list[str] = []  # claimed, waiting for a job
+        self.parked: set[str] = set()  # waiting out the backoff of a failed attempt
+        self.events: list[dict[str, Any]] = []
+        self.seq = 0  # the last job's number
+
+    # -- what the intake reads (Records) -------------------------------------------------
+
+    def in_flight(self, name: str) -> bool:
+        return name in self.flights
+
+    def backing_off(self) -> dict[tuple[str, int], float]:
+        return self.store.waiting_until(time.time())
+
+    def seen_before(self) -> set[tuple[str, int]]:
+        return self.store.live()
+
+    def flight(self, name: str) -> Flight | None:
+        return self.flights.get(name)
+
+    def names(self) -> set[str]:
+        return set(self.flights)
+
+    def count(self) -> int:
+        return len(self.flights)
+
+    def pending_bytes(self) -> int:
+        return sum(f.size for f in self.flights.values())
+
+    def current(self, file_id: int, seq: int) -> Flight | None:
+        """The flight of this file if it still waits for job ``seq``."""
+        name = self.by_id.get(file_id)
+        flight = self.flights.get(name) if name else None
+        return flight if flight is not None and flight.seq == seq else None
+
+    # -- claims in, jobs out -------------------------------------------------------------
+
+    def admit(self, picked: list[Candidate], event: str) -> list[Flight]:
+        """Claimed files into the state and the table of flights, journalled."""
+        if not picked:
+            return []
+        records = self.store.claim(picked, self.incarnation, self)
+        flights = []
+        for candidate, record in zip(picked, records, strict=True):
+            flight = Flight(record, candidate.size)
+            self.flights[record.name] = flight
+            self.by_id[record.id] = record.name
+            self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
+            flights.append(flight)
+        return flights
+
+    def take_pending(self, now: float) -> list[Flight]:
+        """Flights to dispatch now: those waiting for a job, then those whose backoff ended."""
+        pending = [self.flights[n] for n in self.redispatch if n in self.flights]
+        self.redispatch = []
+        for name in [n for n in self.parked if self.flights[n].not_before <= now]:
+            self.parked.discard(name)
+            pending.append(self.flights[name])
+        return pending
+
+    def assign(self, batch: list[Flight], pipeline: str) -> Job:
+        """A new job for these flights."""
+        self.seq += 1
+        for f in batch:
+            f.seq = self.seq
+        return Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size) for f in batch),
+                   pipeline)
+
+    def hold(self, flights: list[Flight]) -> None:
+        """No backend has room: these wait for the next dispatch."""
+        for f in flights:
+            f.seq = 0
+            self.redispatch.append(f.record.name)
+
+    def park(self, flight: Flight, delay_s: float) -> None:
+        """A failed attempt: the file waits out its backoff, claimed."""
+        flight.seq, flight.not_before = 0, time.monotonic() + delay_s
+        self.parked.add(flight.record.name)
+
+    def requeue(self, items: tuple[JobItem, ...]) -> None:
+        """Items of a job that will not deliver: they go out again, at no cost."""
+        for it in items:
+            name = self.by_id.get(it.file_id)
+            flight = self.flights.get(name) if name else None
+            if flight is not None and flight.seq:
+                flight.seq = 0
+                remove_staged(self.queue.output, str(it.file_id))
+                self.redispatch.append(name)
+
+    def requeue_returned(self, returned: Returned) -> None:
+        """What a backend gave back, but for its culprit (the commit part charges it)."""
+        self.requeue(tuple(it for it in returned.items if it is not returned.culprit))
+
+    def forget(self, name: str) -> None:
+        flight = self.flights.pop(name, None)
+        if flight is not None:
+            self.by_id.pop(flight.record.id, None)
+        self.parked.discard(name)
+        self.forgotten(name)
+
+    # -- giving files back -----------------------------------------------------------------
+
+    def return_flights(self, names: list[str], why: str) -> None:
+        """Stopping: put these claimed files back in unprocessed/ (a parked one keeps the
+        rest of its backoff). One whose name a new delivery took meanwhile stays in
+        underprocess/: recovery (ours at the next start, or another supervisor's)
+        adopts it; nothing replaces the new delivery."""
+        ids, backoff = [], {}
+        wall, mono = time.time(), time.monotonic()
+        for name in names:
+            flight = self.flights.get(name)
+            if flight is None:
+                continue
+            remove_staged(self.queue.output, str(flight.record.id))
+            outcome = self.queue.put_back(name)
+            if outcome == "moved":
+                self.journal_event("requeued", flight, reason=why)
+            elif outcome == "taken":
+                self.journal_event("requeued", flight, reason=f"{why}; left in underprocess/: a new delivery of "
+                                   "that name waits in unprocessed/ (recovered at the next start)")
+            ids.append(flight.record.id)
+            if flight.not_before > mono:
+                backoff[flight.record.id] = wall + flight.not_before - mono
+            self.forget(name)
+        self.store.requeued(ids, backoff)
+
+    def return_all(self, why: str) -> None:
+        self.return_flights(list(self.flights), why)
+
+    def return_undispatched(self) -> None:
+        """Stopping or paused: files waiting for a worker (or for their retry) go back."""
+        if not self.redispatch and not self.parked:
+            return
+        names, self.redispatch = self.redispatch, []
+        waiting = [n for n in (*names, *self.parked) if n in self.flights and not self.flights[n].seq]
+        self.return_flights(list(dict.fromkeys(waiting)), "supervisor stopping")
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recovered(self, names: list[str]) -> None:
+        """Dead owners' files the intake put back in unprocessed/."""
+        if names:
+            self.store.recovered(names)
+            for name in names:
+                self.events.append(event_entry("recovered", name, supervisor=self.owner,
+                                               reason="its owner died; back to unprocessed/"))
+
+    def forget_vanished(self) -> None:
+        """Live records whose file is in neither unprocessed/ nor underprocess/ (removed
+        by hand while waiting, or by a dead owner's operator): they reserve no name."""
+        gone = []
+        q = self.queue
+        for file_id, name, ino, final in self.store.live_rows():
+            if file_id in self.by_id:
+                continue  # in flight here
+            index = q.lock_index(name)
+            if not q.locks.try_acquire(index):
+                continue  # a live owner's: only the lock holder moves a file
+            try:
+                present = (any(_inode(folder, name) == ino for folder in (q.unprocessed, q.underprocess))
+                           or any(_inode(folder, final) == ino for folder in (q.processed, q.failed)))
+            finally:
+                q.locks.release(index)
+            if not present:
+                gone.append((file_id, "vanished"))
+                self.events.append(event_entry("vanished", name, reason="no longer in unprocessed/ or underprocess/"))
+        if gone:
+            self.store.finished(gone)
+
+    # -- the journal ---------------------------------------------------------------------------
+
+    def journal_event(self, event: str, flight: Flight, **fields: Any) -> None:
+        self.events.append(event_entry(event, flight.record.name, final=shown(flight.record.final_name),
+                                       size=flight.size, supervisor=self.owner, **fields))
+        if self.trace:
+            extra = " ".join(f"{k}={v!r}" for k, v in fields.items())
+            log.info("%s %r %s", event, shown(flight.record.name), extra)
+
+    def note(self, entry: dict[str, Any]) -> None:
+        """A journal entry about no flight of ours (a retry requested)."""
+        self.events.append(entry)
+
+    def flush(self) -> None:
+        if self.events:
+            events, self.events = self.events, []
+            self.journal.write(events)
+
+    # -- the store's NameRules (workers/store.py) --
+
+    def reload(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def taken(self, name: str) -> bool:
+        return self.queue.taken(name, self.graph.side_outputs())
+
+    def left_failed(self, final: str) -> None:
+        self.queue.forget_reason(final)
+
+    def derived(self, final: str) -> list[str]:
+        """Every name a file with this final name will use, as "folder/name": reserved
+        while it is live, so that no other file is given a colliding one."""
+        return [f"processed/{final}", f"failed/{final}", f"failed/{reason_name(final)}",
+                *(f"output/{output_name(final, s)}" for s in ("", *self.graph.side_outputs()))]
+
+    def _derived_field(self, final: str) -> dict[str, Any]:
+        """Side-output names that had to be shortened to fit, for the journal."""
+        short = {s: shown(output_name(final, s)) for s in self.graph.side_outputs()
+                 if output_name(final, s) != f"{final}.{s}"}
+        return {"outputs_shortened": short} if short else {}
+
+
+def event_entry(event: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A journal entry: the file's name shown (workers/names.py), exact and printable."""
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {"ts": ts, "event": event, "file": shown(name), **fields}
+
+
+def _inode(folder: Path, name: str) -> int:
+    try:
+        return os.lstat(folder / name).st_ino
+    except OSError:
+        return -1

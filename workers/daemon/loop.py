@@ -1,0 +1,276 @@
+"""The daemon's loop: it composes the parts and owns only what is the loop's own: the
+running configuration and pipeline version, pause, and what to do with each item of
+the inbox. One ``step(now)`` reads as huey's consumer loop does: what came in, what to
+commit, how the workers are, what to claim, what to publish. ``service.py`` builds the
+parts, runs the steps and stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers.config import Config, load_config, pipeline_version, reloaded
+from workers.daemon.backend import Backend
+from workers.daemon.commit import Commit
+from workers.daemon.dashboard import Dashboard
+from workers.daemon.inbox import Inbox
+from workers.daemon.intake import Intake
+from workers.daemon.ledger import Ledger, event_entry
+from workers.daemon.publisher import Publisher
+from workers.daemon.types import Flight, OpenShared, Options, Report, Shared
+from workers.errors import ConfigError
+from workers.graph import Graph, compile_graph
+from workers.names import shown, unshown
+from workers.queue import Candidate
+from workers.state import Stats
+from workers.store import StateError
+
+log = logging.getLogger("foldermill")
+
+
+@dataclass
+class Parts:
+    """The daemon's parts, built by ``service.py`` once the state database is open."""
+
+    intake: Intake
+    ledger: Ledger
+    commit: Commit
+    backend: Backend
+    publisher: Publisher
+    stats: Stats
+    inbox: Inbox
+    shared: Shared
+    dashboard: Dashboard | None
+
+
+class Loop:
+    """The parts composed: one step at a time."""
+
+    def __init__(self, parts: Parts, config: Config, graph: Graph, options: Options, owner: str,
+                 open_shared: OpenShared, ctx: Any, stopping: Callable[[], bool]) -> None:
+        self.intake = parts.intake
+        self.ledger = parts.ledger
+        self.commit = parts.commit
+        self.backend = parts.backend
+        self.publisher = parts.publisher
+        self.stats = parts.stats
+        self.inbox = parts.inbox
+        self.shared = parts.shared
+        self.dashboard = parts.dashboard
+        self.config = config
+        self.graph = graph
+        self.options = options
+        self.owner = owner
+        self.open_shared = open_shared
+        self.ctx = ctx
+        self.stopping = stopping  # a signal asked us to stop: no new claims
+        self.pipeline = pipeline_version(config.raw)
+        self.paused = False
+
+    def in_flight(self) -> int:
+        return self.ledger.count()
+
+    def finish(self) -> None:
+        """Stopping, the workers gone: results that arrived are committed rather than
+        redone, every other file in flight goes back to unprocessed/, the journal is written."""
+        while (item := self.inbox.get_nowait()) is not None:
+            if item[0] == "result":
+                self.deliver(item[1])
+        self.commit.run()
+        self.ledger.return_all("supervisor stopped before it finished")
+        self.ledger.flush()
+
+    # -- one step of the loop --------------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        """One turn: what came in, what to commit, how the workers are, what to claim,
+        what to publish."""
+        self._take_in()
+        self.commit.run()
+        self._check_workers(now)
+        self.publisher.beat()
+        if not self.stopping() and not self.paused:
+            self._claim_and_dispatch(now)
+        else:  # stopping or paused: what waits for a worker waits in unprocessed/
+            self.ledger.return_undispatched()
+        if self.intake.recover_due(now):
+            self.recover(now)
+            self.commit.retry_moves()
+        self.ledger.flush()
+        self.publisher.tick(now, lambda: self._report(now), self.ledger.count())
+        if self.options.once:
+            self.show_progress()
+
+    # -- what came in --
+
+    def _take_in(self) -> None:
+        while (item := self.inbox.get_nowait()) is not None:
+            self.handle(item)
+
+    def handle(self, item: tuple) -> None:
+        """One item from the inbox."""
+        kind = item[0]
+        if kind == "result":
+            self.deliver(item[1])
+        elif kind == "command":
+            self._on_command(item[1])
+        elif kind == "backend":
+            self.backend.on_message(item[1:])
+        elif kind == "reload":
+            self._reload()
+        elif kind == "fs":
+            self.intake.note_event(item[1], item[2])
+
+    def deliver(self, result: Any) -> None:
+        """A job's result, through the backend that ran it, to the commit part."""
+        delivery = self.backend.collect(result)
+        if delivery is not None:
+            self.commit.deliver(delivery)
+
+    def _on_command(self, command: tuple) -> None:
+        """An action from the dashboard (already authorised and validated there)."""
+        action = command[0]
+        if action == "pause":
+            self.paused = True
+            log.info("intake paused from the dashboard")
+        elif action == "resume":
+            self.paused = False
+            self.intake.wake()
+            log.info("intake resumed from the dashboard")
+        elif action == "retry":
+            name = unshown(command[1])  # the dashboard speaks in shown names
+            problem = self.intake.retry_failed(name)
+            if problem:
+                log.warning("retry of %s refused: %s", shown(name), problem)
+                return
+            self.ledger.note(event_entry("retry-requested", name, supervisor=self.owner))
+            log.info("retry of failed file %s requested from the dashboard", shown(name))
+
+    def _reload(self) -> None:
+        """SIGHUP: read config.toml again. A valid new pipeline (and new [workers] limits)
+        apply to files claimed from now on: jobs carry the new pipeline version, local
+        the backend runs each job with the pipeline it needs
+        (backend.reload). An invalid file is logged with the key at fault and the running config stays."""
+        try:
+            new = load_config(self.config.path)
+            graph = compile_graph(new.pipeline, str(new.base_dir))
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        self.config, kept = reloaded(self.config, new)
+        if kept:
+            log.warning("reload: changes to %s need a restart and are ignored", ", ".join(kept))
+        self.graph = graph
+        self.pipeline = pipeline_version(self.config.raw)
+        self.ledger.reload(graph)
+        self.commit.reload(self.config.workers)
+        self.backend.reload(self.config, self.pipeline)
+        log.info("configuration reloaded: new files get the new pipeline (%d nodes); workers recycled",
+                 len(graph.nodes))
+
+    # -- how the workers are --
+
+    def _check_workers(self, now: float) -> None:
+        if self.shared.died() is not None and not self.stopping():
+            self._rebuild_shared()
+        for returned in self.backend.check(now, self.stopping()):
+            self.commit.settle(returned)
+        if self.dashboard is not None and not self.stopping():
+            self.dashboard.check(now, self.ctx, self.config, self.shared)
+
+    def _rebuild_shared(self) -> None:
+        """The manager process died: every queue and the state dict went with it. Start a
+        new one (spawned: this process now holds locks and threads), and the workers
+        and the dashboard that used the old one; their files go out again at no cost."""
+        log.error("the manager process died (exit %s): restarting it, the workers and the dashboard",
+                  self.shared.died())
+        self.inbox.stop_pumps()
+        if self.dashboard is not None:
+            self.dashboard.kill()
+        self.stats.restarts["manager"] += 1
+        self.shared = self.open_shared(self.ctx)
+        for returned in self.backend.rebuild(self.shared):
+            self.commit.settle(returned)
+        self.publisher.attach(self.shared.state)
+        self.inbox.pump_from(self.shared)
+        if self.dashboard is not None:
+            self.dashboard.start(self.ctx, self.config, self.shared)
+
+    # -- what to claim --
+
+    def _claim_and_dispatch(self, now: float) -> None:
+        """Retries due and files waiting for a job first, then new claims, as many as the
+        backend has room for; packed into jobs (small files travel together)."""
+        jobs = self.backend.room()
+        if not jobs:
+            return
+        room = jobs * self.config.workers.batch_files
+        pending = self.ledger.take_pending(now)
+        if len(pending) < room:
+            idle = not self.ledger.count()
+            claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
+                                       idle and self.commit.idle() and self.backend.idle())
+            for candidate, reason in claims.rejects:
+                self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
+            pending += self.commit.admitted(self._admit(claims.files, "claimed"))
+        if pending:
+            self._dispatch(pending)
+
+    def _admit(self, picked: list[Candidate], event: str) -> list[Flight]:
+        """Claims into the ledger; if it cannot record them, they go back where they were."""
+        try:
+            return self.ledger.admit(picked, event)
+        except (sqlite3.DatabaseError, StateError):
+            raise
+        except Exception as exc:
+            self.intake.give_back(picked, exc)
+            return []
+
+    def _dispatch(self, flights: list[Flight]) -> None:
+        w = self.config.workers
+        jobs = pack(flights, w.batch_files, w.batch_bytes)
+        for k, batch in enumerate(jobs):
+            if not self.backend.room():  # the broker went down while dispatching: these wait for it
+                self.ledger.hold([f for later in jobs[k:] for f in later])
+                return
+            job = self.ledger.assign(batch, self.pipeline)
+            if not self.backend.submit(job):  # the manager or the broker went away: they go out again
+                self.ledger.requeue(job.items)
+
+    def recover(self, now: float) -> None:
+        """Dead owners' files (the intake finds them; the ledger records them)."""
+        found = self.intake.recover(now, self.ledger.names())
+        self.ledger.recovered(found.requeued)
+        for candidate, reason in found.rejects:
+            self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
+        self.ledger.hold(self.commit.admitted(self._admit(found.adopted, "adopted")))
+        self.ledger.forget_vanished()
+
+    # -- what to publish --
+
+    def _report(self, now: float) -> Report:
+        return Report(self.paused, self.ledger.count(), self.intake.counts(), self.intake.oldest_waiting_mtime(),
+                      self.backend.workers(now), self.backend.describe(), self.graph.describe())
+
+    def show_progress(self, final: bool = False) -> None:
+        """--once: the progress bar or lines."""
+        files, size = self.intake.backlog_size()
+        self.publisher.progress(self.backend.in_progress(), self.ledger.count() + files,
+                                self.ledger.pending_bytes() + size, final)
+
+
+def pack(flights: list[Flight], batch_files: int, batch_bytes: int) -> list[list[Flight]]:
+    """Flights into jobs: up to batch_files files or batch_bytes bytes each."""
+    jobs: list[list[Flight]] = []
+    size = 0
+    for flight in flights:
+        if not jobs or len(jobs[-1]) >= batch_files or size + flight.size > batch_bytes:
+            jobs.append([])
+            size = 0
+        jobs[-1].append(flight)
+        size += flight.size
+    return jobs
