@@ -25,10 +25,11 @@ PART_IMPORTS = {
     "local_pool": {"types"},
     "celery_pool": {"types"},
     "publisher": {"types"},
+    "retention": set(),
     "dashboard": {"types"},
-    "loop": {"types", "backend", "commit", "dashboard", "inbox", "intake", "ledger", "publisher"},
+    "loop": {"types", "backend", "commit", "dashboard", "inbox", "intake", "ledger", "publisher", "retention"},
     "service": {"types", "backend", "celery_pool", "commit", "dashboard", "inbox", "intake", "ledger",
-                "local_pool", "loop", "publisher"},
+                "local_pool", "loop", "publisher", "retention"},
 }
 
 

@@ -154,6 +154,10 @@ class FolderQueue:
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 
+    def in_failed(self, name: str) -> bool:
+        """Whether ``failed/`` holds a file of that name."""
+        return os.path.lexists(self._fail + name)
+
     def has_marker(self, name: str) -> bool:
         return (self.unprocessed / self.marker_name(name)).exists()
 

@@ -21,6 +21,7 @@ from workers.daemon.inbox import Inbox
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger, event_entry
 from workers.daemon.publisher import Publisher
+from workers.daemon.retention import Retention
 from workers.daemon.types import Flight, OpenShared, Options, Report, Shared
 from workers.errors import ConfigError
 from workers.graph import Graph, compile_graph
@@ -45,6 +46,7 @@ class Parts:
     inbox: Inbox
     shared: Shared
     dashboard: Dashboard | None
+    retention: Retention
 
 
 class Loop:
@@ -61,6 +63,7 @@ class Loop:
         self.inbox = parts.inbox
         self.shared = parts.shared
         self.dashboard = parts.dashboard
+        self.retention = parts.retention
         self.config = config
         self.graph = graph
         self.options = options
@@ -101,6 +104,7 @@ class Loop:
             self.recover(now)
             self.commit.retry_moves()
         self.ledger.flush()
+        self.retention.step(now)
         self.publisher.tick(now, lambda: self._report(now), self.ledger.count())
         if self.options.once:
             self.show_progress()

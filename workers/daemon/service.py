@@ -28,6 +28,7 @@ from workers.daemon.ledger import Ledger
 from workers.daemon.local_pool import LocalPool
 from workers.daemon.loop import Loop, Parts
 from workers.daemon.publisher import Publisher
+from workers.daemon.retention import Retention
 from workers.daemon.types import SYSTEM_ERRNOS, OpenShared, Options, Shared, StartDashboard, Tally, transient
 from workers.errors import SystemFailure
 from workers.graph import Graph
@@ -118,9 +119,11 @@ class Daemon:
                         self.options.trace, self.intake.forget)
         commit = Commit(ledger, store, self.queue, config.workers, stats, tally)
         self.backend = self._make_backend(shared, stats)
-        self.loop = Loop(Parts(self.intake, ledger, commit, self.backend, publisher, stats, self.inbox, shared,
-                               self.dashboard), config, self.graph, self.options, self.owner, self.open_shared,
-                         self.ctx, lambda: self.signals > 0)
+        retention = Retention(store, w.state_retention_days, w.dedupe_retention_days, self.queue.in_failed)
+        parts = Parts(self.intake, ledger, commit, self.backend, publisher, stats, self.inbox, shared,
+                      self.dashboard, retention)
+        self.loop = Loop(parts, config, self.graph, self.options, self.owner, self.open_shared, self.ctx,
+                         lambda: self.signals > 0)
         self.backend.start(self.inbox.items)
         self.inbox.pump_from(shared)
         if self.dashboard is not None:

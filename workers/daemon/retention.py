@@ -1,7 +1,7 @@
 """State retention: the records of finished files and the dedupe digests do not grow
 forever (``[watch] state_retention_days``, ``dedupe_retention_days``).
 
-The loop calls ``Retention.step`` every step; it prunes in small transactions
+A daemon part. The loop calls ``Retention.step`` every step; it prunes in small transactions
 (``Store.prune``, at most ``PRUNE_ROWS`` rows each), one batch per step while there is
 a backlog of old rows and then once a minute, so it never holds the loop for more than
 a few milliseconds.
