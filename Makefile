@@ -58,10 +58,11 @@ system-deps:
 
 test: $(VENV)/.dev system-deps smoke-runtime
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
 	$(PY) tests/bench/engine.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from workers.config import Config
 
@@ -27,7 +28,8 @@ def create_app(state: Mapping[str, Any], config: Config,
     app.config["FOLDERMILL_STATE"] = state
     app.config["FOLDERMILL_CONFIG"] = config
     app.config["FOLDERMILL_ACTIONS"] = actions or (lambda command: None)
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     app.register_blueprint(dashboard)
     app.register_blueprint(metrics)
     return app

@@ -7,7 +7,7 @@ custom-collector pattern). No file name is ever a label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import Blueprint, Response
@@ -86,7 +86,7 @@ def _counter(name: str, doc: str, value: float) -> Metric:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _labelled(kind: type, name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
+def _labelled(kind: type, name: str, doc: str, label: str, values: Mapping[str, float]) -> Metric:
     family = kind(name, doc, labels=[label])
     for key, value in sorted(values.items()):
         family.add_metric([str(key)], value)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import codecs
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -146,6 +146,8 @@ class _Lines(list):
 class _Unpacked(tuple):
     """A pair that was not a tuple, as unpacked once (it may have been a one-shot
     iterator), shown as the object that was emitted."""
+
+    emitted: Any
 
     def __new__(cls, tag: Any, text: Any, emitted: Any) -> _Unpacked:
         self = super().__new__(cls, (tag, text))
@@ -316,8 +318,10 @@ class _FileRun:
 
     def _run_batch_path(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
         """A built-in's fast path: disjoint (tag, positions, texts) entries, no fan-out."""
+        batch = node.batch
+        assert batch is not None  # only nodes with a fast path come here
         try:
-            routes = node.batch(lines)
+            routes = batch(lines)
         except Exception as exc:
             if not self.skip:
                 self._fail(node, keys[0], exc)
@@ -325,7 +329,7 @@ class _FileRun:
             # line at a time isolates the failing ones.
             for i, line in enumerate(lines):
                 try:
-                    node.batch([line])
+                    batch([line])
                 except Exception as line_exc:
                     self._fail(node, keys[i], line_exc)
             return
@@ -438,6 +442,7 @@ class _FileRun:
                 return True
             keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
             hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
+        routes: list[tuple[str, list[int] | None, list[Any]]]
         if single:
             routes = [(first, None, texts)]
         else:
@@ -535,7 +540,7 @@ class _FileRun:
         if type(hops) is int:
             if hops < limit:
                 return keys, lines, hops
-            over = range(len(lines))
+            over: Sequence[int] = range(len(lines))
         else:
             over = [i for i, h in enumerate(hops) if h >= limit]
             if not over:

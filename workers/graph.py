@@ -134,7 +134,7 @@ def _resolve(name: str, key: str) -> tuple[Callable[..., Any], bool]:
     return target, False
 
 
-def _check_signature(cls: type, options: dict[str, Any], where: str) -> None:
+def _check_signature(cls: Callable[..., Any], options: dict[str, Any], where: str) -> None:
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ import queue
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from workers.celery_app import (
     LEASE_TTL_S,
@@ -159,7 +159,7 @@ class CeleryBackend:
                 dead.add(reply)
         for reply in dead & self.suspects:
             while (text := self.redis.lpop(reply)) is not None:
-                for item in result_from_json(text).items:
+                for item in result_from_json(cast(bytes, text)).items:
                     for temp, _ in item.staged:
                         (self.config.output_dir / temp).unlink(missing_ok=True)
         self.suspects = dead
@@ -175,7 +175,8 @@ class CeleryBackend:
         rows: list[dict[str, Any]] = []
         try:
             for key in self.redis.scan_iter("foldermill:worker:*", count=100):
-                data = {k.decode(): json.loads(v) for k, v in self.redis.hgetall(key).items()}
+                fields = cast(dict[bytes, bytes], self.redis.hgetall(key))
+                data = {k.decode(): json.loads(v) for k, v in fields.items()}
                 busy = bool(data.get("file"))
                 size = data.get("size") or 0
                 rows.append({"slot": data.get("hostname"), "hostname": data.get("hostname"), "pid": data.get("pid"),

@@ -171,6 +171,7 @@ class Store:
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
                         "VALUES (?, ?, ?, ?, '', 'claimed', ?, ?)", (name, c.ino, c.size, c.mtime_ns, owner, now))
                     file_id = cur.lastrowid
+                    assert file_id is not None  # an INSERT gives its row's id
                     final = self._reserve_free_name(db, file_id, c.name, taken, derived)
                     db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(final), file_id))
                     records.append(FileRecord(file_id, c.name, final, 0))

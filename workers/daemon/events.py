@@ -63,7 +63,7 @@ def start_observer(folder: Path, inbox: queue.Queue) -> object:
         # file out of unprocessed/, so every pickup would then wait 0.5 s. Only a move's
         # destination matters here: pairing is not needed (test_rename_in_is_picked_up...).
         InotifyMoveEventGrouper.delay = 0
-    observer = InotifyObserver(generate_full_events=True) if InotifyObserver else Observer()
+    observer = InotifyObserver(generate_full_events=True) if InotifyObserver is not None else Observer()
     observer.schedule(_Handler(str(folder), inbox), str(folder), recursive=False)
     observer.daemon = True
     observer.start()

@@ -122,7 +122,7 @@ class Ledger:
         for it in items:
             name = self.by_id.get(it.file_id)
             flight = self.flights.get(name) if name else None
-            if flight is not None and flight.seq:
+            if name and flight is not None and flight.seq:
                 flight.seq = 0
                 remove_staged(self.queue.output, str(it.file_id))
                 self.redispatch.append(name)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import re
 
 # One entry per destination tag: (tag, positions or None for "every input line",
 # new texts aligned with those positions or None for "unchanged").
@@ -112,13 +115,13 @@ def entry_key(table: str, name: str) -> str:
     return f"{table}.{json.dumps(name)}"
 
 
-def compile_regex(key: str, pattern: object, ignore_case: bool = False):
+def compile_regex(key: str, pattern: object, ignore_case: bool = False) -> re.Pattern[str]:
     """Compile ``pattern`` or raise an OptionError naming ``key``."""
     import re
 
-    require_str(key, pattern)
+    text = require_str(key, pattern)
     try:
-        return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+        return re.compile(text, re.IGNORECASE if ignore_case else 0)
     except re.error as exc:
         raise OptionError(key, f"is not a valid regular expression: {exc}") from None
 

@@ -38,6 +38,7 @@ def _add_route(routes: Routes, tag: str, positions: list[int]) -> None:
     must stay ascending, and one entry per tag is what the engine expects)."""
     for k, (other, previous, _) in enumerate(routes):
         if other == tag:
+            assert previous is not None  # entries built here always list their positions
             routes[k] = (tag, sorted(previous + positions), None)
             return
     routes.append((tag, positions, None))
@@ -71,7 +72,7 @@ class RegexRoute(Processor):
         if self.all:
             # The fast path cannot copy a line to two tags: the engine checks
             # `getattr(node, "process_batch", None)` and falls back to process().
-            self.process_batch = None
+            self.process_batch = None  # type: ignore[method-assign,assignment]
 
     def emits(self) -> dict[str, str]:
         tags = {tag: entry_key("routes", tag) for tag, _ in self.routes}
