@@ -484,5 +484,16 @@ def test_sighup_reaches_celery_nodes_through_the_jobs(tmp_path: Path, daemons, r
     wait_for(lambda: "b.log" in folder(watch, "processed"), 60, "b.log with the new pipeline")
     assert (watch / "output" / "b.log").read_text() == "mixed case\n"
     assert (node_config.parent / "celery-alpha.log").read_text().count("reloaded from the job") == 2
+    # A pipeline the node cannot build (its processor is beside the supervisor's config, not
+    # the node's): the file fails with that reason, an attempt each, and reaches failed/
+    # rather than being sent again and again.
+    (tmp_path / "onlyhere.py").write_text("def tag(lines):\n    for line in lines:\n        yield 'end', line\n")
+    config.write_text(text[:text.index("[pipeline.nodes.start]")] +
+                      '[pipeline.nodes.start]\nprocessor = "onlyhere:tag"\n')
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("configuration reloaded") == 3, 10, "the third reload")
+    drop(watch, "c.log", "x\n")
+    wait_for(lambda: "c.log" in folder(watch, "failed"), 60, "c.log failed: the node cannot build that pipeline")
+    assert "cannot load pipeline version" in (watch / "failed" / "c.log.reason").read_text()
     assert celery_nodes[0].poll() is None
     assert d.stop() == 0

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.daemon import behave_config, drop, folder, start, wait_for
-from workers.queue import Candidate
+from workers.queue import Candidate, FolderQueue
 from workers.store import SCHEMA_VERSION, Store
 
 
@@ -29,8 +29,8 @@ class Folders:
     def left_failed(self, name: str) -> None:
         pass
 
-    def in_failed(self, name: str) -> bool:
-        return (self.failed / name).exists()
+    def in_failed(self, name: str, final_name: str) -> bool:
+        return (self.failed / final_name).exists()
 
 
 def claim(store: Store, folders: Folders, names: list[str], first_ino: int = 100) -> dict[str, int]:
@@ -60,6 +60,25 @@ def test_prune_forgets_old_finished_records_and_keeps_live_and_failed_in_place(t
     # ... all but the newest record, which keeps ids growing
     assert statuses(db) == {"live.log": "claimed", "failed-here.log": "failed", "failed-removed.log": "failed"}
     assert store.digest_owner("d-old") == ""
+    store.close()
+
+
+def test_a_failed_file_on_its_way_to_failed_keeps_its_record_and_undated_digests_are_dated(tmp_path: Path) -> None:
+    queue = FolderQueue(tmp_path / "w", ("*",), (".*",), "")
+    queue.prepare()
+    db = queue.state_dir / "state.db"
+    store, folders = Store(db), Folders(tmp_path)
+    ids = claim(store, folders, ["moving.log", "newest.log"])
+    store.finished([(ids["moving.log"], "failed"), (ids["newest.log"], "processed")])
+    (queue.underprocess / "moving.log").write_text("x\n")  # its move to failed/ has not happened yet
+    sqlite3.connect(db, isolation_level=None).execute(
+        "INSERT INTO digests (digest, final_name, file_id, added) VALUES ('old-writer', 'a.log', 1, 0)")
+    later = time.time() + 1
+    assert store.prune(later, time.time() - 60, queue.holds_failed) == (0, False)
+    assert statuses(db)["moving.log"] == "failed"
+    assert store.digest_owner("old-writer") == "a.log"  # written by an older supervisor: dated, kept
+    (queue.underprocess / "moving.log").unlink()
+    assert store.prune(later, time.time() - 60, queue.holds_failed) == (1, False)
     store.close()
 
 

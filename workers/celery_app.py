@@ -264,15 +264,26 @@ def process_job(task: Any, payload: dict[str, Any]) -> None:
     app acknowledges neither failures nor timeouts)."""
     from celery.exceptions import Reject
 
-    config, graph = _worker_config(payload.get("pipeline"))
+    broken = ""
+    try:
+        config, graph = _worker_config(payload.get("pipeline"))
+    except Exception as exc:  # a pipeline this node cannot build (a processor not deployed here...)
+        config, graph = _worker_config()  # its own, which it started with
+        version = (payload.get("pipeline") or {}).get("version", "?")
+        broken = (f"the celery node {socket.gethostname()} cannot load pipeline version {version}: "
+                  f"{type(exc).__name__}: {exc}")
+        log.error("%s; failing the job's files (an attempt each)", broken)
     execution = new_execution()
     try:
-        _run_job(task, config, graph, _redis(config.celery.broker_url), payload, execution)
+        _run_job(task, config, graph, _redis(config.celery.broker_url), payload, execution, broken)
     except RedisUnavailable as exc:
         raise Reject(str(exc), requeue=True) from None
 
 
-def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[str, Any], execution: str) -> None:
+def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[str, Any], execution: str,
+             broken: str = "") -> None:
+    """``broken``: why this node cannot run the job's pipeline; every file then fails
+    this attempt with that reason (so a bad rollout reaches failed/, never loops)."""
     job, lease = job_key(payload["job"]), lease_key(payload["job"])
     if r.call("hget", job, "done") or not _take_lease(r, job, lease, execution, payload):
         return  # another execution delivered its result
@@ -280,7 +291,7 @@ def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[s
     beat.start()
     try:
         died_at = _dead_runners_position(r, job, execution)
-        results, pid, nodes = _run_items(task, config, graph, r, job, execution, payload, died_at)
+        results, pid, nodes = _run_items(task, config, graph, r, job, execution, payload, died_at, broken)
         stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
         text = json.dumps({**asdict(JobResult(-1, pid, payload["seq"], results, stats, process_rss())),
                            "execution": execution})
@@ -318,7 +329,8 @@ def _dead_runners_position(r: _Redis, job: str, execution: str) -> int:
 
 
 def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, execution: str,
-               payload: dict[str, Any], died_at: int) -> tuple[list[ItemResult], int, dict[str, list[float]]]:
+               payload: dict[str, Any], died_at: int,
+               broken: str = "") -> tuple[list[ItemResult], int, dict[str, list[float]]]:
     host, pid = socket.gethostname(), os.getpid()
     name = task.request.hostname or host
     progress = _Progress(r.client, f"foldermill:worker:{name}:{pid}", {"hostname": name, "pid": pid, "files_done": 0})
@@ -333,6 +345,9 @@ def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, exe
         if i == died_at:
             results.append(ItemResult(item.file_id, False, reason=f"celery worker died while processing "
                                       f"{shown(item.name)} (its heartbeat stopped; the job was delivered again)"))
+            continue
+        if broken:
+            results.append(ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {broken}"))
             continue
         r.call("hset", job, mapping={"at": i, "by": execution})
         progress.push(file=shown(item.name), size=item.size, started=time.time())

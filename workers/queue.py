@@ -154,9 +154,10 @@ class FolderQueue:
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 
-    def in_failed(self, name: str) -> bool:
-        """Whether ``failed/`` holds a file of that name."""
-        return os.path.lexists(self._fail + name)
+    def holds_failed(self, name: str, final_name: str) -> bool:
+        """Whether a failed file is still here: in ``failed/`` under its final name, or in
+        ``underprocess/`` still on its way there."""
+        return os.path.lexists(self._fail + final_name) or os.path.lexists(self._under + name)
 
     def has_marker(self, name: str) -> bool:
         return (self.unprocessed / self.marker_name(name)).exists()

@@ -282,11 +282,12 @@ class Store:
             db.executemany("INSERT OR IGNORE INTO digests (digest, final_name, file_id, added) VALUES (?, ?, ?, ?)",
                            [(d, shown(n), i, now) for d, n, i in rows])
 
-    def prune(self, before: float, digests_before: float, in_failed: Callable[[str], bool],
+    def prune(self, before: float, digests_before: float, held: Callable[[str, str], bool],
               limit: int = PRUNE_ROWS) -> tuple[int, bool]:
         """One small step of retention: forget up to ``limit`` records of files finished
         (processed, vanished) before ``before``, of failed files older than that which
-        are no longer in failed/ (``in_failed(final_name)``: an operator removed them), and
+        are no longer held (``held(name, final_name)``: in failed/, or still in
+        underprocess/ on their way there; an operator removed them), and
         digests added before ``digests_before``. Each part is one short transaction.
         Returns how many rows went, and whether there may be more to do now.
         A file whose record is gone is a new file if it ever comes back. The newest
@@ -298,16 +299,19 @@ class Store:
                 "AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)", (before, limit)).rowcount
         removed = finished
         rows = self.db.execute(
-            "SELECT id, final_name FROM files WHERE status = 'failed' AND updated < ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, name, final_name FROM files WHERE status = 'failed' AND updated < ? AND id > ? "
+            "ORDER BY id LIMIT ?",
             (before, self._failed_cursor, limit)).fetchall()
         self._failed_cursor = rows[-1][0] if len(rows) == limit else 0  # round-robin over the old failed rows
-        gone = [(i,) for i, final in rows if not in_failed(unshown(final))]
+        gone = [(i,) for i, name, final in rows if not held(unshown(name), unshown(final))]
         if gone:
             with self._tx() as db:  # still failed and still old: an operator may have retried it meanwhile
                 removed += db.executemany(
                     "DELETE FROM files WHERE id = ? AND status = 'failed' AND updated < ? "
                     "AND id < (SELECT MAX(id) FROM files)", [(i, before) for (i,) in gone]).rowcount
         with self._tx() as db:
+            # A digest written by an older supervisor (no date: 0) is dated now, not pruned.
+            db.execute("UPDATE digests SET added = ? WHERE added = 0", (time.time(),))
             digests = db.execute(
                 "DELETE FROM digests WHERE rowid IN (SELECT rowid FROM digests WHERE added < ? LIMIT ?)",
                 (digests_before, limit)).rowcount

@@ -27,11 +27,11 @@ class Retention:
     """Owns when to prune; the store owns what a prune removes."""
 
     def __init__(self, store: Store, state_days: float, dedupe_days: float,
-                 in_failed: Callable[[str], bool]) -> None:
+                 held: Callable[[str, str], bool]) -> None:
         self.store = store
         self.state_s = state_days * DAY_S
         self.dedupe_s = dedupe_days * DAY_S
-        self.in_failed = in_failed
+        self.held = held
         self.idle_s = max(1.0, min(IDLE_EVERY_S, min(x for x in (self.state_s, self.dedupe_s, IDLE_EVERY_S * 10)
                                                         if x) / 10))
         self.due = 0.0  # monotonic: the first pass comes at once
@@ -45,7 +45,7 @@ class Retention:
         never = 0.0  # a cutoff nothing is older than
         try:
             removed, more = self.store.prune(wall - self.state_s if self.state_s else never,
-                                             wall - self.dedupe_s if self.dedupe_s else never, self.in_failed)
+                                             wall - self.dedupe_s if self.dedupe_s else never, self.held)
         except sqlite3.OperationalError as exc:  # locked by another supervisor for long: next time
             log.debug("state retention: %s; trying again later", exc)
             self.due = now + self.idle_s

@@ -119,7 +119,7 @@ class Daemon:
                         self.options.trace, self.intake.forget)
         commit = Commit(ledger, store, self.queue, config.workers, stats, tally)
         self.backend = self._make_backend(shared, stats)
-        retention = Retention(store, w.state_retention_days, w.dedupe_retention_days, self.queue.in_failed)
+        retention = Retention(store, w.state_retention_days, w.dedupe_retention_days, self.queue.holds_failed)
         parts = Parts(self.intake, ledger, commit, self.backend, publisher, stats, self.inbox, shared,
                       self.dashboard, retention)
         self.loop = Loop(parts, config, self.graph, self.options, self.owner, self.open_shared, self.ctx,
