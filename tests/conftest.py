@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from hypothesis import settings
 
+from tests.components import require
 from tests.daemon import Daemon, alive, wait_for
+from tests.redis_server import RedisServer
 
 # In CI the property tests are derandomized: the same examples every run, so main stays
 # green or red for a reason; locally they explore new examples each run.
@@ -44,3 +47,11 @@ def no_stray_children() -> Iterator[None]:
 
     wait_for(lambda: not strays(), 10, "the test's child processes to exit")
 
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    server = RedisServer(require("redis-server"), tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -18,17 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.components import require, unavailable
+from tests.components import unavailable
 from tests.daemon import ROOT, alive, behave_config, drop, folder, journal, pace, start, wait_for
 from tests.redis_server import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require("redis-server"), tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

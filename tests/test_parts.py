@@ -8,16 +8,11 @@ import os
 import queue
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from multiprocessing import resource_tracker
 from pathlib import Path
 
-import pytest
-
 from supervisor import open_shared
-from tests.components import require
 from tests.daemon import behave_config, journal, wait_for
-from tests.redis_server import RedisServer
 from workers.config import Config, load_config, pipeline_version, reloaded
 from workers.daemon.backend import Backend
 from workers.daemon.celery_pool import CeleryPool
@@ -224,14 +219,6 @@ def test_the_local_pool_runs_a_job_and_names_the_file_a_dead_worker_was_on(tmp_p
         # The spawn context started multiprocessing's resource tracker for this process
         # (the daemon's own runs in the supervisor process): stop it, as its exit would.
         resource_tracker._resource_tracker._stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require("redis-server"), tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_the_celery_pool_runs_jobs_of_the_pipeline_version_they_need(tmp_path: Path, redis_server) -> None:

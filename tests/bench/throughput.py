@@ -60,6 +60,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -442,30 +443,14 @@ def run_running(config: Path, workload: Workload, workers: int) -> Measure:
     staging = config.parent / "staging"
     os.rename(watch / "unprocessed", staging)
     (watch / "unprocessed").mkdir()
-    daemon = Daemon(config, "--workers", str(workers), name="running")
-    children: list[int] = []
-    try:
-        wait_for(lambda: "foldermill started" in daemon.log() or not daemon.alive(), 30, "the supervisor to start")
-        if not daemon.alive():
-            raise BenchError(f"supervisor exited at start:\n{daemon.log()[-2000:]}")
+    total = len(workload.names)
+    with running_daemon(config, workers, "running") as daemon:
         wait_for(lambda: "dashboard at" in daemon.log(), 30, "the supervisor's dashboard (its start complete)")
         started = time.time()
         for name in workload.names:
             os.rename(staging / name, watch / "unprocessed" / name)
-        total = len(workload.names)
         wait_for(lambda: len(os.listdir(watch / "processed")) >= total, RUN_TIMEOUT_S,
                  "the running daemon to process every file", interval_s=0.1)
-        children = [c.pid for c in daemon.children()]
-        code = daemon.stop(timeout_s=60)
-    except BaseException:
-        children += [c.pid for c in daemon.children()]
-        if daemon.alive():
-            daemon.kill()
-        kill_pids(children)
-        raise
-    if code != 0:
-        raise BenchError(f"supervisor exited with status {code} on SIGTERM:\n{daemon.log()[-2000:]}")
-    wait_for(lambda: not alive(children), 10, f"the supervisor's children to exit: {alive(children)}")
     check_done(watch, workload, "running daemon", daemon.log())
     done = [e for e in journal(watch) if e["event"] == "processed"]
     lines = sum(e["lines_in"] for e in done)
@@ -621,13 +606,24 @@ def measure_latency(tmp: Path, args: argparse.Namespace) -> list[float]:
     config = write_config(run_dir, args.workers, True)
     watch = run_dir / "watch_dir"
     (watch / "unprocessed").mkdir(parents=True)
-    daemon = Daemon(config, "--workers", str(args.workers), name="latency")
+    with running_daemon(config, args.workers, "latency"):
+        renamed = drop_one_by_one(watch, args.latency_files)
+    claimed = {e["file"]: parse_ts(e["ts"]) for e in journal(watch) if e["event"] == "claimed"}
+    shutil.rmtree(run_dir)
+    return [(claimed[name] - at) * 1000 for name, at in renamed.items()]
+
+
+@contextlib.contextmanager
+def running_daemon(config: Path, workers: int, name: str) -> Iterator[Daemon]:
+    """A supervisor in normal mode, started; stopped with SIGTERM after the block (it
+    must exit 0 and leave no process behind), killed with its children on an error."""
+    daemon = Daemon(config, "--workers", str(workers), name=name)
     children: list[int] = []
     try:
         wait_for(lambda: "foldermill started" in daemon.log() or not daemon.alive(), 30, "the supervisor to start")
         if not daemon.alive():
             raise BenchError(f"supervisor exited at start:\n{daemon.log()[-2000:]}")
-        renamed = drop_one_by_one(watch, args.latency_files)
+        yield daemon
         children = [c.pid for c in daemon.children()]
         code = daemon.stop(timeout_s=60)
     except BaseException:
@@ -639,9 +635,6 @@ def measure_latency(tmp: Path, args: argparse.Namespace) -> list[float]:
     if code != 0:
         raise BenchError(f"supervisor exited with status {code} on SIGTERM:\n{daemon.log()[-2000:]}")
     wait_for(lambda: not alive(children), 10, f"the supervisor's children to exit: {alive(children)}")
-    claimed = {e["file"]: parse_ts(e["ts"]) for e in journal(watch) if e["event"] == "claimed"}
-    shutil.rmtree(run_dir)
-    return [(claimed[name] - at) * 1000 for name, at in renamed.items()]
 
 
 def drop_one_by_one(watch: Path, count: int) -> dict[str, float]:
