@@ -376,7 +376,9 @@ def test_an_unreadable_file_fails_with_permission_denied_and_the_daemon_keeps_ru
     reason = (watch / "failed" / "unreadable.log.reason").read_text()
     assert "Permission denied" in reason and "unreadable.log" in reason, reason
     assert not (watch / "output" / "unreadable.log").exists()
-    failed = [e for e in journal(watch) if e["file"] == "unreadable.log" and e["event"] == "failed"]
+    # The journal line is written after the step that moved the file: wait for it.
+    failed = wait_for(lambda: [e for e in journal(watch) if e["file"] == "unreadable.log" and e["event"] == "failed"],
+                      10, "the journal's failed line for unreadable.log")
     assert len(failed) == 1 and "Permission denied" in failed[0]["reason"]
     assert d.alive()
     drop(watch, "after.log", "still here\n")
