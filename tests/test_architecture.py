@@ -18,7 +18,9 @@ PART_IMPORTS = {
     "types": set(),
     "events": set(),
     "inbox": {"types"},
-    "intake": {"types", "events"},
+    "backlog": set(),
+    "census": set(),
+    "intake": {"types", "events", "backlog", "census"},
     "ledger": {"types"},
     "commit": {"types", "ledger"},  # the commit part writes the outcomes into the ledger's book
     "backend": {"types"},

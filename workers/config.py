@@ -39,6 +39,7 @@ class WatchConfig:
     dedupe: str = "off"  # "content": a file whose content was processed before is not processed again
     state_retention_days: float = 30.0  # records of finished files older than this are pruned (0: kept forever)
     dedupe_retention_days: float = 90.0  # content digests are kept this long (0: forever)
+    backlog_window: int = 100_000  # the oldest waiting files held in memory, in claim order (~200 B each)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def _parse_watch(t: _Table, base: Path) -> WatchConfig:
         dedupe=t.get("dedupe", str, d.dedupe, check=_one_of(("off", "content"))),
         state_retention_days=t.get("state_retention_days", float, d.state_retention_days, check=_at_least(0)),
         dedupe_retention_days=t.get("dedupe_retention_days", float, d.dedupe_retention_days, check=_at_least(0)),
+        backlog_window=t.get("backlog_window", int, d.backlog_window, check=_at_least(100)),
     )
     t.done()
     return cfg

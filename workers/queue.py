@@ -24,9 +24,11 @@ import errno
 import fcntl
 import fnmatch
 import os
+import re
 import stat
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +81,9 @@ class FolderQueue:
         self._fail = str(self.failed) + "/"
         self._out = str(self.output) + "/"
         self.locks = LockTable(self.locks_dir)
-        self._names: dict[str, bool] = {}  # candidate-name decisions, by name
+        self._wanted = _any_of(include)
+        self._unwanted = _any_of(exclude)
+        self.moved: dict[str, int] = dict.fromkeys(FOLDERS, 0)  # our moves since the last count, per folder
         self._held: dict[str, int] = {}  # name in underprocess/ -> lock index we hold for it
         self.stranded = False  # a claim met a dead owner's file: recover soon
 
@@ -113,19 +117,9 @@ class FolderQueue:
 
     def is_candidate_name(self, name: str) -> bool:
         """Matches include, not exclude, and is not a ready marker or placeholder."""
-        known = self._names.get(name)
-        if known is None:
-            if len(self._names) > 100_000:
-                self._names.clear()
-            known = self._names[name] = self._match_name(name)
-        return known
-
-    def _match_name(self, name: str) -> bool:
         if name.startswith(".") or self._is_marker(name):
             return False  # hidden names never count as work, whatever include says
-        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        return self._wanted.match(name) is not None and self._unwanted.match(name) is None
 
     def _is_marker(self, name: str) -> bool:
         if not self.ready_marker:
@@ -133,26 +127,47 @@ class FolderQueue:
         prefix, _, suffix = self.ready_marker.partition("{name}")
         return name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix)
 
+    def marked_by(self, name: str) -> str | None:
+        """The file that a ready marker of this name marks (None: not a marker)."""
+        if not self._is_marker(name):
+            return None
+        prefix, _, suffix = self.ready_marker.partition("{name}")
+        return name[len(prefix):len(name) - len(suffix)]
+
     def marker_name(self, name: str) -> str:
         return self.ready_marker.replace("{name}", name) if self.ready_marker else ""
 
     def scan(self) -> list[Candidate]:
-        """Every candidate in ``unprocessed/``, oldest mtime first."""
-        found = []
-        try:
-            entries = list(os.scandir(self.unprocessed))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            if not self.is_candidate_name(entry.name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            found.append(Candidate(entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode))
+        """Every candidate in ``unprocessed/``, oldest mtime first (the CLI's view; the
+        daemon streams ``waiting()`` instead, to keep its memory bounded)."""
+        found = [Candidate(name, size, mtime_ns, ino, mode) for mtime_ns, name, size, ino, mode in self.waiting()]
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
+
+    def waiting(self) -> Iterator[tuple[int, str, int, int, int]]:
+        """(mtime_ns, name, size, inode, mode) of each candidate in ``unprocessed/``, in
+        directory order, one at a time (lstat: symlinks are never followed)."""
+        try:
+            entries = os.scandir(self.unprocessed)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if not self.is_candidate_name(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield st.st_mtime_ns, entry.name, st.st_size, st.st_ino, st.st_mode
+
+    def look(self, name: str) -> Candidate | None:
+        """``name`` in ``unprocessed/`` as it is now (lstat), or None if it is not there."""
+        try:
+            st = os.lstat(self._unp + name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Candidate(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
     def holds_failed(self, name: str, final_name: str) -> bool:
         """Whether a failed file is still here: in ``failed/`` under its final name, or in
@@ -192,6 +207,7 @@ class FolderQueue:
             self._unlock(index)
             raise
         self._held[name] = index
+        self.moved["underprocess"] += 1
         marker = self.marker_name(name)
         if marker:
             with contextlib.suppress(OSError):
@@ -229,6 +245,8 @@ class FolderQueue:
                 self.release(name)
                 raise
             self.release(name)
+            self.moved["underprocess"] -= 1
+            self.moved[folder] += 1
             if reason and n:
                 if wrote:
                     os.unlink(self._fail + reason_name(final_name))
@@ -244,6 +262,7 @@ class FolderQueue:
         try:
             move(self._under + name, self._unp + name)
             outcome = "moved"
+            self.moved["underprocess"] -= 1
         except FileExistsError:
             outcome = "taken"
         except FileNotFoundError:
@@ -274,6 +293,7 @@ class FolderQueue:
             try:
                 move(self._under + name, self._unp + name)
                 recovered.append(name)
+                self.moved["underprocess"] -= 1
             except FileExistsError:
                 self._held[name] = index
                 adopted.append(name)
@@ -316,10 +336,13 @@ class FolderQueue:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._fail + reason)
 
-    def counts(self) -> dict[str, int]:
-        """Files per folder, not counting placeholders, reasons, markers or temp files."""
+    def counts(self, folders: tuple[str, ...] = ("unprocessed", "underprocess", "processed", "failed")
+               ) -> dict[str, int]:
+        """Files per folder, listed now, not counting placeholders, reasons, markers or
+        temp files (a listing of each folder: the daemon keeps its own count, see
+        ``workers/daemon/census.py``)."""
         result = {}
-        for folder in ("unprocessed", "underprocess", "processed", "failed"):
+        for folder in folders:
             try:
                 names = os.listdir(self.root / folder)
             except FileNotFoundError:
@@ -392,6 +415,11 @@ def open_claimed(path: Path) -> int:
         raise IsADirectoryError(errno.EISDIR, "is not a regular file")
     os.set_blocking(fd, True)
     return fd
+
+
+def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regular expression for a list of globs (none: matches nothing)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)", re.DOTALL)
 
 
 def _used(path: str) -> bool:

@@ -1,17 +1,22 @@
-"""File events: watchdog's inotify observer wakes the supervisor the moment a file is
-renamed into ``unprocessed/`` or written there. The periodic rescan stays the safety
-net (event queue overflow, network filesystems), so a lost event costs latency only.
+"""File events: watchdog's inotify observer tells the supervisor the moment a file is
+renamed into ``unprocessed/``, created or written there, or leaves it. The periodic pass
+over the folder stays the safety net (network filesystems, where inotify sees nothing),
+and an overflow of the kernel's event queue is reported (``OVERFLOW``) so a pass runs at
+once: a lost event costs latency only, never a file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import time
 from pathlib import Path
 
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -26,8 +31,14 @@ except ImportError:  # pragma: no cover - other platforms fall back to the defau
     InotifyObserver = None  # type: ignore[assignment,misc]
     InotifyMoveEventGrouper = None  # type: ignore[assignment,misc]
 
-MOVED_IN = "moved_in"
-WRITTEN = "written"
+MOVED_IN = "moved_in"  # renamed in: a finished hand-off
+CREATED = "created"  # created in place: it must settle
+WRITTEN = "written"  # written or closed after writing
+GONE = "gone"  # deleted, or moved out (our claims too)
+OVERFLOW = "overflow"  # the kernel dropped events: look at the whole folder
+# watchdog reports a queue overflow only in its log (7.1: InotifyFD.handle_event)
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 class _Handler(FileSystemEventHandler):
@@ -41,22 +52,78 @@ class _Handler(FileSystemEventHandler):
         return name if head == self.folder and name else None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        # Runs on the observer's thread: only hand the news over, idempotently.
+        # Runs on the observer's thread: only hand the news over.
         if event.is_directory:
             return
+        put = self.inbox.put
         if isinstance(event, FileMovedEvent):
-            name = self._name(event.dest_path)
-            if name:
-                self.inbox.put(("fs", MOVED_IN, name))
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
+            gone, came = self._name(event.src_path), self._name(event.dest_path)
+            if gone:
+                put(("fs", GONE, gone))
+            if came:
+                put(("fs", MOVED_IN, came))
+        elif isinstance(event, FileDeletedEvent):
             name = self._name(event.src_path)
             if name:
-                self.inbox.put(("fs", WRITTEN, name))
+                put(("fs", GONE, name))
+        elif isinstance(event, FileCreatedEvent):
+            name = self._name(event.src_path)
+            if name:
+                put(("fs", CREATED, name))
+        elif isinstance(event, FileModifiedEvent | FileClosedEvent):
+            name = self._name(event.src_path)
+            if name:
+                put(("fs", WRITTEN, name))
+
+
+class _Overflow(logging.Handler):
+    """Turns watchdog's log line about an inotify queue overflow into an event."""
+
+    def __init__(self, inbox: queue.Queue) -> None:
+        super().__init__(logging.WARNING)
+        self.inbox = inbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(OVERFLOW_MESSAGE):
+            self.inbox.put(("fs", OVERFLOW, ""))
+
+
+class Fence:
+    """A hidden file created and removed just before a listing of the folder: the events
+    that come before its own were queued before the listing began, so what they report
+    is already in it (they must not count again). Until its event comes (or for
+    ``FENCE_TIMEOUT_S``, if it was lost to an overflow), events do not count."""
+
+    FENCE_TIMEOUT_S = 5.0
+
+    def __init__(self, folder: Path) -> None:
+        self.name = f".fm-pass-{os.getpid()}"
+        self.path = f"{folder}/{self.name}"
+        self.set_at: float | None = None
+
+    def set(self) -> None:
+        try:
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            os.unlink(self.path)
+        except OSError:
+            return
+        self.set_at = time.monotonic()
+
+    def passed(self, name: str) -> bool:
+        """An event of ``name``: whether it is the fence's own (then the fence is down)."""
+        if name != self.name:
+            return False
+        self.set_at = None
+        return True
+
+    def counting(self) -> bool:
+        """Whether events count now."""
+        return self.set_at is None or time.monotonic() - self.set_at > self.FENCE_TIMEOUT_S
 
 
 def start_observer(folder: Path, inbox: queue.Queue) -> object:
     """Watch ``folder`` (not recursively); events arrive in ``inbox`` as
-    ("fs", MOVED_IN | WRITTEN, name)."""
+    ("fs", kind, name)."""
     if InotifyMoveEventGrouper is not None:
         # watchdog holds an unpaired IN_MOVED_FROM for 0.5 s to pair it with its
         # IN_MOVED_TO, in a FIFO, so every event behind it waits too. Each claim moves a
@@ -64,6 +131,12 @@ def start_observer(folder: Path, inbox: queue.Queue) -> object:
         # destination matters here: pairing is not needed (test_rename_in_is_picked_up...).
         InotifyMoveEventGrouper.delay = 0
     observer = InotifyObserver(generate_full_events=True) if InotifyObserver is not None else Observer()
+    watchdog_log = logging.getLogger(OVERFLOW_LOGGER)
+    for handler in [h for h in watchdog_log.handlers if isinstance(h, _Overflow)]:
+        watchdog_log.removeHandler(handler)  # one observer per process
+    watchdog_log.addHandler(_Overflow(inbox))
+    if watchdog_log.getEffectiveLevel() > logging.WARNING:
+        watchdog_log.setLevel(logging.WARNING)
     observer.schedule(_Handler(str(folder), inbox), str(folder), recursive=False)
     observer.daemon = True
     observer.start()

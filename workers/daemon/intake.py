@@ -1,47 +1,59 @@
-"""The intake: what comes into the daemon. It owns the scan of ``unprocessed/``, which
-files are ready (``workers/readiness.py``), the backlog in order, claims (a lock and a
-rename, ``workers/queue.py``), rejects of what is not a regular file, and recovery of
-dead owners' files. It records nothing: what it claimed goes to the ledger.
+"""The intake: what comes into the daemon. It owns the backlog of ``unprocessed/`` in
+claim order (``workers/daemon/backlog.py``: a bounded window of the oldest files, kept
+from file events and passes over the folder), which of its files are ready
+(``workers/readiness.py``, asked only of the files about to be claimed), claims (a lock
+and a rename, ``workers/queue.py``), rejects of what is not a regular file, recovery of
+dead owners' files, and the folder counts (``workers/daemon/census.py``). It records
+nothing: what it claimed goes to the ledger.
 """
 
 from __future__ import annotations
 
 import logging
 import stat
-from collections import deque
+import time
 
-from workers.daemon.events import MOVED_IN, start_observer
+from workers.daemon.backlog import WINDOW, Backlog
+from workers.daemon.census import COST_SHARE, Census
+from workers.daemon.events import CREATED, GONE, MOVED_IN, OVERFLOW, Fence, start_observer
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, Claims, Records, Recovery
 from workers.errors import SystemFailure
 from workers.names import shown
 from workers.ops import retry_one
 from workers.queue import Candidate, FolderQueue
-from workers.readiness import Readiness, open_for_writing
+from workers.readiness import Readiness, WriterWatch
 
 log = logging.getLogger("foldermill")
 
 
-class Intake:
-    """Scans, readiness, the backlog, claims, rejects and recovery of one watch dir."""
 
-    def __init__(self, queue: FolderQueue, settle_s: float, poll_interval_s: float, once: bool) -> None:
+class Intake:
+    """The backlog, readiness, claims, rejects, recovery and counts of one watch dir."""
+
+    def __init__(self, queue: FolderQueue, settle_s: float, poll_interval_s: float, once: bool,
+                 window: int = WINDOW) -> None:
         self.queue = queue
         self.readiness = Readiness(settle_s)
         self.poll_interval_s = poll_interval_s
         self.once = once
-        self.backlog: deque[Candidate] = deque()
-        self.waiting: dict[str, float] = {}  # unprocessed/ at the last scan: name -> mtime
+        self.backlog = Backlog(window)
+        self.census = Census(queue)
         self.unclaimable: set[str] = set()  # names a claim failed on (said once)
-        self.next_settle = float("inf")  # when a settling file may become ready
-        self.scan_due = True
-        self.last_scan = self.last_recover = 0.0
-        self.once_idle = False  # --once: the last scan found nothing left to do
+        self.claimed_out: set[str] = set()  # our claims whose "gone" event has not come yet
+        self.next_look = float("inf")  # monotonic: when a parked file may be ready
+        self.pass_due = True  # a pass over the folder is wanted (start, overflow, a wake)
+        self.last_pass = float("-inf")
+        self.claimed_since_pass = 0
+        self.last_recover = 0.0
+        self.once_idle = False  # --once: nothing left to do
+        self.writers = WriterWatch(str(queue.unprocessed))
+        self.fence = Fence(queue.unprocessed)
         self.observer: object | None = None
 
     # -- what came in ------------------------------------------------------------------
 
     def watch(self, inbox: object) -> None:
-        """File events wake the loop through ``inbox`` (("fs", kind, name) items)."""
+        """File events come through ``inbox`` (("fs", kind, name) items)."""
         self.observer = start_observer(self.queue.unprocessed, inbox)  # type: ignore[arg-type]
 
     def stop(self) -> None:
@@ -49,20 +61,54 @@ class Intake:
             self.observer.stop()  # type: ignore[attr-defined]
 
     def note_event(self, kind: str, name: str) -> None:
-        """A file event: readiness learns how the file arrived; a scan is due."""
-        if kind == MOVED_IN:
-            self.readiness.note_moved_in(name)
-        else:
-            self.readiness.note_written(name)
-        self.scan_due = True
+        """A file event: the count and the window follow it; readiness learns how the
+        file arrived. Only the one file is looked at."""
+        if kind == OVERFLOW:
+            log.warning("file events were lost (inotify queue overflow): looking at the whole of unprocessed/")
+            self.pass_due = True
+            return
+        queue, backlog = self.queue, self.backlog
+        if self.fence.passed(name):
+            return
+        if not queue.is_candidate_name(name):
+            marked = queue.marked_by(name) if kind != GONE else None
+            if marked is not None:
+                backlog.unpark([marked])  # its ready marker came
+            return
+        if kind == GONE:
+            if name in self.claimed_out:
+                self.claimed_out.discard(name)
+            else:
+                if self.fence.counting():
+                    backlog.departed()
+                backlog.gone(name)
+                self.readiness.forget(name)
+            return
+        seen = queue.look(name)
+        if kind in (MOVED_IN, CREATED) and self.fence.counting() and not (seen and backlog.holds(name, seen.mtime_ns)):
+            backlog.arrived(seen.size if seen else 0)
+        if seen is None:
+            return
+        self.writers.arrived(name)
+        if backlog.admits(seen.mtime_ns, name):
+            if kind == MOVED_IN:
+                self.readiness.note_moved_in(name)
+            else:
+                self.readiness.note_written(name)
+            backlog.put(name, seen.mtime_ns)
+        # Otherwise it waits beyond the window, for a later pass (an entry it had in the
+        # window, with an older mtime, is dropped when its turn comes).
 
     def wake(self) -> None:
-        """Something changed in unprocessed/ (a resume, a retry, a recovery): scan soon."""
-        self.scan_due = True
+        """Something changed that events may not tell (a resume, a retry, a recovery):
+        look at the parked files again, and pass over the folder when that is cheap."""
+        self.backlog.unpark()
+        self.pass_due = True
 
     def forget(self, name: str) -> None:
         """A file left our hands: a new delivery of its name is seen afresh."""
         self.readiness.forget(name)
+        self.backlog.unpark([name])
 
     def check_folders(self) -> None:
         """The folders must still be there (a watch dir removed or unmounted)."""
@@ -72,38 +118,130 @@ class Intake:
                 raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
 
     def seconds_to_next_scan(self, now: float) -> float:
-        return self.last_scan + self.poll_interval_s - now
+        every = max(self.poll_interval_s, COST_SHARE * self.backlog.pass_cost)
+        return min(self.last_pass + every, self.next_look) - now
 
     def counts(self) -> dict[str, int]:
-        return self.queue.counts()
+        return self.census.counts(time.monotonic(), self.backlog.total)
 
     def oldest_waiting_mtime(self) -> float | None:
-        return min(self.waiting.values()) if self.waiting else None
+        oldest = self.backlog.oldest_mtime_ns()
+        return oldest / 1e9 if oldest is not None else None
 
     def backlog_size(self) -> tuple[int, int]:
-        """Files ready and waiting to be claimed, and their bytes."""
-        return len(self.backlog), sum(c.size for c in self.backlog)
+        """Files waiting in unprocessed/, and their bytes."""
+        return self.backlog.total, self.backlog.total_bytes
 
     # -- claims --------------------------------------------------------------------------
 
     def claim(self, now: float, limit: int, records: Records, no_flights: bool, settled: bool) -> Claims:
         """Up to ``limit`` ready files, oldest first, claimed (locks held, in
         underprocess/); what is not a regular file is claimed to be rejected."""
-        # --once also rescans as soon as it runs dry, to notice promptly that it is done.
-        dry = self.once and not self.backlog and no_flights
-        if self.scan_due or dry or now - self.last_scan >= self.poll_interval_s or now >= self.next_settle:
-            self._scan(now, records, settled)
+        backlog = self.backlog
+        # --once also passes over the folder as soon as it runs dry, to see that it is done.
+        dry = self.once and no_flights and backlog.peek() is None
+        passed = self._pass_wanted(now, dry)
+        if passed:
+            self._pass(now)
+        elif now >= self.next_look:
+            self.next_look = float("inf")
+            backlog.unpark()
         claims = Claims()
-        while self.backlog and len(claims.files) < limit:
-            candidate = self.backlog.popleft()
-            if not candidate.is_regular:
-                if self._claim_one(candidate):
-                    claims.rejects.append((candidate, not_regular(candidate)))
-            elif self._claim_one(candidate):
-                claims.files.append(candidate)
+        eligible = 0
+        while len(claims.files) < limit:  # rejects cost no room
+            picked = self._pick(limit - len(claims.files))
+            if not picked:
+                if passed or not self._pass_wanted(now, False):
+                    break
+                self._pass(now)  # the window ran dry on the way: refill it, once a round
+                passed = True
+                continue
+            eligible += self._judge(picked, claims, records, now)
         if self.queue.stranded:  # a dead owner's file has the name of a new delivery
             self.last_recover = 0.0
+        wait = self.readiness.next_check_in(now)
+        if wait is not None:
+            self.next_look = min(self.next_look, now + wait)
+        self.once_idle = (self.once and dry and backlog.complete and not eligible and settled
+                          and not claims.files and not claims.rejects)
         return claims
+
+    def _pass_wanted(self, now: float, dry: bool) -> bool:
+        """A pass over the folder: at start, to refill a window that ran dry, when events
+        were lost or a wake asks (at most ``1 / COST_SHARE`` of the time), and every
+        ``poll_interval`` as the safety net while the window holds the whole backlog."""
+        backlog, since = self.backlog, now - self.last_pass
+        if dry or (self.pass_due and since >= COST_SHARE * backlog.pass_cost):
+            return True
+        if not backlog.complete and backlog.peek() is None:
+            return self.claimed_since_pass > 0 or since >= self.poll_interval_s
+        return since >= max(self.poll_interval_s, COST_SHARE * backlog.pass_cost)
+
+    def refresh(self, now: float) -> None:
+        """Paused or stopping: no claims, but the counts stay right (the periodic pass)."""
+        if now - self.last_pass >= max(self.poll_interval_s, COST_SHARE * self.backlog.pass_cost):
+            self._pass(now)
+
+    def _pass(self, now: float) -> None:
+        """One streaming pass over unprocessed/: the window, the count, made exact."""
+        self.pass_due = False
+        self.last_pass = now
+        self.claimed_since_pass = 0
+        if len(self.claimed_out) > self.backlog.window:  # no events come (no inotify here)
+            self.claimed_out.clear()
+        if self.observer is not None:
+            self.fence.set()
+        self.next_look = float("inf")
+        self.backlog.refill(self.queue.waiting())
+        self.readiness.bound(self.backlog.window)
+        if not self.backlog.complete and self.backlog.pass_cost > 1.0:
+            log.info("%d files wait in unprocessed/; a pass over them took %.1fs, the %d oldest are in claim order",
+                     self.backlog.total, self.backlog.pass_cost, len(self.backlog))
+
+    def _pick(self, count: int) -> list[Candidate]:
+        """The next ``count`` files of the window in order, as they are now (lstat)."""
+        backlog, picked = self.backlog, list[Candidate]()
+        while len(picked) < count and (key := backlog.take()) is not None:
+            mtime_ns, name = key
+            seen = self.queue.look(name)
+            if seen is None:
+                continue  # gone meanwhile (its event says so)
+            if seen.mtime_ns != mtime_ns:  # written since: its turn moved
+                if backlog.admits(seen.mtime_ns, name):
+                    backlog.put(name, seen.mtime_ns)
+                continue  # (beyond the horizon: a later pass finds it)
+            picked.append(seen)
+        return picked
+
+    def _judge(self, picked: list[Candidate], claims: Claims, records: Records, now: float) -> int:
+        """Claim what is ready among ``picked``; park the rest. Returns how many parked
+        files will be ready by themselves (settling, or backing off)."""
+        backlog, queue = self.backlog, self.queue
+        writing = self.writers.of(picked, now)
+        backing_off = records.backing_off()
+        seen_before = records.seen_before() if queue.ready_marker else set()
+        eligible = 0
+        for c in picked:
+            if records.in_flight(c.name):  # a new delivery of a name in flight: when that one is done
+                backlog.park(c.name, c.mtime_ns)
+            elif (c.name, c.ino) in backing_off:
+                backlog.park(c.name, c.mtime_ns)
+                eligible += 1
+                self.next_look = min(self.next_look, now + max(0.0, backing_off[c.name, c.ino] - time.time()))
+            elif (queue.ready_marker and c.is_regular and (c.name, c.ino) not in seen_before
+                    and not queue.has_marker(c.name)):
+                backlog.park(c.name, c.mtime_ns)  # until its marker comes
+            elif not c.is_regular or self.readiness.ready(c, writing, now):
+                if not self._claim_one(c):
+                    backlog.park(c.name, c.mtime_ns)
+                elif c.is_regular:
+                    claims.files.append(c)
+                else:
+                    claims.rejects.append((c, not_regular(c)))
+            else:
+                backlog.park(c.name, c.mtime_ns)
+                eligible += c.name not in writing  # still settling
+        return eligible
 
     def give_back(self, picked: list[Candidate], exc: Exception) -> None:
         """Claims the ledger could not record: back where they were, said once."""
@@ -120,7 +258,9 @@ class Intake:
             self._note_unclaimable(candidate.name, exc)
             return False
         if claimed:
-            self.waiting.pop(candidate.name, None)
+            self.backlog.departed(candidate.size)
+            self.claimed_out.add(candidate.name)
+            self.claimed_since_pass += 1
             self.readiness.forget(candidate.name)
         return claimed
 
@@ -129,38 +269,6 @@ class Intake:
         if name not in self.unclaimable:
             self.unclaimable.add(name)
             log.error("cannot claim %s: %s; it stays in unprocessed/", shown(name), exc.strerror or exc)
-
-    def _scan(self, now: float, records: Records, settled: bool) -> None:
-        """Rescan unprocessed/: what is ready goes to the backlog, oldest first."""
-        self.scan_due = False
-        self.last_scan = now
-        candidates = self.queue.scan()
-        writing = open_for_writing(str(self.queue.unprocessed), candidates) if candidates else set()
-        backing_off = records.backing_off()
-        # A file claimed before (now back for its retry, or recovered) used up its marker.
-        seen_before = records.seen_before() if self.queue.ready_marker else set()
-        ready: deque[Candidate] = deque()
-        eligible = 0
-        self.readiness.keep_only({c.name for c in candidates})
-        for c in candidates:
-            if records.in_flight(c.name):
-                continue
-            if (c.name, c.ino) in backing_off:
-                eligible += 1
-                continue
-            if (self.queue.ready_marker and c.is_regular and (c.name, c.ino) not in seen_before
-                    and not self.queue.has_marker(c.name)):
-                continue
-            if not c.is_regular or self.readiness.ready(c, writing, now):
-                ready.append(c)
-                eligible += 1
-            elif c.name not in writing:
-                eligible += 1  # still settling
-        self.backlog = ready
-        self.waiting = {c.name: c.mtime_ns / 1e9 for c in candidates if not records.in_flight(c.name)}
-        wait = self.readiness.next_check_in(now, exclude={c.name for c in ready})
-        self.next_settle = now + wait if wait is not None else float("inf")
-        self.once_idle = self.once and not eligible and settled
 
     # -- recovery and retries ----------------------------------------------------------
 
@@ -175,7 +283,7 @@ class Intake:
         found = Recovery(requeued=names)
         if names:
             log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(shown, names[:5])))
-            self.scan_due = True
+            self.pass_due = True
         if adopted:
             picked = []
             for name in adopted:
@@ -194,7 +302,8 @@ class Intake:
         problem that refused it."""
         problem = retry_one(self.queue, name)
         if not problem:
-            self.scan_due = True
+            self.queue.moved["failed"] -= 1
+            self.pass_due = True
         return problem
 
 

@@ -100,6 +100,7 @@ class Loop:
             self._claim_and_dispatch(now)
         else:  # stopping or paused: what waits for a worker waits in unprocessed/
             self.ledger.return_undispatched()
+            self.intake.refresh(now)
         if self.intake.recover_due(now):
             self.recover(now)
             self.commit.retry_moves()

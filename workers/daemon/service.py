@@ -61,7 +61,7 @@ class Daemon:
         self.start_dashboard = start_dashboard
         w = config.watch
         self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
-        self.intake = Intake(self.queue, w.settle, w.poll_interval, options.once)
+        self.intake = Intake(self.queue, w.settle, w.poll_interval, options.once, w.backlog_window)
         self.inbox = Inbox()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # as people see it
         # As the state database sees it: unique to this start, even for a pid 1 in a container.
