@@ -80,8 +80,10 @@ def test_the_window_holds_the_oldest_files_and_admits_only_arrivals_older_than_i
     assert backlog.admits(old, "older.log") and not backlog.admits(old + 10**12, "newer.log")
     backlog.put("older.log", old)
     assert backlog.holds("older.log", old) and backlog.oldest_mtime_ns() == old
-    taken = [backlog.take() for _ in range(5)]
-    assert [k[1] if k else None for k in taken] == ["older.log", *names[:3], None]
+    # The window keeps its size: its newest file is left out and becomes the horizon.
+    assert backlog.horizon == (os.stat(q.unprocessed / names[2]).st_mtime_ns, names[2])
+    taken = [backlog.take() for _ in range(4)]
+    assert [k[1] if k else None for k in taken] == ["older.log", *names[:2], None]
     everything = Backlog(window=100)
     everything.refill(q.waiting())
     assert everything.complete and everything.total == 10 and everything.admits(2**62, "any")
@@ -122,6 +124,64 @@ def test_an_older_file_that_arrives_is_claimed_before_the_rest_and_counts_follow
     claimed = [c.name for c in intake.claim(1.1, 20, Nothing(), True, True).files]
     claimed += [c.name for c in intake.claim(1.2, 20, Nothing(), True, True).files]
     assert claimed == [late, *names[2:5], *names[6:]]
+
+
+class Flaky(Nothing):
+    """Records whose first question fails (a busy state database, say)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def in_flight(self, name: str) -> bool:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("database is locked")
+        return False
+
+
+def test_a_round_that_fails_half_way_leaves_no_file_out_of_the_window(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    names = staged(q.unprocessed, 6, "c", time.time() - DAY)
+    intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False, window=10)
+    records = Flaky()
+    try:
+        intake.claim(1.0, 4, records, True, True)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the round should have failed")
+    assert [c.name for c in intake.claim(1.1, 10, records, True, True).files] == names
+
+
+def test_files_that_never_get_ready_do_not_hold_back_the_files_behind_them(tmp_path: Path) -> None:
+    q = FolderQueue(tmp_path / "w", ("*.log",), (".*",), "{name}.ready")
+    q.prepare()
+    base = time.time() - DAY
+    unmarked = staged(q.unprocessed, 5, "a", base)  # the oldest, whose markers never come
+    marked = staged(q.unprocessed, 3, "b", base + 100)
+    for name in marked:
+        (q.unprocessed / f"{name}.ready").touch()
+    intake = Intake(q, settle_s=0.0, poll_interval_s=0.1, once=False, window=3)
+    claimed: list[str] = []
+    now = 1.0
+    for _ in range(10):
+        claimed += [c.name for c in intake.claim(now, 10, Nothing(), True, True).files]
+        now += 0.2
+    assert claimed == marked
+    assert intake.counts()["unprocessed"] == len(unmarked)
+
+
+def test_a_claim_refused_now_is_tried_again_later_not_in_a_busy_loop(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    names = staged(q.unprocessed, 2, "d", time.time() - DAY)
+    rival = make_queue(tmp_path / "w")  # another supervisor on the folder holds one lock
+    assert rival.locks.try_acquire(q.lock_index(names[0]))
+    intake = Intake(q, settle_s=0.0, poll_interval_s=5.0, once=True, window=10)
+    assert [c.name for c in intake.claim(1.0, 10, Nothing(), True, True).files] == [names[1]]
+    assert intake.next_look >= 1.0 + 5.0 - 1e-6, "the refused file waits a poll interval"
+    assert not intake.once_idle, "--once is not done while a file waits for its lock"
+    rival.locks.release(q.lock_index(names[0]))
+    assert [c.name for c in intake.claim(6.5, 10, Nothing(), False, False).files] == [names[0]]
 
 
 def test_the_census_follows_our_moves_and_a_recount_puts_right_what_was_done_by_hand(tmp_path: Path) -> None:

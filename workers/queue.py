@@ -175,7 +175,7 @@ class FolderQueue:
         return os.path.lexists(self._fail + final_name) or os.path.lexists(self._under + name)
 
     def has_marker(self, name: str) -> bool:
-        return (self.unprocessed / self.marker_name(name)).exists()
+        return os.path.lexists(self._unp + self.marker_name(name))
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -304,6 +304,22 @@ class FolderQueue:
                 if not keep:
                     self._unlock(index)
         return recovered, adopted
+
+    def stat_adopted(self, names: list[str]) -> list[Candidate]:
+        """Adopted files as Candidates; one that vanished meanwhile is let go."""
+        found = []
+        for name in names:
+            try:
+                found.append(self.stat_claimed(name))
+            except FileNotFoundError:
+                self.release(name)
+        return found
+
+    def check_folders(self) -> None:
+        """The folders must still be there (a watch dir removed or unmounted)."""
+        for folder in (self.unprocessed, self.underprocess, self.processed, self.failed, self.output):
+            if not folder.is_dir():
+                raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
 
     def stat_claimed(self, name: str) -> Candidate:
         """A claimed file as a Candidate (lstat: a symlink stays a symlink)."""

@@ -93,6 +93,9 @@ class WriterWatch:
         self.since: set[str] = set()  # names that arrived after the last look
 
     def arrived(self, name: str) -> None:
+        if len(self.since) >= 10_000:  # many arrivals and no claims (paused): look afresh next time
+            self.last = None
+            self.since.clear()
         self.since.add(name)
 
     def of(self, candidates: list[Candidate], now: float) -> set[str]:

@@ -3,7 +3,7 @@ waiting files grows, and the cost of a producer trickling files in meanwhile (a
 benchmark, not a test).
 
     .venv/bin/python tests/bench/backlog.py [--sizes 5000,100000,1000000] [--trickle 200000]
-        [--rate 100] [--workers 2] [--dir DIR]
+        [--rate 100] [--workers 2] [--dir DIR] [--filesystem]
 
 For each size N: a supervisor (normal mode, 2 workers, ``durable = true``, the built-in
 ``upper`` pipeline, so the figure is the intake's and not a processor's) runs on an empty
@@ -236,6 +236,36 @@ def trickle(watch: Path, rate: float, stop: threading.Event, made: list[str]) ->
         stop.wait(max(0.0, next_at - time.monotonic()))
 
 
+def filesystem_alone(base: Path, files: int) -> float:
+    """The floor under the daemon's per-file cost: a hand-written loop doing on the same
+    disk the filesystem work foldermill does per tiny file, and nothing else (no locks,
+    no state, no workers): look up whether the final names are free in processed/,
+    failed/ and output/, rename the file into underprocess/, write its output beside and
+    rename it into output/, rename the input into processed/. Seconds per file."""
+    if base.exists():
+        shutil.rmtree(base)
+    folders = {f: base / f for f in ("unprocessed", "underprocess", "processed", "failed", "output")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    names = make_files(folders["unprocessed"], files, "a", time.time() - 3 * 86400)
+    started = time.perf_counter()
+    unp, under, proc, fail, out = (str(folders[f]) + "/" for f in folders)
+    for name in names:
+        for used in (proc + name, fail + name, out + name, fail + name + ".reason"):
+            os.path.lexists(used)
+        os.rename(unp + name, under + name)
+        with open(under + name, "rb") as f:
+            data = f.read().upper()
+        tmp = f"{out}.fm-{name}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, out + name)
+        os.rename(under + name, proc + name)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(base)
+    return seconds / files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="5000,100000,1000000")
@@ -243,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=ROOT / ".scratch")
+    parser.add_argument("--filesystem", action="store_true",
+                        help="also time the filesystem's own work per file at each size (a hand-written loop)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -255,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"({runs[0].rate / run.rate:4.2f}x the {runs[0].files:,} case), supervisor peak RSS "
                   f"{run.peak_rss / 2**20:6.1f} MB, state.db {run.db_bytes / run.files:6.1f} B/file "
                   f"({run.db_bytes / 2**20:.1f} MB), out of order {run.out_of_order}", flush=True)
+        if args.filesystem:
+            floors = [filesystem_alone(Path(tmp) / "fs", n) for n in sizes]
+            for n, floor in zip(sizes, floors, strict=True):
+                print(f"  filesystem alone, {n:>9,} files: {floor * 1e6:7.1f} us/file "
+                      f"({floor / floors[0]:4.2f}x the {sizes[0]:,} case)", flush=True)
         if args.trickle:
             calm = run_one(Path(tmp) / "run", args.trickle, args.workers)
             busy = run_one(Path(tmp) / "run", args.trickle, args.workers, trickle_rate=args.rate)

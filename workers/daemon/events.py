@@ -19,6 +19,7 @@ from watchdog.events import (
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -35,6 +36,7 @@ MOVED_IN = "moved_in"  # renamed in: a finished hand-off
 CREATED = "created"  # created in place: it must settle
 WRITTEN = "written"  # written or closed after writing
 GONE = "gone"  # deleted, or moved out (our claims too)
+OPENED = "opened"  # opened (perhaps for writing): the next claim looks at /proc again
 OVERFLOW = "overflow"  # the kernel dropped events: look at the whole folder
 # watchdog reports a queue overflow only in its log (7.1: InotifyFD.handle_event)
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
@@ -70,6 +72,10 @@ class _Handler(FileSystemEventHandler):
             name = self._name(event.src_path)
             if name:
                 put(("fs", CREATED, name))
+        elif isinstance(event, FileOpenedEvent):
+            name = self._name(event.src_path)
+            if name:
+                put(("fs", OPENED, name))
         elif isinstance(event, FileModifiedEvent | FileClosedEvent):
             name = self._name(event.src_path)
             if name:
@@ -91,34 +97,49 @@ class _Overflow(logging.Handler):
 class Fence:
     """A hidden file created and removed just before a listing of the folder: the events
     that come before its own were queued before the listing began, so what they report
-    is already in it (they must not count again). Until its event comes (or for
-    ``FENCE_TIMEOUT_S``, if it was lost to an overflow), events do not count."""
+    is already in it (they must not count again). From the listing's end until the
+    fence's event comes (or for ``TIMEOUT_S``, if it was lost to an overflow), events do
+    not count. Each listing has a fence of its own name; a late one of an earlier
+    listing changes nothing. (Files that arrive *during* a listing, beyond the window,
+    are counted by both: an error the next pass puts right.)"""
 
-    FENCE_TIMEOUT_S = 5.0
+    TIMEOUT_S = 5.0
 
     def __init__(self, folder: Path) -> None:
-        self.name = f".fm-pass-{os.getpid()}"
-        self.path = f"{folder}/{self.name}"
-        self.set_at: float | None = None
+        self.prefix = f".fm-pass-{os.getpid()}-{os.urandom(3).hex()}-"
+        self.folder = str(folder)
+        self.seq = 0
+        self.waiting = ""  # the fence whose event has not come yet
+        self.since = 0.0
 
-    def set(self) -> None:
+    def put(self) -> str:
+        """Create and remove the next fence; its name, or "" if it could not be made."""
+        self.seq += 1
+        name = f"{self.prefix}{self.seq}"
+        path = f"{self.folder}/{name}"
         try:
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
-            os.unlink(self.path)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            os.unlink(path)
         except OSError:
-            return
-        self.set_at = time.monotonic()
+            return ""
+        return name
+
+    def raised(self, name: str) -> None:
+        """The listing is done: events stop counting until ``name``'s event comes."""
+        if name:
+            self.waiting, self.since = name, time.monotonic()
 
     def passed(self, name: str) -> bool:
-        """An event of ``name``: whether it is the fence's own (then the fence is down)."""
-        if name != self.name:
+        """An event of ``name``: whether it is a fence's own (then it is consumed)."""
+        if not name.startswith(self.prefix):
             return False
-        self.set_at = None
+        if name == self.waiting:
+            self.waiting = ""
         return True
 
     def counting(self) -> bool:
         """Whether events count now."""
-        return self.set_at is None or time.monotonic() - self.set_at > self.FENCE_TIMEOUT_S
+        return not self.waiting or time.monotonic() - self.since > self.TIMEOUT_S
 
 
 def start_observer(folder: Path, inbox: queue.Queue) -> object:

@@ -15,15 +15,25 @@ import time
 
 from workers.daemon.backlog import WINDOW, Backlog
 from workers.daemon.census import COST_SHARE, Census
-from workers.daemon.events import CREATED, GONE, MOVED_IN, OVERFLOW, Fence, start_observer
+from workers.daemon.events import CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, Fence, start_observer
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, Claims, Records, Recovery
-from workers.errors import SystemFailure
 from workers.names import shown
 from workers.ops import retry_one
 from workers.queue import Candidate, FolderQueue
 from workers.readiness import Readiness, WriterWatch
 
 log = logging.getLogger("foldermill")
+
+DUE_SHARE = 5.0  # a pass asked for (events lost, a wake) takes at most 1/5 of the time
+
+
+class Facts:
+    """What the ledger says of the files about to be judged, asked once a round."""
+
+    def __init__(self, records: Records, markers: bool) -> None:
+        self.records = records
+        self.backing_off = records.backing_off()
+        self.seen_before = records.seen_before() if markers else set()
 
 
 
@@ -75,6 +85,9 @@ class Intake:
             if marked is not None:
                 backlog.unpark([marked])  # its ready marker came
             return
+        if kind == OPENED:
+            self.writers.arrived(name)  # opened, perhaps for writing: the next claim looks at /proc again
+            return
         if kind == GONE:
             if name in self.claimed_out:
                 self.claimed_out.discard(name)
@@ -90,11 +103,11 @@ class Intake:
         if seen is None:
             return
         self.writers.arrived(name)
+        if kind != MOVED_IN:
+            self.readiness.note_written(name)  # written in place: it must settle
         if backlog.admits(seen.mtime_ns, name):
             if kind == MOVED_IN:
                 self.readiness.note_moved_in(name)
-            else:
-                self.readiness.note_written(name)
             backlog.put(name, seen.mtime_ns)
         # Otherwise it waits beyond the window, for a later pass (an entry it had in the
         # window, with an older mtime, is dropped when its turn comes).
@@ -111,11 +124,7 @@ class Intake:
         self.backlog.unpark([name])
 
     def check_folders(self) -> None:
-        """The folders must still be there (a watch dir removed or unmounted)."""
-        q = self.queue
-        for folder in (q.unprocessed, q.underprocess, q.processed, q.failed, q.output):
-            if not folder.is_dir():
-                raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
+        self.queue.check_folders()
 
     def seconds_to_next_scan(self, now: float) -> float:
         every = max(self.poll_interval_s, COST_SHARE * self.backlog.pass_cost)
@@ -145,10 +154,13 @@ class Intake:
             self._pass(now)
         elif now >= self.next_look:
             self.next_look = float("inf")
-            backlog.unpark()
+            backlog.unpark(timed_only=True)
         claims = Claims()
         eligible = 0
+        facts: Facts | None = None
         while len(claims.files) < limit:  # rejects cost no room
+            if facts is None and backlog.peek() is not None:  # asked before anything is taken
+                facts = Facts(records, self.queue.ready_marker != "")
             picked = self._pick(limit - len(claims.files))
             if not picked:
                 if passed or not self._pass_wanted(now, False):
@@ -156,7 +168,8 @@ class Intake:
                 self._pass(now)  # the window ran dry on the way: refill it, once a round
                 passed = True
                 continue
-            eligible += self._judge(picked, claims, records, now)
+            assert facts is not None
+            eligible += self._judge(picked, claims, facts, now)
         if self.queue.stranded:  # a dead owner's file has the name of a new delivery
             self.last_recover = 0.0
         wait = self.readiness.next_check_in(now)
@@ -167,14 +180,15 @@ class Intake:
         return claims
 
     def _pass_wanted(self, now: float, dry: bool) -> bool:
-        """A pass over the folder: at start, to refill a window that ran dry, when events
-        were lost or a wake asks (at most ``1 / COST_SHARE`` of the time), and every
-        ``poll_interval`` as the safety net while the window holds the whole backlog."""
+        """A pass over the folder: at start; to refill a window that ran dry after claims;
+        when events were lost or a wake asks (at most ``1 / DUE_SHARE`` of the time);
+        and every ``poll_interval`` as the safety net (at most ``1 / COST_SHARE`` of the
+        time, so at a million files waiting, one every few minutes)."""
         backlog, since = self.backlog, now - self.last_pass
-        if dry or (self.pass_due and since >= COST_SHARE * backlog.pass_cost):
+        if dry or (self.pass_due and since >= DUE_SHARE * backlog.pass_cost):
             return True
-        if not backlog.complete and backlog.peek() is None:
-            return self.claimed_since_pass > 0 or since >= self.poll_interval_s
+        if not backlog.complete and backlog.peek() is None and self.claimed_since_pass > 0:
+            return True
         return since >= max(self.poll_interval_s, COST_SHARE * backlog.pass_cost)
 
     def refresh(self, now: float) -> None:
@@ -183,16 +197,20 @@ class Intake:
             self._pass(now)
 
     def _pass(self, now: float) -> None:
-        """One streaming pass over unprocessed/: the window, the count, made exact."""
+        """One streaming pass over unprocessed/: the window, the count, made exact.
+        Parked files take none of the window's room; the timed ones are looked at again,
+        and the others too when events may have been lost (or none come at all)."""
+        everything = self.pass_due or self.observer is None
         self.pass_due = False
         self.last_pass = now
         self.claimed_since_pass = 0
         if len(self.claimed_out) > self.backlog.window:  # no events come (no inotify here)
             self.claimed_out.clear()
-        if self.observer is not None:
-            self.fence.set()
+        fence = self.fence.put() if self.observer is not None else ""
         self.next_look = float("inf")
         self.backlog.refill(self.queue.waiting())
+        self.fence.raised(fence)  # events count again once the fence's own event comes
+        self.backlog.unpark(timed_only=not everything)  # looked at again, in their turn
         self.readiness.bound(self.backlog.window)
         if not self.backlog.complete and self.backlog.pass_cost > 1.0:
             log.info("%d files wait in unprocessed/; a pass over them took %.1fs, the %d oldest are in claim order",
@@ -209,38 +227,53 @@ class Intake:
             if seen.mtime_ns != mtime_ns:  # written since: its turn moved
                 if backlog.admits(seen.mtime_ns, name):
                     backlog.put(name, seen.mtime_ns)
-                continue  # (beyond the horizon: a later pass finds it)
+                else:
+                    self.readiness.forget(name)  # beyond the horizon: a later pass finds it
+                continue
             picked.append(seen)
         return picked
 
-    def _judge(self, picked: list[Candidate], claims: Claims, records: Records, now: float) -> int:
+    def _judge(self, picked: list[Candidate], claims: Claims, facts: Facts, now: float) -> int:
         """Claim what is ready among ``picked``; park the rest. Returns how many parked
-        files will be ready by themselves (settling, or backing off)."""
+        files will be ready by themselves (settling, backing off, or a claim that failed
+        now and may not later). Whatever goes wrong, no picked file is left out."""
         backlog, queue = self.backlog, self.queue
-        writing = self.writers.of(picked, now)
-        backing_off = records.backing_off()
-        seen_before = records.seen_before() if queue.ready_marker else set()
         eligible = 0
-        for c in picked:
-            if records.in_flight(c.name):  # a new delivery of a name in flight: when that one is done
-                backlog.park(c.name, c.mtime_ns)
-            elif (c.name, c.ino) in backing_off:
-                backlog.park(c.name, c.mtime_ns)
-                eligible += 1
-                self.next_look = min(self.next_look, now + max(0.0, backing_off[c.name, c.ino] - time.time()))
-            elif (queue.ready_marker and c.is_regular and (c.name, c.ino) not in seen_before
-                    and not queue.has_marker(c.name)):
-                backlog.park(c.name, c.mtime_ns)  # until its marker comes
-            elif not c.is_regular or self.readiness.ready(c, writing, now):
-                if not self._claim_one(c):
+        done = 0
+        try:
+            writing = self.writers.of(picked, now)
+            for c in picked:
+                if facts.records.in_flight(c.name):  # a new delivery of a name in flight: when it is done
                     backlog.park(c.name, c.mtime_ns)
-                elif c.is_regular:
-                    claims.files.append(c)
-                else:
-                    claims.rejects.append((c, not_regular(c)))
-            else:
-                backlog.park(c.name, c.mtime_ns)
-                eligible += c.name not in writing  # still settling
+                elif (c.name, c.ino) in facts.backing_off:
+                    backlog.park(c.name, c.mtime_ns, timed=True)
+                    eligible += 1
+                    until = facts.backing_off[c.name, c.ino] - time.time()
+                    self.next_look = min(self.next_look, now + max(0.0, until))
+                elif (queue.ready_marker and c.is_regular and (c.name, c.ino) not in facts.seen_before
+                        and not queue.has_marker(c.name)):
+                    backlog.park(c.name, c.mtime_ns)  # until its marker comes
+                elif not c.is_regular or self.readiness.ready(c, writing, now):
+                    if not self._claim_one(c):  # taken by another claimer, stranded, refused: later
+                        self.readiness.forget(c.name)
+                        backlog.park(c.name, c.mtime_ns, timed=True)
+                        self.next_look = min(self.next_look, now + self.poll_interval_s)
+                        eligible += 1
+                    elif c.is_regular:
+                        claims.files.append(c)
+                    else:
+                        claims.rejects.append((c, not_regular(c)))
+                else:  # being written, or settling: looked at again when its time (or a close) comes
+                    backlog.park(c.name, c.mtime_ns, timed=True)
+                    if c.name in writing:
+                        self.next_look = min(self.next_look, now + self.poll_interval_s)
+                    else:
+                        eligible += 1
+                done += 1
+        except BaseException:
+            for c in picked[done:]:
+                backlog.put(c.name, c.mtime_ns)
+            raise
         return eligible
 
     def give_back(self, picked: list[Candidate], exc: Exception) -> None:
@@ -285,12 +318,7 @@ class Intake:
             log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(shown, names[:5])))
             self.pass_due = True
         if adopted:
-            picked = []
-            for name in adopted:
-                try:
-                    picked.append(self.queue.stat_claimed(name))
-                except FileNotFoundError:
-                    self.queue.release(name)
+            picked = self.queue.stat_adopted(adopted)
             log.warning("adopted %d file(s) whose owner died, as new deliveries of their names wait: %s",
                         len(picked), ", ".join(shown(c.name) for c in picked[:5]))
             found.rejects = [(c, not_regular(c)) for c in picked if not c.is_regular]

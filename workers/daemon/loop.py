@@ -212,6 +212,7 @@ class Loop:
         backend has room for; packed into jobs (small files travel together)."""
         jobs = self.backend.room()
         if not jobs:
+            self.intake.refresh(now)  # no room: the counts stay right all the same
             return
         room = jobs * self.config.workers.batch_files
         pending = self.ledger.take_pending(now)
