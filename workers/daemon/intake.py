@@ -15,7 +15,7 @@ import time
 
 from workers.daemon.backlog import WINDOW, Backlog
 from workers.daemon.census import COST_SHARE, Census
-from workers.daemon.events import CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, Fence, start_observer
+from workers.daemon.events import CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Fence, start_observer
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, Claims, Records, Recovery
 from workers.names import shown
 from workers.ops import retry_one
@@ -102,7 +102,8 @@ class Intake:
             backlog.arrived(seen.size if seen else 0)
         if seen is None:
             return
-        self.writers.arrived(name)
+        if kind != WRITTEN:  # new here: the next claim of it looks at /proc afresh
+            self.writers.arrived(name)
         if kind != MOVED_IN:
             self.readiness.note_written(name)  # written in place: it must settle
         if backlog.admits(seen.mtime_ns, name):
