@@ -133,6 +133,39 @@ class Daemon:
         return self.proc.poll() is None
 
 
+def aged_files(directory: Path, count: int, prefix: str, oldest: float) -> list[str]:
+    """``count`` one-line files in ``directory``, mtimes 1 ms apart from ``oldest`` on;
+    their names sort as their mtimes do (returned oldest first)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"{prefix}-{i:07d}.log"
+        path = directory / name
+        with open(path, "w") as f:
+            f.write(f"2026-12-01T00:00:00 INFO {prefix} {i}\n")
+        os.utime(path, (oldest + i / 1000, oldest + i / 1000))
+        names.append(name)
+    return names
+
+
+class PeakRSS(threading.Thread):
+    """The peak resident memory of one process, sampled every ``every_s`` until ``done``."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.every_s = every_s
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.every_s):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+
+
 def folder(watch: Path, name: str) -> list[str]:
     """Names in a queue folder, without placeholders, reasons or hidden files."""
     path = watch / name

@@ -8,15 +8,13 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import psutil
-
-from tests.daemon import event_time, folder, journal, start, wait_for, write_config
+from tests.daemon import PeakRSS, aged_files, event_time, folder, journal, start, wait_for, write_config
+from tests.test_parts import Nothing, make_queue
 from workers.daemon.backlog import Backlog
 from workers.daemon.census import Census
 from workers.daemon.events import GONE, MOVED_IN
@@ -24,40 +22,6 @@ from workers.daemon.intake import Intake
 from workers.queue import FolderQueue
 
 DAY = 86400.0
-
-
-class Nothing:
-    """Records of a ledger that holds nothing."""
-
-    def in_flight(self, name: str) -> bool:
-        return False
-
-    def backing_off(self) -> dict[tuple[str, int], float]:
-        return {}
-
-    def seen_before(self) -> set[tuple[str, int]]:
-        return set()
-
-
-def make_queue(root: Path) -> FolderQueue:
-    q = FolderQueue(root, ("*",), (".*", "*.tmp"), "")
-    q.prepare()
-    return q
-
-
-def staged(directory: Path, count: int, prefix: str, oldest: float) -> list[str]:
-    """``count`` one-line files in ``directory``, mtimes 1 ms apart from ``oldest`` on;
-    their names sort as their mtimes do."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        name = f"{prefix}-{i:06d}.log"
-        path = directory / name
-        with open(path, "w") as f:
-            f.write(f"2026-12-01T00:00:00 INFO {prefix} {i}\n")
-        os.utime(path, (oldest + i / 1000, oldest + i / 1000))
-        names.append(name)
-    return names
 
 
 def rename_all(src: Path, dst: Path, names: list[str]) -> None:
@@ -70,7 +34,7 @@ def rename_all(src: Path, dst: Path, names: list[str]) -> None:
 
 def test_the_window_holds_the_oldest_files_and_admits_only_arrivals_older_than_its_horizon(tmp_path: Path) -> None:
     q = make_queue(tmp_path / "w")
-    names = staged(q.unprocessed, 10, "a", time.time() - DAY)
+    names = aged_files(q.unprocessed, 10, "a", time.time() - DAY)
     backlog = Backlog(window=3)
     backlog.refill(q.waiting())
     assert backlog.total == 10 and not backlog.complete
@@ -91,7 +55,7 @@ def test_the_window_holds_the_oldest_files_and_admits_only_arrivals_older_than_i
 
 def test_claims_stay_oldest_first_across_refills_of_a_small_window(tmp_path: Path) -> None:
     q = make_queue(tmp_path / "w")
-    names = staged(tmp_path / "staging", 23, "a", time.time() - DAY)
+    names = aged_files(tmp_path / "staging", 23, "a", time.time() - DAY)
     rename_all(tmp_path / "staging", q.unprocessed, names[::-1])  # directory order is not age order
     intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False, window=5)
     claimed: list[str] = []
@@ -109,11 +73,11 @@ def test_claims_stay_oldest_first_across_refills_of_a_small_window(tmp_path: Pat
 def test_an_older_file_that_arrives_is_claimed_before_the_rest_and_counts_follow_events(tmp_path: Path) -> None:
     q = make_queue(tmp_path / "w")
     base = time.time() - DAY
-    names = staged(tmp_path / "staging", 12, "b", base)
+    names = aged_files(tmp_path / "staging", 12, "b", base)
     rename_all(tmp_path / "staging", q.unprocessed, names)
     intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False, window=4)
     assert [c.name for c in intake.claim(1.0, 2, Nothing(), True, True).files] == names[:2]
-    late = staged(tmp_path / "late", 1, "a", base - DAY)[0]  # older than everything waiting
+    late = aged_files(tmp_path / "late", 1, "a", base - DAY)[0]  # older than everything waiting
     os.rename(tmp_path / "late" / late, q.unprocessed / late)
     intake.note_event(MOVED_IN, late)
     assert intake.counts()["unprocessed"] == 11
@@ -141,7 +105,7 @@ class Flaky(Nothing):
 
 def test_a_round_that_fails_half_way_leaves_no_file_out_of_the_window(tmp_path: Path) -> None:
     q = make_queue(tmp_path / "w")
-    names = staged(q.unprocessed, 6, "c", time.time() - DAY)
+    names = aged_files(q.unprocessed, 6, "c", time.time() - DAY)
     intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False, window=10)
     records = Flaky()
     try:
@@ -157,8 +121,8 @@ def test_files_that_never_get_ready_do_not_hold_back_the_files_behind_them(tmp_p
     q = FolderQueue(tmp_path / "w", ("*.log",), (".*",), "{name}.ready")
     q.prepare()
     base = time.time() - DAY
-    unmarked = staged(q.unprocessed, 5, "a", base)  # the oldest, whose markers never come
-    marked = staged(q.unprocessed, 3, "b", base + 100)
+    unmarked = aged_files(q.unprocessed, 5, "a", base)  # the oldest, whose markers never come
+    marked = aged_files(q.unprocessed, 3, "b", base + 100)
     for name in marked:
         (q.unprocessed / f"{name}.ready").touch()
     intake = Intake(q, settle_s=0.0, poll_interval_s=0.1, once=False, window=3)
@@ -173,7 +137,7 @@ def test_files_that_never_get_ready_do_not_hold_back_the_files_behind_them(tmp_p
 
 def test_a_claim_refused_now_is_tried_again_later_not_in_a_busy_loop(tmp_path: Path) -> None:
     q = make_queue(tmp_path / "w")
-    names = staged(q.unprocessed, 2, "d", time.time() - DAY)
+    names = aged_files(q.unprocessed, 2, "d", time.time() - DAY)
     rival = make_queue(tmp_path / "w")  # another supervisor on the folder holds one lock
     assert rival.locks.try_acquire(q.lock_index(names[0]))
     intake = Intake(q, settle_s=0.0, poll_interval_s=5.0, once=True, window=10)
@@ -233,19 +197,6 @@ def post(url: str) -> int:
         return response.status
 
 
-class PeakRSS(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process, self.peak, self.done = psutil.Process(pid), 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.1):
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                return
-
-
 def waiting_now(watch: Path) -> int:
     return sum(1 for n in os.listdir(watch / "unprocessed") if not n.startswith("."))
 
@@ -254,11 +205,11 @@ def test_a_backlog_of_50000_drains_once_each_oldest_first_in_bounded_memory(tmp_
     config = write_config(tmp_path, CONFIG.format(window=2000))
     watch = tmp_path / "watch_dir"
     base = time.time() - 3 * DAY
-    names = staged(tmp_path / "staging", BACKLOG, "b", base)
-    late = staged(tmp_path / "late", LATE, "a", base - DAY)  # older than the whole backlog
+    names = aged_files(tmp_path / "staging", BACKLOG, "b", base)
+    late = aged_files(tmp_path / "late", LATE, "a", base - DAY)  # older than the whole backlog
     d = start(daemons, config)
     url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
-    rss = PeakRSS(d.pid)
+    rss = PeakRSS(d.pid, every_s=0.1)
     rss.start()
     rename_all(tmp_path / "staging", watch / "unprocessed", names)
     wait_for(lambda: len(os.listdir(watch / "processed")) >= 10_000, 300, "10,000 of the backlog processed",
@@ -303,7 +254,7 @@ def test_events_lost_to_an_inotify_overflow_cost_latency_never_a_file(tmp_path: 
     count = limit + 2000
     config = write_config(tmp_path, CONFIG.format(window=100_000))
     watch = tmp_path / "watch_dir"
-    names = staged(tmp_path / "staging", count, "o", time.time() - DAY)
+    names = aged_files(tmp_path / "staging", count, "o", time.time() - DAY)
     d = start(daemons, config)
     os.kill(d.pid, signal.SIGSTOP)  # nobody reads the inotify queue: it overflows
     try:

@@ -38,7 +38,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon import Daemon, alive, event_time, wait_for  # noqa: E402
+from tests.daemon import Daemon, PeakRSS, aged_files, alive, event_time, wait_for  # noqa: E402
 
 CONFIG = """\
 [watch]
@@ -77,36 +77,9 @@ class Run:
 
 
 def make_files(staging: Path, count: int, prefix: str, oldest: float) -> list[str]:
-    """``count`` one-line files, mtimes 1 ms apart from ``oldest`` on; names oldest first."""
-    staging.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        name = f"{prefix}-{i:07d}.log"
-        path = staging / name
-        with open(path, "w") as f:
-            f.write(f"2026-12-01T00:00:00 INFO file {i}\n")
-        at = oldest + i / 1000
-        os.utime(path, (at, at))
-        names.append(name)
+    names = aged_files(staging, count, prefix, oldest)
     os.sync()
     return names
-
-
-class Sampler(threading.Thread):
-    """The peak RSS of one process, sampled until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.2):
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                return
 
 
 def out_of_order(watch: Path) -> int:
@@ -144,7 +117,7 @@ def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0) -> 
         wait_for(lambda: "foldermill started" in daemon.log() or not daemon.alive(), 60, "the supervisor to start")
         if not daemon.alive():
             raise BenchError(f"supervisor exited at start:\n{daemon.log()[-2000:]}")
-        sampler = Sampler(daemon.pid)
+        sampler = PeakRSS(daemon.pid)
         sampler.start()
         started = time.time()
         for name in names:
