@@ -359,6 +359,9 @@ class FolderQueue:
         ``workers/daemon/census.py``)."""
         result = {}
         for folder in folders:
+            if folder in ("underprocess", "processed"):  # streamed: a million names are never held
+                result[folder] = _count_entries(self.root / folder)
+                continue
             try:
                 names = os.listdir(self.root / folder)
             except FileNotFoundError:
@@ -431,6 +434,15 @@ def open_claimed(path: Path) -> int:
         raise IsADirectoryError(errno.EISDIR, "is not a regular file")
     os.set_blocking(fd, True)
     return fd
+
+
+def _count_entries(folder: Path) -> int:
+    """Entries of ``folder`` but its placeholder, counted one at a time."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.name != PLACEHOLDER)
+    except FileNotFoundError:
+        return 0
 
 
 def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
