@@ -62,6 +62,7 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
         ("[watch]\ndir = 3\n" + START, "watch.dir", "must be a string"),
         ("[watch]\ndir = ''\n" + START, "watch.dir", "must not be empty"),
         ("[pipeline]\nmax_hops = 0\n" + START, "pipeline.max_hops", "at least 1"),
+        ("[watch]\nbacklog_window = 10\n" + START, "watch.backlog_window", "at least 100"),
         ("[pipeline]\nmax_hops = true\n" + START, "pipeline.max_hops", "must be an integer"),
         ("[pipeline]\non_error = 'ignore'\n" + START, "pipeline.on_error", "'fail_file', 'skip_line'"),
         ("[pipeline]\nencoding = 'klingon'\n" + START, "pipeline.encoding", "not an encoding"),
