@@ -43,6 +43,10 @@ OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
+KINDS = ((FileDeletedEvent, GONE), (FileCreatedEvent, CREATED), (FileOpenedEvent, OPENED),
+         (FileModifiedEvent, WRITTEN), (FileClosedEvent, WRITTEN))
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, folder: str, inbox: queue.Queue) -> None:
         self.folder = folder
@@ -64,22 +68,11 @@ class _Handler(FileSystemEventHandler):
                 put(("fs", GONE, gone))
             if came:
                 put(("fs", MOVED_IN, came))
-        elif isinstance(event, FileDeletedEvent):
-            name = self._name(event.src_path)
-            if name:
-                put(("fs", GONE, name))
-        elif isinstance(event, FileCreatedEvent):
-            name = self._name(event.src_path)
-            if name:
-                put(("fs", CREATED, name))
-        elif isinstance(event, FileOpenedEvent):
-            name = self._name(event.src_path)
-            if name:
-                put(("fs", OPENED, name))
-        elif isinstance(event, FileModifiedEvent | FileClosedEvent):
-            name = self._name(event.src_path)
-            if name:
-                put(("fs", WRITTEN, name))
+            return
+        kind = next((k for cls, k in KINDS if isinstance(event, cls)), None)
+        name = self._name(event.src_path) if kind else None
+        if name:
+            put(("fs", kind, name))
 
 
 class _Overflow(logging.Handler):
