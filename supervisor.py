@@ -3,7 +3,7 @@
     python supervisor.py -c config.toml [--once] [--trace] [--workers N]   the daemon
     python supervisor.py -c config.toml check          validate, print the routing graph
     python supervisor.py -c config.toml run FILE...    run the pipeline on files directly
-    python supervisor.py -c config.toml status | retry NAME... | history NAME
+    python supervisor.py -c config.toml status | retry NAME... | discard NAME... | replay NAME... | history NAME
 
 Exit status: 0 success or a clean stop, 1 some file failed (``run``), 2 bad
 configuration or usage, 3 another fatal start-up error.
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(config, graph)
     if args.command == "run":
         return cmd_run(config, graph, args.files, args.output_dir, args.trace)
-    if args.command in ("status", "retry", "history"):
+    if args.command in ("status", "retry", "discard", "replay", "history"):
         return cmd_ops(config, args)
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())

@@ -401,4 +401,4 @@ def job_payload(job: str, reply: str, seq: int, items: tuple[JobItem, ...], trac
     ``pipeline`` the version it needs and its tables; ``dedupe`` whether to skip a
     file whose content was processed before."""
     return {"job": job, "reply": reply, "seq": seq, "trace_every": trace_every, "pipeline": pipeline,
-            "dedupe": dedupe, "items": [[i.file_id, i.name, i.final_name, i.size] for i in items]}
+            "dedupe": dedupe, "items": [[i.file_id, i.name, i.final_name, i.size, i.replay] for i in items]}

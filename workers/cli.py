@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
     retry.add_argument("names", nargs="*", metavar="NAME")
     retry.add_argument("--all", action="store_true", help="every file in failed/")
+    discard = sub.add_parser("discard", help="move failed files to discarded/ (never deleted), journalled")
+    discard.add_argument("names", nargs="+", metavar="NAME")
+    replay = sub.add_parser("replay", help="process processed files again with the current pipeline "
+                                           "(new outputs get new names; the earlier ones stay)")
+    replay.add_argument("names", nargs="+", metavar="NAME")
     history = sub.add_parser("history", help="every journal entry for one file")
     history.add_argument("name", metavar="NAME")
     history.add_argument("--json", action="store_true", help="JSON lines")
@@ -59,20 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_ops(config: Config, args: argparse.Namespace) -> int:
-    """status, retry, history: the operator's verbs (workers/ops.py)."""
+    """status, retry, discard, replay, history: the operator's verbs (workers/ops.py)."""
     from workers import ops
 
     if args.command == "status":
         s = ops.status(config)
         print(json.dumps(s) if args.json else ops.format_status(s))
         return EXIT_OK
-    if args.command == "retry":
-        if bool(args.names) == bool(args.all):
+    if args.command in ("retry", "discard", "replay"):
+        every = getattr(args, "all", False)
+        if bool(args.names) == every:
             print("foldermill: retry needs NAME... or --all (not both)", file=sys.stderr)
             return EXIT_USAGE
-        moved, problems = ops.retry(config, args.names, args.all)
-        for name in moved:
-            print(f"{name}: back in unprocessed/, with fresh attempts")
+        done, problems = ops.act(config, args.command, args.names, every)
+        said = {"retry": "back in unprocessed/, with fresh attempts", "discard": "discarded",
+                "replay": "back in unprocessed/, to be processed again"}[args.command]
+        for name in done:
+            print(f"{name}: {said}")
         for problem in problems:
             print(f"foldermill: {problem}", file=sys.stderr)
         return EXIT_FILES_FAILED if problems else EXIT_OK

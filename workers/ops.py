@@ -15,11 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from workers.actions import DISCARDED, SOURCE, journal_fields, perform
 from workers.config import Config
-from workers.fs import move
-from workers.names import reason_files, reason_name, shown, unshown
+from workers.names import reason_files, shown, unshown
 from workers.queue import FolderQueue
-from workers.store import tail_journal
+from workers.store import Journal, Store, journal_entry, tail_journal
 
 ANNOUNCE_GLOB = "supervisor-*.json"
 
@@ -92,22 +92,36 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def retry(config: Config, names: list[str], every: bool) -> tuple[list[str], list[str]]:
-    """Move failed files back to unprocessed/ (fresh attempts). Returns (moved, problems)."""
+def act(config: Config, action: str, names: list[str], every: bool = False) -> tuple[list[str], list[str]]:
+    """retry, discard or replay files (``workers/actions.py``), each journalled.
+    Returns (what was done, problems), in shown names."""
     q = _queue(config)
+    source = q.root / SOURCE[action]
     if every:
-        present = os.listdir(q.failed)
-        reasons = reason_files(present)
+        present = os.listdir(source)
+        reasons = reason_files(present) if SOURCE[action] == "failed" else set()
         names = sorted(n for n in present if not n.startswith(".") and n not in reasons)
-    moved, problems = [], []
-    for name in names:
-        name = resolve(q.failed, name)
-        problem = retry_one(q, name)
-        if problem:
-            problems.append(f"{shown(name)}: {problem}")
-        else:
-            moved.append(shown(name))
-    return moved, problems
+    w = config.watch
+    store = Store(q.state_dir / "state.db") if action == "replay" else None
+    journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
+                      q.locks_dir / "journal.lock")
+    done, problems, entries = [], [], []
+    try:
+        for name in names:
+            result = perform(q, action, resolve(source, name), store)
+            if result.problem:
+                problems.append(f"{shown(result.name)}: {result.problem}")
+                continue
+            event, fields = journal_fields(result)
+            entries.append(journal_entry(event, result.name, by="cli", **fields))
+            done.append(shown(result.name) if action != "discard" else
+                        f"{shown(result.name)} -> {DISCARDED}/{shown(result.target)}")
+        journal.write(entries)
+    finally:
+        journal.close()
+        if store is not None:
+            store.close()
+    return done, problems
 
 
 def resolve(folder: Path, name: str) -> str:
@@ -116,25 +130,6 @@ def resolve(folder: Path, name: str) -> str:
         return name
     exact = unshown(name)
     return exact if os.path.lexists(folder / exact) else name
-
-
-def retry_one(q: FolderQueue, name: str) -> str:
-    """Move one failed file back to unprocessed/ and drop its reason; "" or the problem.
-    The same rules for the CLI and the dashboard's action (which the supervisor runs)."""
-    if name in (".", "..", "") or "/" in name or "\x00" in name or name.startswith("."):
-        return "not a plain file name"
-    if not os.path.lexists(q.failed / name):
-        return "no such file in failed/"
-    if name in reason_files(os.listdir(q.failed)):
-        return "that is a reason file, not a failed file"
-    try:
-        move(q.failed / name, q.unprocessed / name)
-    except FileExistsError:
-        return "unprocessed/ already holds that name"
-    except FileNotFoundError:
-        return "no such file in failed/"
-    (q.failed / reason_name(name)).unlink(missing_ok=True)
-    return ""
 
 
 def history(config: Config, name: str) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns INTEGER NOT NULL,
     final_name TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,           -- claimed | waiting | committing | processed | failed | vanished
+    status TEXT NOT NULL,           -- claimed | waiting | committing | processed | failed | vanished | replay
     owner TEXT,
     not_before REAL NOT NULL DEFAULT 0,
     reason TEXT,
@@ -85,6 +85,7 @@ class FileRecord:
     attempts: int  # failed attempts so far
     committed: tuple[tuple[str, str], ...] = ()  # its outputs were being committed when its owner died
     known: bool = False  # claimed before: an earlier execution may have left staged files
+    replay_of: str = ""  # a processed file replayed: the final name its earlier outputs have
 
 
 class Store:
@@ -179,6 +180,7 @@ class Store:
                 file_id, final_shown, attempts, status, pairs = row
                 final = unshown(final_shown)
                 committed: tuple[tuple[str, str], ...] = ()
+                replay_of = final if status == "replay" else ""
                 if status == "committing":
                     committed = tuple((t, unshown(f)) for t, f in json.loads(pairs or "[]"))
                 elif status not in LIVE:
@@ -195,7 +197,8 @@ class Store:
                     "updated = ? WHERE id = ?",
                     ("committing" if committed else "claimed", owner, attempts, shown(final), c.size, c.mtime_ns,
                      now, file_id))
-                records.append(FileRecord(file_id, c.name, final, attempts, committed, known=True))
+                records.append(FileRecord(file_id, c.name, final, attempts, committed, known=True,
+                                          replay_of=replay_of))
         return records
 
     def _reserve_free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
@@ -266,6 +269,30 @@ class Store:
             db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? "
                            "WHERE name = ? AND status = 'claimed'", [(now, shown(n)) for n in names])
 
+    def replaying(self, name: str, ino: int) -> bool:
+        """``processed/name`` (inode ``ino``) is about to go back to unprocessed/ to be
+        processed again: its record is marked so that its claim knows it for a replay
+        (``FileRecord.replay_of``), under the name it has now. False if no record is left
+        (pruned): it is then claimed as a new file, which gets a new name all the same."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM files WHERE name = ? AND ino = ? AND status = 'processed' "
+                             "ORDER BY id DESC LIMIT 1", (shown(name), ino)).fetchone()
+            if row is None:  # it got a collision name: found by that (no index: a rare case of a rare action)
+                row = db.execute("SELECT id FROM files WHERE final_name = ? AND ino = ? AND status = 'processed' "
+                                 "ORDER BY id DESC LIMIT 1", (shown(name), ino)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE files SET name = ?, status = 'replay', updated = ? WHERE id = ?",
+                       (shown(name), now, row[0]))
+        return True
+
+    def unreplaying(self, name: str, ino: int) -> None:
+        """The move back did not happen after all."""
+        with self._tx() as db:
+            db.execute("UPDATE files SET status = 'processed' WHERE name = ? AND ino = ? AND status = 'replay'",
+                       (shown(name), ino))
+
     def live_rows(self) -> list[tuple[int, str, int, str]]:
         """Every live file: (id, name, inode, final name), to find the vanished."""
         rows = self.db.execute(f"SELECT id, name, ino, final_name FROM files WHERE status IN {_LIVE_SQL}")
@@ -295,8 +322,9 @@ class Store:
         largest id + 1): an id names one file, ever."""
         with self._tx() as db:
             finished = db.execute(
-                "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE status IN ('processed', 'vanished') "
-                "AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)", (before, limit)).rowcount
+                "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE status IN "
+                "('processed', 'vanished', 'replay') AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)",
+                (before, limit)).rowcount
         removed = finished
         rows = self.db.execute(
             "SELECT id, name, final_name FROM files WHERE status = 'failed' AND updated < ? AND id > ? "
@@ -400,6 +428,13 @@ class Journal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def journal_entry(event: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A journal entry: the file's name shown (workers/names.py), exact and printable."""
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {"ts": ts, "event": event, "file": shown(name), **fields}
 
 
 def tail_journal(path: Path, max_bytes: int = 1 << 20) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ class JobItem:
     name: str
     final_name: str
     size: int
+    replay: bool = False  # processed again on purpose: never a duplicate of itself
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
 
     started = time.monotonic()
     digest = ""
-    if args.dedupe_db:
+    if args.dedupe_db and not item.replay:
         try:
             digest = file_digest(in_dir / item.name)
         except OSError:

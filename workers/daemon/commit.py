@@ -332,7 +332,7 @@ def find_duplicates(batch: list[tuple[Flight, ItemResult, int]], store: Store, o
     worker looked, or earlier in this batch) becomes a duplicate; its outputs go."""
     seen: dict[str, str] = {}
     for flight, res, _ in batch:
-        if not res.digest or res.duplicate_of:
+        if not res.digest or res.duplicate_of or flight.record.replay_of:
             continue
         earlier = seen.get(res.digest) or store.digest_owner(res.digest)
         if earlier:

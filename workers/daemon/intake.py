@@ -13,12 +13,12 @@ import logging
 import stat
 import time
 
+from workers.actions import SOURCE, Done, Replays, perform
 from workers.daemon.backlog import WINDOW, Backlog
 from workers.daemon.census import COST_SHARE, Census
 from workers.daemon.events import CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Fence, start_observer
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, Claims, Records, Recovery
 from workers.names import shown
-from workers.ops import retry_one
 from workers.queue import Candidate, FolderQueue
 from workers.readiness import Readiness, WriterWatch
 
@@ -326,14 +326,13 @@ class Intake:
             found.adopted = [c for c in picked if c.is_regular]
         return found
 
-    def retry_failed(self, name: str) -> str:
-        """Move a failed file back to unprocessed/ (its reason file goes): "" or the
-        problem that refused it."""
-        problem = retry_one(self.queue, name)
-        if not problem:
-            self.queue.moved["failed"] -= 1
+    def act(self, action: str, name: str, replays: Replays) -> Done:
+        """An operator's action on a file (``workers/actions.py``); the counts follow it."""
+        done = perform(self.queue, action, name, replays)
+        if not done.problem:
+            self.queue.moved[SOURCE[action]] -= 1
             self.pass_due = True
-        return problem
+        return done
 
 
 def not_regular(candidate: Candidate) -> str:

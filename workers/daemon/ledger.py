@@ -19,6 +19,7 @@ from workers.names import output_name, reason_name, shown
 from workers.outputs import remove_staged
 from workers.queue import Candidate, FolderQueue
 from workers.store import Journal, Store
+from workers.store import journal_entry as event_entry
 from workers.worker import Job, JobItem
 
 log = logging.getLogger("foldermill")
@@ -75,6 +76,10 @@ class Ledger:
 
     # -- claims in, jobs out -------------------------------------------------------------
 
+    def replays(self) -> Store:
+        """The state database, for a replay to mark its file (``workers/actions.py``)."""
+        return self.store
+
     def admit(self, picked: list[Candidate], event: str) -> list[Flight]:
         """Claimed files into the state and the table of flights, journalled."""
         if not picked:
@@ -86,6 +91,8 @@ class Ledger:
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
             self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
+            if record.replay_of:  # both names: the earlier outputs stay under the old one
+                self.journal_event("replayed", flight, previous=shown(record.replay_of))
             flights.append(flight)
         return flights
 
@@ -103,7 +110,8 @@ class Ledger:
         self.seq += 1
         for f in batch:
             f.seq = self.seq
-        return Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size) for f in batch),
+        return Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size,
+                                             bool(f.record.replay_of)) for f in batch),
                    pipeline)
 
     def hold(self, flights: list[Flight]) -> None:
@@ -247,13 +255,6 @@ class Ledger:
         short = {s: shown(output_name(final, s)) for s in self.graph.side_outputs()
                  if output_name(final, s) != f"{final}.{s}"}
         return {"outputs_shortened": short} if short else {}
-
-
-def event_entry(event: str, name: str, **fields: Any) -> dict[str, Any]:
-    """A journal entry: the file's name shown (workers/names.py), exact and printable."""
-    now = time.time()
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-    return {"ts": ts, "event": event, "file": shown(name), **fields}
 
 
 def _inode(folder: Path, name: str) -> int:

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workers.actions import ACTIONS, journal_fields
 from workers.config import Config, load_config, pipeline_version, reloaded
 from workers.daemon.backend import Backend
 from workers.daemon.commit import Commit
 from workers.daemon.dashboard import Dashboard
 from workers.daemon.inbox import Inbox
 from workers.daemon.intake import Intake
-from workers.daemon.ledger import Ledger, event_entry
+from workers.daemon.ledger import Ledger
 from workers.daemon.publisher import Publisher
 from workers.daemon.retention import Retention
 from workers.daemon.types import Flight, OpenShared, Options, Report, Shared
@@ -29,6 +30,7 @@ from workers.names import shown, unshown
 from workers.queue import Candidate
 from workers.state import Stats
 from workers.store import StateError
+from workers.store import journal_entry as event_entry
 
 log = logging.getLogger("foldermill")
 
@@ -146,14 +148,15 @@ class Loop:
             self.paused = False
             self.intake.wake()
             log.info("intake resumed from the dashboard")
-        elif action == "retry":
+        elif action in ACTIONS:
             name = unshown(command[1])  # the dashboard speaks in shown names
-            problem = self.intake.retry_failed(name)
-            if problem:
-                log.warning("retry of %s refused: %s", shown(name), problem)
+            done = self.intake.act(action, name, self.ledger.replays())
+            if done.problem:
+                log.warning("%s of %s refused: %s", action, shown(name), done.problem)
                 return
-            self.ledger.note(event_entry("retry-requested", name, supervisor=self.owner))
-            log.info("retry of failed file %s requested from the dashboard", shown(name))
+            event, fields = journal_fields(done)
+            self.ledger.note(event_entry(event, name, supervisor=self.owner, by="dashboard", **fields))
+            log.info("%s of %s done from the dashboard", action, shown(name))
 
     def _reload(self) -> None:
         """SIGHUP: read config.toml again. A valid new pipeline (and new [workers] limits)
@@ -260,7 +263,7 @@ class Loop:
 
     def _report(self, now: float) -> Report:
         return Report(self.paused, self.ledger.count(), self.intake.counts(), self.intake.oldest_waiting_mtime(),
-                      self.backend.workers(now), self.backend.describe(), self.graph.describe())
+                      self.backend.workers(now), self.backend.describe(), self.graph.describe(), self.graph.layout())
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""

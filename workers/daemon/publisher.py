@@ -65,7 +65,8 @@ class Publisher:
             "time": wall, "owner": self.owner, "started": self.stats.started, "loop_tick": self.loop_tick,
             "intake_paused": report.paused, "in_flight": report.in_flight, "folders": report.folders,
             "oldest_unprocessed_age_s": max(0.0, wall - oldest) if oldest is not None else None,
-            "workers": report.workers, "graph": report.graph, **report.backend,
+            "workers": report.workers, "graph": report.graph,
+            "graph_layout": report.layout, **report.backend,
             "tracing": self.trace, "url": self.url, **self.stats.snapshot_part(wall),
         }
         with contextlib.suppress(Exception):  # the manager may be gone while stopping

@@ -98,6 +98,7 @@ class Report:
     workers: list[dict[str, Any]]
     backend: dict[str, Any]
     graph: list[str]
+    layout: list[dict[str, Any]]  # the graph's nodes and edges, for the dashboard's drawing
 
 
 class Tally:
