@@ -1,18 +1,15 @@
-"""The HTML dashboard, the JSON API (/stats /trace /errors /health) and the actions."""
+"""The HTML dashboard and the JSON API over the supervisor's snapshot: /stats /trace
+/errors /health (the console's reads and the actions are in ``web/console.py``)."""
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import os
 import threading
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from workers.config import Config
-from workers.names import reason_files, shown, unshown
 
 bp = Blueprint("dashboard", __name__)
 HEALTH_MAX_AGE_S = 5.0
@@ -65,6 +62,7 @@ def stats() -> Response:
         "attempts_failed": s.get("attempts_failed", {}),
         "nodes": s.get("nodes", {}),
         "graph": s.get("graph", []),
+        "graph_layout": s.get("graph_layout", []),
         "backend": s.get("backend", "local"),
         "broker": s.get("broker"),
     })
@@ -101,56 +99,3 @@ def health() -> tuple[Response, int]:
             problems.append(f"the broker is unreachable: {broker.get('error')}")
     body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
     return jsonify(body), 200 if not problems else 503
-
-
-# -- actions ---------------------------------------------------------------------------------
-
-
-def _refusal() -> tuple[Response, int] | None:
-    """None if the caller may act: the right bearer token when one is configured,
-    else a loopback address."""
-    token = _config().web.token
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
-            return jsonify({"error": "a valid 'Authorization: Bearer <token>' header is required"}), 401
-        return None
-    try:
-        loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        return jsonify({"error": "actions are accepted from loopback only when [web] token is not set"}), 403
-    return None
-
-
-def _act(command: tuple) -> None:
-    current_app.config["FOLDERMILL_ACTIONS"](command)
-
-
-@bp.post("/failed/<name>/retry", endpoint="retry")
-def retry(name: str) -> tuple[Response, int]:
-    refused = _refusal()
-    if refused:
-        return refused
-    exact = unshown(name)  # names come as the API shows them (workers/names.py)
-    if shown(exact) != name:
-        return jsonify({"error": "not a name as the API shows it (a backslash starts an escape: \\\\ \\xNN)"}), 400
-    if exact in (".", "..") or any(c in exact for c in "/\x00") or exact.startswith("."):
-        return jsonify({"error": "not a plain file name"}), 400
-    failed = _config().watch.dir / "failed"
-    if os.path.lexists(failed / exact) and exact in reason_files(os.listdir(failed)):
-        return jsonify({"error": "that is a reason file, not a failed file"}), 400
-    if not os.path.lexists(failed / exact):
-        return jsonify({"error": "no such file in failed/"}), 404
-    _act(("retry", name))
-    return jsonify({"accepted": True, "file": name}), 202
-
-
-@bp.post("/intake/<any(pause, resume):action>", endpoint="intake")
-def intake(action: str) -> tuple[Response, int]:
-    refused = _refusal()
-    if refused:
-        return refused
-    _act((action,))
-    return jsonify({"accepted": True, "intake": "paused" if action == "pause" else "running"}), 202

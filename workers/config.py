@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class WebConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""  # when set, actions need "Authorization: Bearer <token>"
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback and [web] host
+    protect_reads: bool = False  # with a token: the read endpoints and /metrics need it too
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,11 @@ def _parse_web(t: _Table) -> WebConfig:
         host=t.get("host", str, d.host, check=_non_empty),
         port=t.get("port", int, d.port, check=lambda v: "" if 0 <= v <= 65535 else "must be a port, 0 to 65535"),
         token=t.get("token", str, d.token),
+        allowed_hosts=tuple(h.lower() for h in t.get("allowed_hosts", list, list(d.allowed_hosts), check=_hosts)),
+        protect_reads=t.get("protect_reads", bool, d.protect_reads),
     )
+    if cfg.protect_reads and not cfg.token:
+        raise ConfigError("web.protect_reads", "= true needs [web] token (the token is what protects the reads)")
     t.done()
     return cfg
 
@@ -351,6 +358,15 @@ def _patterns(value: list) -> str:
 def _marker(value: str) -> str:
     if value and ("{name}" not in value or "/" in value or value == "{name}"):
         return 'must contain "{name}" and no "/", e.g. "{name}.ready" (or be "" for none)'
+    return ""
+
+
+def _hosts(value: list) -> str:
+    """Host names or addresses, without a port: ``example.org``, ``10.0.0.5``, ``[fd00::1]``."""
+    for v in value:
+        if not isinstance(v, str) or not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", v, re.IGNORECASE):
+            return ('must be a list of host names or addresses without a port (an IPv6 address in brackets: '
+                    f'"[fd00::1]"); {v!r} is not one')
     return ""
 
 

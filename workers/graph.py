@@ -53,6 +53,13 @@ class Graph:
         """Suffixes of the side outputs the built-in ``write`` nodes produce."""
         return [str(s.options["output"]) for s in self.nodes.values() if s.builtin and s.processor == "write"]
 
+    def layout(self) -> list[dict[str, Any]]:
+        """The nodes in rank order, each with the tags it may emit (None: not declared)
+        and its side output: what the dashboard draws."""
+        return [{"tag": tag, "processor": spec.processor, "emits": list(spec.emits) if spec.emits is not None else None,
+                 "side": spec.options["output"] if spec.builtin and spec.processor == "write" else None}
+                for tag, spec in ((t, self.nodes[t]) for t in sorted(self.nodes, key=self.rank.__getitem__))]
+
     def describe(self) -> list[str]:
         """Human-readable lines: tag -> processor -> tags it may emit."""
         out = []

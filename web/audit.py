@@ -1,0 +1,83 @@
+"""The audit log: every action asked of the dashboard, accepted or refused, as one JSON
+line in ``watch_dir/audit.log`` (time, action, targets, outcome, HTTP status, how it
+was authorised, remote address). Appended with one ``write`` per line (O_APPEND);
+rotated to ``audit.log.1`` past ``MAX_BYTES`` so that a hostile page posting in a loop
+cannot fill the disk. ``GET /audit`` serves its tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Response, g, request
+
+from workers.names import shown
+
+MAX_BYTES = 8 << 20
+TAIL_BYTES = 256 << 10
+
+
+class Audit:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+
+    def record(self, response: Response) -> None:
+        """One line for the POST just answered (called after every POST)."""
+        outcome = "accepted" if response.status_code < 400 else "refused"
+        error = getattr(g, "refused", "") or _error_of(response)
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "action": getattr(g, "action", "") or request.path[:200],
+            "targets": [shown(t)[:300] for t in getattr(g, "targets", [])][:1000],
+            "outcome": outcome if not error else f"{outcome}: {error}",
+            "status": response.status_code,
+            "auth": getattr(g, "auth", "none"),
+            "remote": request.remote_addr,
+        }
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+        with self.lock:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            except OSError:
+                return  # the action stands or falls on its own; the log of it is best effort
+            try:
+                os.write(fd, line)
+                if os.fstat(fd).st_size > MAX_BYTES:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            finally:
+                os.close(fd)
+
+    def tail(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries, newest first."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        with open(fd, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            lines = f.read().split(b"\n")
+        if size > TAIL_BYTES:
+            lines = lines[1:]
+        entries = []
+        for line in reversed(lines):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+            if len(entries) >= limit:
+                break
+        return entries
+
+
+def _error_of(response: Response) -> str:
+    if response.status_code < 400 or not response.is_json:
+        return ""
+    body = response.get_json(silent=True)
+    return str(body.get("error", ""))[:300] if isinstance(body, dict) else ""

@@ -1,0 +1,162 @@
+"""What the console reads from the watch dir for itself (never through the supervisor):
+the files in ``failed/`` with their reasons, a search by name, a file's timeline from
+the journal, the head of an output. Nothing outside ``watch_dir`` is read; a symlink is
+never followed (``O_NOFOLLOW``, ``lstat``); every answer is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_from_bytes
+
+from workers.config import Config
+from workers.names import REASON_SUFFIX, reason_files, reason_name, shown, unshown
+from workers.ops import history
+
+REASON_MAX_BYTES = 4096
+PREVIEW_LINES = 200
+PREVIEW_BYTES = 256 << 10
+SEARCH_LIMIT = 50
+
+
+def ref(name: str) -> str:
+    """A name for a URL path segment: its exact bytes, percent-encoded."""
+    return quote_from_bytes(os.fsencode(name), safe="")
+
+
+def read_head(path: Path, max_bytes: int) -> bytes | None:
+    """The first ``max_bytes`` of a regular file, never through a symlink; None if it
+    is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(max_bytes)
+
+
+def failed_files(config: Config, offset: int, limit: int) -> dict[str, Any]:
+    """One page of ``failed/``, newest failure first: name, reason, attempts, when."""
+    folder = config.watch.dir / "failed"
+    try:
+        present = os.listdir(folder)
+    except OSError:
+        present = []
+    reasons = reason_files(present)
+    rows = []
+    for name in present:
+        if name.startswith(".") or name in reasons:
+            continue
+        with contextlib.suppress(OSError):
+            when = os.lstat(folder / reason_name(name)).st_mtime if reason_name(name) in reasons else \
+                os.lstat(folder / name).st_mtime
+            rows.append((when, name))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    page = rows[offset: offset + limit]
+    attempts = _attempts(config, [n for _, n in page])
+    items = []
+    for when, name in page:
+        head = read_head(folder / reason_name(name), REASON_MAX_BYTES) or b""
+        items.append({"name": shown(name), "ref": ref(name), "failed_at": when,
+                      "reason": head.decode("utf-8", "replace").strip(), "attempts": attempts.get(name)})
+    return {"total": len(rows), "offset": offset, "limit": limit, "files": items}
+
+
+def failed_names(config: Config) -> list[str]:
+    """Every file in failed/ (exact names), as "retry all" sees them."""
+    folder = config.watch.dir / "failed"
+    try:
+        present = os.listdir(folder)
+    except OSError:
+        return []
+    reasons = reason_files(present)
+    return sorted(n for n in present if not n.startswith(".") and n not in reasons)
+
+
+def _db(config: Config) -> sqlite3.Connection | None:
+    path = config.watch.dir / ".foldermill" / "state.db"
+    if not path.is_file():
+        return None
+    try:
+        return sqlite3.connect(path, timeout=5)  # only read (ro mode trips over a WAL with no -shm yet)
+    except sqlite3.Error:
+        return None
+
+
+def _attempts(config: Config, names: list[str]) -> dict[str, int]:
+    """Failed attempts of these files in failed/ (by their final names), from the state."""
+    db = _db(config)
+    if db is None or not names:
+        return {}
+    wanted = {shown(n): n for n in names}
+    found: dict[str, int] = {}
+    try:
+        for final, attempts in db.execute("SELECT final_name, attempts FROM files WHERE status = 'failed'"):
+            if final in wanted:
+                found[wanted[final]] = attempts
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+    return found
+
+
+def search(config: Config, text: str) -> list[dict[str, Any]]:
+    """Files whose name (as shown) contains ``text``: the newest records in the state
+    database (an index of every file claimed within ``state_retention_days``), at most
+    ``SEARCH_LIMIT``."""
+    db = _db(config)
+    if db is None or not text:
+        return []
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    try:
+        rows = db.execute(
+            "SELECT name, final_name, status, attempts, updated FROM files "
+            "WHERE name LIKE ? ESCAPE '\\' OR final_name LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT ?",
+            (pattern, pattern, SEARCH_LIMIT)).fetchall()
+    except sqlite3.Error:
+        rows = []
+    finally:
+        db.close()
+    return [{"name": name, "ref": ref(unshown(name)), "final": final, "status": status, "attempts": attempts,
+             "updated": updated} for name, final, status, attempts, updated in rows]
+
+
+def timeline(config: Config, name: str) -> dict[str, Any]:
+    """Every journal entry for the file (``history``), and its outputs with their sizes now."""
+    entries = history(config, name)
+    outputs: list[dict[str, Any]] = []
+    seen = set()
+    for e in entries:
+        for out in e.get("output") or []:
+            if out in seen:
+                continue
+            seen.add(out)
+            try:
+                size: int | None = os.lstat(config.watch.dir / "output" / unshown(out)).st_size
+            except OSError:
+                size = None
+            outputs.append({"name": out, "ref": ref(unshown(out)), "bytes": size})
+    return {"file": shown(name), "entries": entries, "outputs": outputs}
+
+
+def output_head(config: Config, name: str, output: str) -> str | None:
+    """The first lines of one of the file's outputs (at most ``PREVIEW_LINES`` lines and
+    ``PREVIEW_BYTES`` bytes), or None if it is not one of its outputs or is gone."""
+    if "/" in output or output.startswith(".") or output.endswith(REASON_SUFFIX):
+        return None
+    wanted = shown(output)
+    if not any(wanted in (e.get("output") or []) for e in history(config, name)):
+        return None
+    head = read_head(config.watch.dir / "output" / output, PREVIEW_BYTES)
+    if head is None:
+        return None
+    lines = head.split(b"\n")[:PREVIEW_LINES]
+    return b"\n".join(lines).decode("utf-8", "replace")
