@@ -1,6 +1,7 @@
 // The live dashboard: polls the JSON API every second, redraws, never reloads.
 // Every text from the server (file names above all) goes through textContent:
 // nothing a user drops in the folder can become markup or script here.
+// console.js adds the operator's console (failed files, search, timelines, actions).
 "use strict";
 
 const POLL_MS = 1000;
@@ -32,6 +33,41 @@ function bar(row, percent) {
 }
 
 function setText(id, text) { document.getElementById(id).textContent = text; }
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 1) return `${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 0)} ms`;
+  return age(seconds);
+}
+
+// A file name that opens its timeline (console.js) when clicked.
+function fileLink(row, name) {
+  const td = document.createElement("td");
+  td.className = "msg";
+  const a = document.createElement("a");
+  a.href = "#";
+  a.textContent = name === null || name === undefined ? "" : String(name);
+  a.addEventListener("click", (event) => { event.preventDefault(); if (window.openTimeline) openTimeline(name); });
+  td.appendChild(a);
+  row.appendChild(td);
+  return td;
+}
+
+// The bearer token, when the dashboard has one: asked once, kept for this tab only.
+const TOKEN_KEY = "foldermill-token";
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+function askToken() { document.getElementById("token-form").hidden = false; }
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -79,31 +115,33 @@ function renderStats(s) {
   drawChart(s.history || []);
   fill("workers", s.workers || [], (tr, w) => {
     cell(tr, w.slot); cell(tr, w.pid); cell(tr, w.state); cell(tr, w.file, "msg");
-    bar(tr, w.progress_percent); cell(tr, w.lines_done); cell(tr, (w.rss / 1048576).toFixed(1));
-    cell(tr, (w.cpu_percent || 0).toFixed(0)); cell(tr, w.files_done); cell(tr, w.restarts); cell(tr, w.uptime_s);
+    bar(tr, w.progress_percent); cell(tr, w.lines_done); cell(tr, bytes(w.rss));
+    cell(tr, (w.cpu_percent || 0).toFixed(0)); cell(tr, w.files_done); cell(tr, w.restarts); cell(tr, age(w.uptime_s));
   });
   fill("nodes", Object.entries(s.nodes || {}), (tr, [tag, n]) => {
     cell(tr, tag); cell(tr, n.lines_in); cell(tr, n.lines_out); cell(tr, n.errors);
     cell(tr, n.mean_us_per_line.toFixed(2));
   });
   setText("graph", (s.graph || []).join("\n"));
+  if (window.drawGraph) drawGraph(s.graph_layout || [], s.nodes || {});
 }
 
 function renderTrace(t) {
   fill("recent", t.recent || [], (tr, f) => {
-    cell(tr, f.file, "msg"); cell(tr, f.outcome); cell(tr, f.lines); cell(tr, f.seconds); cell(tr, f.worker);
+    fileLink(tr, f.file); cell(tr, f.outcome); cell(tr, f.lines); cell(tr, duration(f.seconds)); cell(tr, f.worker);
   });
 }
 
 function renderErrors(e) {
   fill("errors", (e.errors || []).slice(0, 20), (tr, x) => {
-    cell(tr, new Date(x.time * 1000).toLocaleTimeString()); cell(tr, x.file, "msg"); cell(tr, x.attempt);
+    cell(tr, new Date(x.time * 1000).toLocaleTimeString()); fileLink(tr, x.file); cell(tr, x.attempt);
     cell(tr, x.node); cell(tr, x.line); cell(tr, x.message, "msg");
   });
 }
 
 async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const response = await fetch(path, { cache: "no-store", headers: authHeaders() });
+  if (response.status === 401) askToken();
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
