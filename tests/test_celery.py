@@ -326,7 +326,7 @@ def test_a_late_result_is_never_committed_and_a_missing_staged_file_costs_nothin
     d = start(daemons, config)
     drop(watch, "a.log", "MARK a\nline\n")
     payload = wait_for(lambda: queued_payloads(redis_server), 30, "the job queued")[0]
-    file_id, _, final, _ = payload["items"][0]
+    file_id, _, final, *_ = payload["items"][0]
     missing = f".fm-{file_id}.feedface0001.0.tmp"
     forged = {"slot": -1, "pid": 1, "seq": payload["seq"], "nodes": {}, "rss_bytes": 0, "items": [
         {"file_id": file_id, "ok": True, "staged": [[missing, final]], "lines_in": 2, "lines_out": 2,

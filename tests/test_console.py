@@ -81,6 +81,7 @@ def test_discard_retry_all_search_and_timeline_on_a_real_port(tmp_path: Path, da
                  10, "a.log's timeline to end in processed")
     events = [e["event"] for e in t["entries"]]
     assert events[:3] == ["claimed", "retried", "failed"] and "retry-requested" in events
+    assert t["entries"][1]["worker"] > 0 and t["entries"][1]["seconds"] >= 0  # each attempt: worker, duration
     assert t["outputs"] == [{"name": "a.log", "ref": "a.log", "bytes": len("FAILIF BROKEN\n")}]
     assert call(url + "files/a.log/outputs/a.log") == (200, "FAILIF BROKEN\n")
     status, audit = call(url + "audit")

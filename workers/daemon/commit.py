@@ -87,7 +87,8 @@ class Commit:
                 log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
         else:
             cause = "input" if res.permanent else "error"
-            self.attempt_failed(flight, res.reason, res.permanent, pid, cause, res.error_node, res.error_line)
+            self.attempt_failed(flight, res.reason, res.permanent, pid, cause, res.error_node, res.error_line,
+                                res.seconds)
 
     def settle(self, returned: Returned) -> None:
         """A backend gave files back: the culprit costs an attempt, the rest go out again."""
@@ -277,10 +278,12 @@ class Commit:
     # -- attempts ----------------------------------------------------------------------------------
 
     def attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
-                       node: str = "", line: int | None = None) -> None:
+                       node: str = "", line: int | None = None, seconds: float | None = None) -> None:
         """One attempt failed: the file waits out a backoff where it is (claimed, in
         underprocess/, so no new delivery of its name can be replaced by it), or, after
-        its last attempt, goes to failed/."""
+        its last attempt, goes to failed/. ``seconds``: how long the attempt ran, when
+        its worker said (the journal's timeline shows it)."""
+        timing = {"seconds": round(seconds, 6)} if seconds is not None else {}
         record = flight.record
         w = self.workers
         attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
@@ -293,12 +296,12 @@ class Commit:
             self.tally.retried()
             self.store.add_totals({"files_retried": 1})
             self.ledger.journal_event("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
-                                      node=node, line=line, retry_in=delay)
+                                      node=node, line=line, retry_in=delay, **timing)
             log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(name), reason, delay)
             return
         why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
         self._finish_failed(flight, why, dict(attempt=attempts, worker=worker, cause=cause, reason=reason,
-                                              node=node, line=line))
+                                              node=node, line=line, **timing))
 
     def _finish_failed(self, flight: Flight, why: str, fields: dict[str, Any]) -> None:
         """After its last attempt: to failed/, with its reason beside it."""
