@@ -93,6 +93,9 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
         ("[celery]\nbroker_url = 'amqp://x'\n" + START, "celery.broker_url", "redis://"),
         ("[celery]\nvisibility_timeout = 60\n" + START, "celery.visibility_timeout", "longer than"),
         ("[web]\nport = 70000\n" + START, "web.port", "0 to 65535"),
+        ("[web]\nallowed_hosts = ['.example.org']\n" + START, "web.allowed_hosts", "without a port"),
+        ("[web]\nallowed_hosts = ['dash:8000']\n" + START, "web.allowed_hosts", "without a port"),
+        ("[web]\nprotect_reads = true\n" + START, "web.protect_reads", "needs [web] token"),
     ],
 )
 def test_each_config_error_names_its_key(tmp_path: Path, text: str, key: str, words: str) -> None:

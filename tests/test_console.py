@@ -112,3 +112,25 @@ def test_replay_gives_new_names_keeps_the_old_outputs_and_is_no_duplicate(tmp_pa
              30, "the raw-named file's new output")
     assert call(url + "processed/missing.log/replay", "POST")[0] == 404
     assert d.stop() == 0
+
+
+def test_a_replay_stays_a_replay_across_a_supervisor_sigkill(tmp_path: Path, daemons) -> None:
+    """Claimed as a replay, then its supervisor dies: the next supervisor's claim still
+    knows it for one (never a duplicate of itself), and "replayed" is journalled once."""
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("[watch]\n", '[watch]\ndedupe = "content"\n'))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "slow.log", "PID slow.pid\nSLEEP 3\n")
+    wait_for(lambda: folder(watch, "processed") == ["slow.log"], 30, "slow.log processed")
+    pid_file = tmp_path / "flags" / "slow.pid"
+    pid_file.unlink()
+    assert cli(config, "replay", "slow.log").returncode == 0
+    wait_for(lambda: pid_file.exists(), 30, "the replay to reach a worker")
+    d.kill()
+    d = start(daemons, config, name="second")
+    wait_for(lambda: folder(watch, "processed") == ["slow-1.log"], 40, "the replay processed by the next supervisor")
+    assert (watch / "output" / "slow-1.log").read_text() == "PID SLOW.PID\nSLEEP 3\n"
+    events = [e for e in journal(watch) if e["file"] == "slow.log"]
+    assert [e["event"] for e in events].count("replayed") == 1
+    assert "duplicate" not in [e["event"] for e in events]

@@ -153,28 +153,47 @@ def test_mutations_are_post_only_and_no_response_allows_other_origins(tmp_path: 
     assert "<script>" not in response.get_data(as_text=True)  # no inline script for the CSP to allow
 
 
-def test_retry_all_needs_the_confirmed_count(tmp_path: Path) -> None:
+def test_retry_all_needs_the_confirmed_count_and_set(tmp_path: Path) -> None:
     s = Setup(tmp_path)
+    seen = s.get("/failed").get_json()["set"]
     (s.watch / "failed" / "worse.log").write_text("y\n")
     assert s.post("/failed/retry-all").status_code == 400
     response = s.post("/failed/retry-all", json={"count": 1})
     assert response.status_code == 409 and response.get_json()["count"] == 2
+    (s.watch / "failed" / "bad.log").rename(s.watch / "bad.log")  # one left, another came: the same count
+    assert s.post("/failed/retry-all", json={"count": 1, "set": seen}).status_code == 409
+    (s.watch / "bad.log").rename(s.watch / "failed" / "bad.log")
     assert s.actions == []
-    assert s.post("/failed/retry-all", json={"count": 2}).status_code == 202
+    now = s.get("/failed").get_json()["set"]
+    assert s.post("/failed/retry-all", json={"count": 2, "set": now}).status_code == 202
     assert s.actions == [("retry", "bad.log"), ("retry", "worse.log")]
     last = s.audit()[-1]
     assert last["action"] == "retry-all" and last["targets"] == ["bad.log", "worse.log"]
     assert s.get("/audit").get_json()["entries"][0] == last  # newest first
 
 
+def test_a_page_posting_in_a_loop_cannot_push_actions_out_of_the_audit_log(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    hostile = {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}
+    for _ in range(100):
+        assert s.post("/intake/pause", hostile).status_code == 403
+    assert s.post("/intake/resume", PAGE).status_code == 202
+    entries = s.audit()
+    refused = [e for e in entries if e["outcome"].startswith("refused")]
+    assert len(refused) == 30 and entries[-1]["action"] == "intake-resume"
+    assert s.actions == [("resume",)]
+
+
 @pytest.mark.parametrize("path, status", [
+    ("/failed/%5CUFFFFFFFF/retry", 404), ("/files/%5CUFFFFFFFF", 404), ("/files/x/outputs/%5CUFFFFFFFF", 404),
     ("/failed/..%2F..%2Fconfig.toml/discard", 404), ("/failed/.hidden/discard", 400),
     ("/failed/bad.log.reason/discard", 400), ("/processed/..%2Fconfig.toml/replay", 404),
     ("/processed/.x/replay", 400), ("/processed/missing.log/replay", 404),
 ])
 def test_discard_and_replay_refuse_anything_but_a_plain_name(tmp_path: Path, path: str, status: int) -> None:
     s = Setup(tmp_path)
-    assert s.post(path).status_code == status
+    response = s.get(path) if path.startswith("/files") else s.post(path)
+    assert response.status_code == status
     s.unchanged()
 
 

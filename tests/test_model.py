@@ -7,15 +7,19 @@ flight, names shaped like the names foldermill derives), the same name again whi
 the first is in flight, files written in place that are rewritten, touched, removed
 or replaced by a directory or a symlink before they are claimed, contents that are
 empty, binary, undecodable, without a final newline, CRLF, with a line past the
-limit, or that make the processor fail or crash once, and SIGKILLs of a busy worker
-and of the supervisor. Its invariants are the README's:
+limit, or that make the processor fail or crash once, SIGKILLs of a busy worker
+and of the supervisor, and the operator's actions through the dashboard's API on its
+real port, as the page sends them (the name's exact bytes percent-encoded): retry and
+discard a failed file, replay a processed one. Its invariants are the README's:
 
-- every delivery (not every name) ends in exactly one of ``processed/`` or
-  ``failed/``; deliveries are told apart by a unique token in their content, so the
-  check is on the multiset of contents, never on exact final names;
+- every delivery (not every name) ends in exactly one of ``processed/``, ``failed/``
+  or (discarded by the operator) ``discarded/``; deliveries are told apart by a unique
+  token in their content, so the check is on the multiset of contents, never on exact
+  final names;
 - a delivery in ``failed/`` has its reason file beside it, non-empty, and no output;
 - every committed output equals what the engine (``run FILE``) gives for that
-  delivery's bytes, and ``output/`` holds nothing else (no staged file left behind);
+  delivery's bytes, and ``output/`` holds nothing else (no staged file left behind)
+  but the earlier outputs of replayed files, which stay, unchanged;
 - ``underprocess/`` is empty and ``unprocessed/`` holds only hidden names (never work,
   never touched) once the daemon is quiet;
 - the daemon is alive and ``/health``, ``/stats`` and ``/metrics`` answer 200.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import re
 import signal
@@ -43,15 +48,18 @@ import stat
 import tempfile
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.daemon import Daemon, alive, start, wait_for, write_config
@@ -60,7 +68,7 @@ from workers.config import load_config
 from workers.engine import run_file
 from workers.errors import InputError
 from workers.graph import compile_graph
-from workers.names import collision_name, fit, output_name, reason_files, reason_name
+from workers.names import collision_name, fit, output_name, reason_files, reason_name, shown
 
 EXAMPLES = int(os.environ.get("FOLDERMILL_FUZZ_EXAMPLES", "4"))
 STEPS = int(os.environ.get("FOLDERMILL_FUZZ_STEPS", "12"))
@@ -263,6 +271,7 @@ class FoldermillModel(RuleBasedStateMachine):
         self.daemons: list[Daemon] = []
         self.serial = 0
         self.broken = False
+        self.kept: dict[bytes, tuple] = {}  # replayed files' earlier final names -> identity (their outputs stay)
         self.daemon = start(self.daemons, self.config)
 
     # -- producer actions (also called directly by the regression tests) ------------------------
@@ -418,6 +427,69 @@ class FoldermillModel(RuleBasedStateMachine):
             if not d.done:
                 d.charged = True
 
+    # -- operator actions, through the dashboard on its real port ------------------------------
+
+    def operate(self, action: str, name: bytes) -> int:
+        """POST ``action`` for ``name`` as the page does; the HTTP status (0: no answer)."""
+        url = wait_for(lambda: re.search(r"dashboard at (http://\S+)", self.daemon.log()), 20, "the dashboard URL")
+        folder = "processed" if action == "replay" else "failed"
+        request = urllib.request.Request(f"{url.group(1)}{folder}/{quote_from_bytes(name, safe='')}/{action}",
+                                         method="POST",
+                                         headers={"Sec-Fetch-Site": "same-origin", "X-Foldermill-Action": "1"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            return 0
+        # 409: unprocessed/ holds that name (a delivery waiting, or one just claimed)
+        assert status in (202, 409), f"{action} of {name!r}: HTTP {status}"
+        return status
+
+    def _entries(self, folder: str) -> list[bytes]:
+        entries = [n for n in self._listing(folder) if not n.startswith(b".")]
+        if folder == "failed":
+            reasons = {os.fsencode(r) for r in reason_files([os.fsdecode(n) for n in entries])}
+            entries = [n for n in entries if n not in reasons]
+        return entries
+
+    def _journalled(self, event: str, name: bytes) -> int:
+        text = shown(os.fsdecode(name))
+        with contextlib.suppress(FileNotFoundError), open(self.watch / "input.log", encoding="utf-8") as f:
+            return sum(1 for line in f if f'"event":"{event}"' in line and json.loads(line)["file"] == text)
+        return 0
+
+    def _settled_entries(self, folder: str) -> list[bytes]:
+        """What the folder holds once the daemon has finished what it was given (when
+        something was delivered): the operator acts on what is there to act on."""
+        if not any(not d.hidden and not d.removed for d in self.deliveries):
+            return []
+        self.wait_quiet()
+        return self._entries(folder)
+
+    def act_on(self, action: str, name: bytes) -> None:
+        base = os.fsencode(self.watch / ("processed" if action == "replay" else "failed")) + b"/"
+        identity = _read_entry(base + name)
+        said = {"retry": "retry-requested", "discard": "discarded", "replay": "replay-requested"}[action]
+        before = self._journalled(said, name)
+        status = self.operate(action, name)
+        with contextlib.suppress(InvalidArgument):  # outside a Hypothesis run (the fixed examples)
+            event(f"operator {action}: HTTP {status}")
+        if status != 202:
+            return
+        # The supervisor performs it within a step or two (and journals it): let it, so that
+        # the next rule does not pick the same entry while it moves (or it refused it:
+        # unprocessed/ took the name meanwhile).
+        refused = f"{action} of {shown(os.fsdecode(name))} refused"
+        wait_for(lambda: self._journalled(said, name) > before or refused in self.daemon.log()
+                 or not self.daemon.alive(), 20, f"the supervisor to perform (or refuse) the {action} of {name!r}")
+        for d in self.deliveries:
+            if d.identity == identity:
+                d.done = False  # in flight again (retry, replay): a SIGKILL may charge it
+        if action == "replay":
+            self.kept[name] = identity
+
     # -- rules: what Hypothesis chooses from ----------------------------------------------------
 
     def _name(self, data: st.DataObject) -> bytes:
@@ -502,6 +574,20 @@ class FoldermillModel(RuleBasedStateMachine):
                 self.remove(d)
             self.deliver_special(name, kind)
 
+    @rule(data=st.data(), action=st.sampled_from(["retry", "discard"]))
+    def operator_on_failed(self, data: st.DataObject, action: str) -> None:
+        with self._step():
+            entries = self._entries("failed") or self._settled_entries("failed")
+            if entries:
+                self.act_on(action, data.draw(st.sampled_from(entries), label=f"{action} which"))
+
+    @rule(data=st.data())
+    def operator_replays(self, data: st.DataObject) -> None:
+        with self._step():
+            entries = self._entries("processed") or self._settled_entries("processed")
+            if entries:
+                self.act_on("replay", data.draw(st.sampled_from(entries), label="replay which"))
+
     @rule()
     def sigkill_busy_worker(self) -> None:
         with self._step():
@@ -575,24 +661,28 @@ class FoldermillModel(RuleBasedStateMachine):
         want = Counter(d.identity for d in live)
         found: dict[str, list[tuple[bytes, tuple]]] = {}
         wanted_identities = set(want)
-        for folder in ("processed", "failed"):
+        for folder in ("processed", "failed", "discarded"):
             entries = [n for n in self._listing(folder) if not n.startswith(b".")]
             reasons = {os.fsencode(r) for r in reason_files([os.fsdecode(n) for n in entries])}
             base = os.fsencode(self.watch / folder) + b"/"
             found[folder] = []
             for n in entries:
                 identity = _read_entry(base + n)
-                if folder == "failed" and n in reasons and identity not in wanted_identities:
+                if folder != "processed" and n in reasons and identity not in wanted_identities:
                     continue  # a reason file
                 found[folder].append((n, identity))
         got = Counter(identity for entries in found.values() for _, identity in entries)
         missing, extra = want - got, got - want
         assert not missing and not extra, (
             f"deliveries lost: {_short(missing)}; found but never delivered (or twice): {_short(extra)}; "
-            f"processed={self._listing('processed')} failed={self._listing('failed')}")
+            f"processed={self._listing('processed')} failed={self._listing('failed')} "
+            f"discarded={self._listing('discarded')}")
         by_identity = {d.identity: d for d in live}
         outputs: set[bytes] = set()
-        for name, identity in found["processed"]:
+        processed = [(name, identity, True) for name, identity in found["processed"]]
+        earlier = [(name, identity, False) for name, identity in self.kept.items()
+                   if (name, identity) not in found["processed"]]
+        for name, identity, current in processed + earlier:
             d = by_identity[identity]
             assert identity[0] == "file", f"{name!r}: a {identity[0]} was processed"
             want_out = self.expected(identity[1])
@@ -605,7 +695,11 @@ class FoldermillModel(RuleBasedStateMachine):
                 assert os.path.lexists(path), f"output {out!r} of {name!r} missing; output={self._listing('output')}"
                 with open(path, "rb") as f:
                     assert f.read() == text.encode(), f"output {out!r} of {name!r} differs from run FILE"
-            d.done = True
+            d.done = d.done or current
+        for name, identity in found["discarded"]:
+            reason = self.watch / "discarded" / reason_name(os.fsdecode(name))
+            assert reason.is_file() and reason.stat().st_size > 0, f"discarded/{name!r} has no reason beside it"
+            by_identity[identity].done = True
         for name, identity in found["failed"]:
             d = by_identity[identity]
             final = os.fsdecode(name)
@@ -723,3 +817,22 @@ def test_model_regression_hidden_name_is_never_work(model: FoldermillModel) -> N
     model.deliver(b"._", content_for("text", model.token(), []))
     model.deliver(b".x", content_for("text", model.token(), []), inplace=True)
     model.check()
+
+
+def test_model_operator_actions_on_raw_names(model: FoldermillModel) -> None:
+    """Retry, discard and replay through the real port, on names that are not UTF-8 or
+    are 255 bytes long, with a SIGKILL of the supervisor between them."""
+    model.deliver(b"caf\xe9.log", content_for("binary", model.token(), []))
+    model.deliver(b"L" * 251 + b".log", content_for("text", model.token(), ["ERROR x"]))
+    model.deliver(b"\xff\xfe", content_for("text", model.token(), ["INFO ok"]))
+    model.check()
+    model.act_on("retry", b"caf\xe9.log")
+    model.check()  # fails again: run FILE fails on it
+    model.act_on("replay", b"L" * 251 + b".log")
+    model.kill_supervisor()
+    model.act_on("replay", b"\xff\xfe")
+    model.check()
+    model.act_on("discard", b"caf\xe9.log")
+    model.check()
+    assert os.path.lexists(os.fsencode(model.watch / "discarded") + b"/caf\xe9.log")
+    assert len(model.kept) == 2

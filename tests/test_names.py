@@ -74,3 +74,10 @@ def test_move_never_replaces_an_existing_name(tmp_path: Path, kind: str, how: st
 def test_collision_names_of_names_with_long_extensions_fit(name: str) -> None:
     for n in (1, 12, 10**6):
         assert name_bytes(collision_name(name, n)) <= NAME_MAX
+
+
+def test_an_escape_past_the_last_character_stays_text() -> None:
+    """``\\UFFFFFFFF`` is no character: typed into a URL or the CLI it is a name of its own."""
+    assert unshown("a\\UFFFFFFFF.log") == "a\\UFFFFFFFF.log"
+    assert unshown("\\U00110000") == "\\U00110000"
+    assert unshown("\\U0010ffff") == "\U0010ffff"

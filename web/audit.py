@@ -1,8 +1,11 @@
 """The audit log: every action asked of the dashboard, accepted or refused, as one JSON
 line in ``watch_dir/audit.log`` (time, action, targets, outcome, HTTP status, how it
 was authorised, remote address). Appended with one ``write`` per line (O_APPEND);
-rotated to ``audit.log.1`` past ``MAX_BYTES`` so that a hostile page posting in a loop
-cannot fill the disk. ``GET /audit`` serves its tail.
+rotated to ``audit.log.1`` past ``MAX_BYTES``. A hostile page posting in a loop can
+neither fill the disk nor push the operator's actions out of the log: accepted actions
+are always written, refusals at most ``REFUSALS_PER_MINUTE`` lines a minute, and the
+next refusal written says how many were left out (``"unlogged_before"``).
+``GET /audit`` serves its tail.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from workers.names import shown
 
 MAX_BYTES = 8 << 20
 TAIL_BYTES = 256 << 10
+REFUSALS_PER_MINUTE = 30
 
 
 class Audit:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self.minute = 0.0  # when the current minute of refusals began (monotonic)
+        self.refusals = 0  # refusals written in it
+        self.unlogged = 0  # refusals left out since the last one written
 
     def record(self, response: Response) -> None:
         """One line for the POST just answered (called after every POST)."""
@@ -40,8 +47,10 @@ class Audit:
             "auth": getattr(g, "auth", "none"),
             "remote": request.remote_addr,
         }
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
         with self.lock:
+            if outcome == "refused" and not self._room_for_refusal(entry):
+                return
+            line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             except OSError:
@@ -50,8 +59,22 @@ class Audit:
                 os.write(fd, line)
                 if os.fstat(fd).st_size > MAX_BYTES:
                     os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            except OSError:
+                pass  # a full disk: the answer to the request stands
             finally:
                 os.close(fd)
+
+    def _room_for_refusal(self, entry: dict[str, Any]) -> bool:
+        now = time.monotonic()
+        if now - self.minute >= 60:
+            self.minute, self.refusals = now, 0
+        if self.refusals >= REFUSALS_PER_MINUTE:
+            self.unlogged += 1
+            return False
+        self.refusals += 1
+        if self.unlogged:
+            entry["unlogged_before"], self.unlogged = self.unlogged, 0
+        return True
 
     def tail(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` entries, newest first."""

@@ -16,7 +16,7 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from web.guard import audit_targets
-from web.lookup import PREVIEW_BYTES, failed_files, failed_names, output_head, search, timeline
+from web.lookup import PREVIEW_BYTES, failed_files, failed_names, names_digest, output_head, search, timeline
 from workers.actions import SOURCE, check
 from workers.config import Config
 from workers.names import shown, unshown
@@ -129,7 +129,8 @@ def replay(name: str) -> tuple[Response, int]:
 
 @bp.post("/failed/retry-all", endpoint="retry_all")
 def retry_all() -> tuple[Response, int]:
-    """Every file in failed/, if it still holds the ``count`` the operator confirmed."""
+    """Every file in failed/, if it still holds the ``count`` the operator confirmed (and,
+    when the body says it, the ``set``: the digest ``GET /failed`` gave)."""
     names = failed_names(_config())
     audit_targets(names, "retry-all")
     body = request.get_json(silent=True)
@@ -138,7 +139,11 @@ def retry_all() -> tuple[Response, int]:
         return jsonify({"error": 'retry-all needs the count confirmed: {"count": N}'}), 400
     if confirmed != len(names):
         return jsonify({"error": f"failed/ holds {len(names)} files, not the {confirmed} confirmed; "
-                                 "nothing was retried", "count": len(names)}), 409
+                                 "nothing was retried", "count": len(names), "set": names_digest(names)}), 409
+    seen = body.get("set") if isinstance(body, dict) else None
+    if seen is not None and seen != names_digest(names):
+        return jsonify({"error": "the files in failed/ changed since they were confirmed; nothing was retried",
+                        "count": len(names), "set": names_digest(names)}), 409
     for name in names:
         _act(("retry", shown(name)))
     return jsonify({"accepted": True, "action": "retry-all", "count": len(names)}), 202

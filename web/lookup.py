@@ -6,7 +6,8 @@ never followed (``O_NOFOLLOW``, ``lstat``); every answer is bounded.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import heapq
 import os
 import sqlite3
 import stat
@@ -43,30 +44,37 @@ def read_head(path: Path, max_bytes: int) -> bytes | None:
 
 
 def failed_files(config: Config, offset: int, limit: int) -> dict[str, Any]:
-    """One page of ``failed/``, newest failure first: name, reason, attempts, when."""
+    """One page of ``failed/``, newest failure first: name, reason, attempts, when; the
+    total, and ``set``: a digest of every name in it, which "retry all" sends back so
+    that a set that changed since the operator confirmed it is refused."""
     folder = config.watch.dir / "failed"
-    try:
-        present = os.listdir(folder)
-    except OSError:
-        present = []
-    reasons = reason_files(present)
-    rows = []
-    for name in present:
-        if name.startswith(".") or name in reasons:
-            continue
-        with contextlib.suppress(OSError):
-            when = os.lstat(folder / reason_name(name)).st_mtime if reason_name(name) in reasons else \
-                os.lstat(folder / name).st_mtime
-            rows.append((when, name))
-    rows.sort(key=lambda r: (-r[0], r[1]))
-    page = rows[offset: offset + limit]
+    names = failed_names(config)
+    dated = []
+    for name in names:
+        try:
+            when = os.lstat(folder / reason_name(name)).st_mtime
+        except OSError:
+            try:
+                when = os.lstat(folder / name).st_mtime
+            except OSError:
+                when = 0.0  # gone meanwhile: listed last this time
+        dated.append((when, name))
+    page = heapq.nsmallest(offset + limit, dated, key=lambda r: (-r[0], r[1]))[offset:]
     attempts = _attempts(config, [n for _, n in page])
     items = []
     for when, name in page:
         head = read_head(folder / reason_name(name), REASON_MAX_BYTES) or b""
         items.append({"name": shown(name), "ref": ref(name), "failed_at": when,
                       "reason": head.decode("utf-8", "replace").strip(), "attempts": attempts.get(name)})
-    return {"total": len(rows), "offset": offset, "limit": limit, "files": items}
+    return {"total": len(names), "set": names_digest(names), "offset": offset, "limit": limit, "files": items}
+
+
+def names_digest(names: list[str]) -> str:
+    """A short digest of a set of names (exact bytes), as "retry all" confirms it."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(names):
+        h.update(os.fsencode(name) + b"\0")
+    return h.hexdigest()
 
 
 def failed_names(config: Config) -> list[str]:
@@ -98,9 +106,11 @@ def _attempts(config: Config, names: list[str]) -> dict[str, int]:
     wanted = {shown(n): n for n in names}
     found: dict[str, int] = {}
     try:
-        for final, attempts in db.execute("SELECT final_name, attempts FROM files WHERE status = 'failed'"):
-            if final in wanted:
-                found[wanted[final]] = attempts
+        marks = ",".join("?" * len(wanted))
+        for final, attempts in db.execute(
+                f"SELECT final_name, attempts FROM files WHERE status = 'failed' AND final_name IN ({marks})",
+                list(wanted)):
+            found[wanted[final]] = attempts
     except sqlite3.Error:
         pass
     finally:
@@ -130,8 +140,9 @@ def search(config: Config, text: str) -> list[dict[str, Any]]:
 
 
 def timeline(config: Config, name: str) -> dict[str, Any]:
-    """Every journal entry for the file (``history``), and its outputs with their sizes now."""
-    entries = history(config, name)
+    """Every journal entry for the file ``name`` (exact: ``history``), and its outputs
+    with their sizes now."""
+    entries = history(config, name, exact=True)
     outputs: list[dict[str, Any]] = []
     seen = set()
     for e in entries:
@@ -153,7 +164,7 @@ def output_head(config: Config, name: str, output: str) -> str | None:
     if "/" in output or output.startswith(".") or output.endswith(REASON_SUFFIX):
         return None
     wanted = shown(output)
-    if not any(wanted in (e.get("output") or []) for e in history(config, name)):
+    if not any(wanted in (e.get("output") or []) for e in history(config, name, exact=True)):
         return None
     head = read_head(config.watch.dir / "output" / output, PREVIEW_BYTES)
     if head is None:

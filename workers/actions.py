@@ -16,7 +16,9 @@ reason file), never followed if it is a symlink (moves are renames of the entry)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +36,7 @@ DISCARDED = "discarded"
 class Replays(Protocol):
     """What a replay needs of the state database (``workers/store.py`` ``Store``)."""
 
-    def replaying(self, name: str, ino: int) -> bool: ...
+    def replaying(self, name: str, ino: int) -> None: ...
 
     def unreplaying(self, name: str, ino: int) -> None: ...
 
@@ -93,8 +95,11 @@ def perform(q: FolderQueue, action: str, name: str, store: Replays | None = None
         return _undone(store, action, name, ino, f"{TARGET[action]}/ already holds that name")
     except FileNotFoundError:
         return _undone(store, action, name, ino, f"no such file in {SOURCE[action]}/")
+    except OSError as exc:  # another filesystem, a permission, a full disk: said, and the daemon goes on
+        return _undone(store, action, name, ino, f"cannot move it to {TARGET[action]}/: {exc.strerror or exc}")
     if action == "retry":
-        (q.failed / reason_name(name)).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a stale reason left behind goes when the file is claimed
+            (q.failed / reason_name(name)).unlink(missing_ok=True)
     return Done(action, name, target)
 
 
@@ -115,6 +120,8 @@ def _discard(q: FolderQueue, name: str) -> str:
     """failed/NAME -> discarded/<free name>, then its reason beside it."""
     folder = q.root / DISCARDED
     folder.mkdir(exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise OSError(errno.ENOTDIR, f"{DISCARDED}/ is not a directory (a symlink is not followed)")
     for n in range(10_000):
         target = name if n == 0 else collision_name(name, n)
         if os.path.lexists(folder / target) or os.path.lexists(folder / reason_name(target)):

@@ -364,7 +364,7 @@ def _marker(value: str) -> str:
 def _hosts(value: list) -> str:
     """Host names or addresses, without a port: ``example.org``, ``10.0.0.5``, ``[fd00::1]``."""
     for v in value:
-        if not isinstance(v, str) or not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", v, re.IGNORECASE):
+        if not isinstance(v, str) or not re.fullmatch(r"[a-z0-9-][a-z0-9.-]*|\[[0-9a-f:.]+\]", v, re.IGNORECASE):
             return ('must be a list of host names or addresses without a port (an IPv6 address in brackets: '
                     f'"[fd00::1]"); {v!r} is not one')
     return ""

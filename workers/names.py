@@ -76,6 +76,10 @@ def unshown(text: str) -> str:
             out.append(text[i: i + 2])
             i += 2
             continue
+        if code > 0x10FFFF:  # no such character: the text stays as it is
+            out.append(text[i: i + 2])
+            i += 2
+            continue
         out.append(chr(0xDC00 + code) if kind == "x" and code >= 0x80 else chr(code))
         i += 2 + width
     return "".join(out)

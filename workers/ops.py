@@ -132,11 +132,11 @@ def resolve(folder: Path, name: str) -> str:
     return exact if os.path.lexists(folder / exact) else name
 
 
-def history(config: Config, name: str) -> list[dict[str, Any]]:
+def history(config: Config, name: str, exact: bool = False) -> list[dict[str, Any]]:
     """Every journal entry (all rotated files, oldest first) for the file ``name``, under
     its input name or its final name. The journal holds names shown (workers/names.py):
-    ``name`` may be given exactly or in its shown form."""
-    wanted = {shown(name), name}
+    ``name`` may be given exactly or in its shown form (``exact``: exactly only)."""
+    wanted = {shown(name)} if exact else {shown(name), name}
     needles = [json.dumps(w, ensure_ascii=False)[1:-1] for w in wanted]  # as they appear in a line
     path = config.watch.dir / "input.log"
     entries = []

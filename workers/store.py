@@ -26,7 +26,7 @@ from workers.names import shown, unshown
 from workers.outputs import unique_name
 from workers.queue import Candidate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FILES = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS files (
     not_before REAL NOT NULL DEFAULT 0,
     reason TEXT,
     commit_pairs TEXT,              -- while committing: JSON [[staged, final], ...] in output/
+    replay_of TEXT,                 -- a replay, until it finishes: the final name of its earlier outputs
     updated REAL NOT NULL
 );
 """
@@ -86,6 +87,7 @@ class FileRecord:
     committed: tuple[tuple[str, str], ...] = ()  # its outputs were being committed when its owner died
     known: bool = False  # claimed before: an earlier execution may have left staged files
     replay_of: str = ""  # a processed file replayed: the final name its earlier outputs have
+    replay_begins: bool = False  # this claim is the replay's first: the journal says "replayed"
 
 
 class Store:
@@ -116,7 +118,7 @@ class Store:
         """Version 1 identified a file by (name, inode, size, mtime) with a UNIQUE
         constraint: copy its rows into the version 2 table. Version 3 dates digests (for
         their retention), indexes files by (status, age) for pruning and drops an index
-        nothing read."""
+        nothing read. Version 4 marks replays (``replay_of``)."""
         self.db.create_function("shown", 1, shown, deterministic=True)
         with self._tx() as db:  # under the write lock: two supervisors never migrate twice
             (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -130,6 +132,8 @@ class Store:
                            "not_before, reason, updated) SELECT id, shown(name), ino, size, mtime_ns, "
                            "shown(final_name), attempts, status, owner, not_before, reason, updated FROM files_v1")
                 db.execute("DROP TABLE files_v1")
+            if "replay_of" not in {row[1] for row in db.execute("PRAGMA table_info(files)")}:
+                db.execute("ALTER TABLE files ADD COLUMN replay_of TEXT")
             db.execute("DROP INDEX IF EXISTS files_status")
             db.execute("DROP INDEX IF EXISTS files_final")
             if "digests" in tables:
@@ -165,8 +169,8 @@ class Store:
             for c in claims:
                 name = shown(c.name)
                 row = db.execute(
-                    "SELECT id, final_name, attempts, status, commit_pairs FROM files WHERE name = ? AND ino = ? "
-                    "ORDER BY id DESC LIMIT 1", (name, c.ino)).fetchone()
+                    "SELECT id, final_name, attempts, status, commit_pairs, replay_of FROM files "
+                    "WHERE name = ? AND ino = ? ORDER BY id DESC LIMIT 1", (name, c.ino)).fetchone()
                 if row is None:
                     cur = db.execute(
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
@@ -177,10 +181,10 @@ class Store:
                     db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(final), file_id))
                     records.append(FileRecord(file_id, c.name, final, 0))
                     continue
-                file_id, final_shown, attempts, status, pairs = row
+                file_id, final_shown, attempts, status, pairs, replay_shown = row
                 final = unshown(final_shown)
                 committed: tuple[tuple[str, str], ...] = ()
-                replay_of = final if status == "replay" else ""
+                replay_of = unshown(replay_shown) if replay_shown else ""
                 if status == "committing":
                     committed = tuple((t, unshown(f)) for t, f in json.loads(pairs or "[]"))
                 elif status not in LIVE:
@@ -198,7 +202,7 @@ class Store:
                     ("committing" if committed else "claimed", owner, attempts, shown(final), c.size, c.mtime_ns,
                      now, file_id))
                 records.append(FileRecord(file_id, c.name, final, attempts, committed, known=True,
-                                          replay_of=replay_of))
+                                          replay_of=replay_of, replay_begins=status == "replay"))
         return records
 
     def _reserve_free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
@@ -259,8 +263,8 @@ class Store:
         now = time.time()
         rows = list(done)
         with self._tx() as db:
-            db.executemany("UPDATE files SET status = ?, commit_pairs = NULL, updated = ? WHERE id = ?",
-                           [(s, now, i) for i, s in rows])
+            db.executemany("UPDATE files SET status = ?, commit_pairs = NULL, replay_of = NULL, updated = ? "
+                           "WHERE id = ?", [(s, now, i) for i, s in rows])
             db.executemany("DELETE FROM reserved WHERE file_id = ?", [(i,) for i, _ in rows])
 
     def recovered(self, names: Iterable[str]) -> None:
@@ -269,29 +273,31 @@ class Store:
             db.executemany("UPDATE files SET status = 'waiting', not_before = 0, updated = ? "
                            "WHERE name = ? AND status = 'claimed'", [(now, shown(n)) for n in names])
 
-    def replaying(self, name: str, ino: int) -> bool:
+    def replaying(self, name: str, ino: int) -> None:
         """``processed/name`` (inode ``ino``) is about to go back to unprocessed/ to be
-        processed again: its record is marked so that its claim knows it for a replay
-        (``FileRecord.replay_of``), under the name it has now. False if no record is left
-        (pruned): it is then claimed as a new file, which gets a new name all the same."""
+        processed again: its record is marked, under the name it has now, so that its
+        claims know it for a replay until it finishes (``FileRecord.replay_of``: never a
+        duplicate of itself, "replayed" journalled once). A file whose record was pruned
+        gets a new one, marked the same way."""
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT id FROM files WHERE name = ? AND ino = ? AND status = 'processed' "
+            row = db.execute("SELECT id, final_name FROM files WHERE name = ? AND ino = ? AND status = 'processed' "
                              "ORDER BY id DESC LIMIT 1", (shown(name), ino)).fetchone()
             if row is None:  # it got a collision name: found by that (no index: a rare case of a rare action)
-                row = db.execute("SELECT id FROM files WHERE final_name = ? AND ino = ? AND status = 'processed' "
-                                 "ORDER BY id DESC LIMIT 1", (shown(name), ino)).fetchone()
+                row = db.execute("SELECT id, final_name FROM files WHERE final_name = ? AND ino = ? "
+                                 "AND status = 'processed' ORDER BY id DESC LIMIT 1", (shown(name), ino)).fetchone()
             if row is None:
-                return False
-            db.execute("UPDATE files SET name = ?, status = 'replay', updated = ? WHERE id = ?",
+                db.execute("INSERT INTO files (name, ino, size, mtime_ns, final_name, status, replay_of, updated) "
+                           "VALUES (?, ?, 0, 0, ?, 'replay', ?, ?)", (shown(name), ino, shown(name), shown(name), now))
+                return
+            db.execute("UPDATE files SET name = ?, status = 'replay', replay_of = final_name, updated = ? WHERE id = ?",
                        (shown(name), now, row[0]))
-        return True
 
     def unreplaying(self, name: str, ino: int) -> None:
         """The move back did not happen after all."""
         with self._tx() as db:
-            db.execute("UPDATE files SET status = 'processed' WHERE name = ? AND ino = ? AND status = 'replay'",
-                       (shown(name), ino))
+            db.execute("UPDATE files SET status = 'processed', replay_of = NULL WHERE name = ? AND ino = ? "
+                       "AND status = 'replay'", (shown(name), ino))
 
     def live_rows(self) -> list[tuple[int, str, int, str]]:
         """Every live file: (id, name, inode, final name), to find the vanished."""

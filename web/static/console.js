@@ -9,6 +9,7 @@ const CONSOLE_POLL_MS = 2000;
 const FAILED_PAGE = 25;
 let failedOffset = 0;
 let failedTotal = 0;
+let failedSet = "";
 let intakePaused = false;
 let timelineName = null;
 let lastNodes = null;
@@ -58,6 +59,7 @@ function when(seconds) {
 
 function renderFailed(page) {
   failedTotal = page.total;
+  failedSet = page.set;
   setText("failed-total", `(${page.total})`);
   const last = Math.min(page.offset + page.files.length, page.total);
   setText("failed-page", page.total ? `${page.offset + 1}–${last} of ${page.total}` : "none");
@@ -100,10 +102,10 @@ async function refreshFailed() {
 }
 
 document.getElementById("retry-all").addEventListener("click", () => {
-  const count = failedTotal;
+  const count = failedTotal, set = failedSet;
   if (!count) { notice("nothing in failed/", false); return; }
   if (!confirm(`Retry all ${count} failed files with fresh attempts?`)) return;
-  act("/failed/retry-all", { count });
+  act("/failed/retry-all", { count, set });
 });
 
 document.getElementById("discard-selected").addEventListener("click", async () => {

@@ -91,7 +91,7 @@ class Ledger:
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
             self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
-            if record.replay_of:  # both names: the earlier outputs stay under the old one
+            if record.replay_begins:  # both names: the earlier outputs stay under the old one
                 self.journal_event("replayed", flight, previous=shown(record.replay_of))
             flights.append(flight)
         return flights
