@@ -7,6 +7,7 @@ nor read. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -217,3 +218,36 @@ def test_another_page_in_the_browser_can_neither_act_nor_read(tmp_path: Path, da
     assert all(e["outcome"].startswith("refused") for e in entries)
     assert folder(watch, "failed") == ["victim.log"] and not (watch / "discarded").exists()
     assert call(url + "stats")[1]["intake_paused"] is False
+
+
+def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(tmp_path: Path, daemons) -> None:
+    chromium = require("chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[web]\nport = 0\n", '[web]\nport = 0\ntoken = "s3cret"\nprotect_reads = true\n'))
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            expect(page.locator("#token-form")).to_be_visible(timeout=15_000)  # the reads asked for it
+            expect(page.locator("#conn")).to_have_text("reconnecting…")
+            page.fill("#token", "wrong")
+            page.click("#token-form button")
+            expect(page.locator("#token-form")).to_be_visible(timeout=10_000)  # refused: asked again
+            page.fill("#token", "s3cret")
+            page.click("#token-form button")
+            expect(page.locator("#conn")).to_have_text("live", timeout=10_000)
+            expect(page.locator("#token-form")).to_be_hidden()
+            page.click("#intake-toggle")
+            expect(page.locator("#intake")).to_have_text("intake paused", timeout=10_000)
+            assert page.evaluate("sessionStorage.getItem('foldermill-token')") == "s3cret"
+            assert page.evaluate("localStorage.length") == 0  # never kept beyond the tab
+        finally:
+            browser.close()
+    audit = [json.loads(line) for line in (tmp_path / "watch_dir" / "audit.log").read_text().splitlines()]
+    assert [(e["action"], e["outcome"], e["auth"]) for e in audit] == [("intake-pause", "accepted", "token")]

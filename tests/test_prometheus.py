@@ -106,3 +106,43 @@ def _ready(base: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def test_protect_reads_with_the_readmes_scrape_config(tmp_path: Path, daemons) -> None:
+    """With ``protect_reads``, Prometheus scrapes with the README's ``authorization``
+    block; a job without it is refused (401: the target is down)."""
+    prometheus = require("prometheus")
+    config = behave_config(tmp_path)
+    text = config.read_text()
+    assert "[web]\nport = 0\n" in text
+    config.write_text(text.replace("[web]\nport = 0\n", '[web]\nport = 0\ntoken = "s3cret"\nprotect_reads = true\n'))
+    d = start(daemons, config)
+    target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: with-token\n"
+        '    authorization: {type: Bearer, credentials: "s3cret"}\n'
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+        "  - job_name: without\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n")
+    server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 30, "Prometheus to be ready")
+
+        def health() -> dict[str, str] | None:
+            targets = api(base, "/api/v1/targets")["data"]["activeTargets"]
+            found = {t["labels"]["job"]: t["health"] for t in targets}
+            return found if "unknown" not in found.values() and len(found) == 2 else None
+
+        assert wait_for(health, 30, "both scrape jobs to have been tried") == {"with-token": "up", "without": "down"}
+        reply = wait_for(lambda: api(base, "/api/v1/query", query="foldermill_workers")["data"]["result"], 30,
+                         "a foldermill series scraped with the token")
+        assert reply[0]["metric"]["job"] == "with-token"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

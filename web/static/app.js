@@ -67,7 +67,12 @@ function authHeaders() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
-function askToken() { document.getElementById("token-form").hidden = false; }
+// Asked again only if the request that was refused carried the token we have now (an
+// answer to a request sent before a new token was entered says nothing about it).
+function askToken(sent) {
+  if ((sent.Authorization || "") !== (authHeaders().Authorization || "")) return;
+  document.getElementById("token-form").hidden = false;
+}
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -140,8 +145,9 @@ function renderErrors(e) {
 }
 
 async function getJson(path) {
-  const response = await fetch(path, { cache: "no-store", headers: authHeaders() });
-  if (response.status === 401) askToken();
+  const headers = authHeaders();
+  const response = await fetch(path, { cache: "no-store", headers });
+  if (response.status === 401) askToken(headers);
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }

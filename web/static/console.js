@@ -21,7 +21,8 @@ function notice(text, bad) {
 }
 
 async function act(path, body) {
-  const headers = { "X-Foldermill-Action": "1", ...authHeaders() };
+  const token = authHeaders();
+  const headers = { "X-Foldermill-Action": "1", ...token };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -31,7 +32,7 @@ async function act(path, body) {
     return null;
   }
   const answer = await response.json().catch(() => ({}));
-  if (response.status === 401) askToken();
+  if (response.status === 401) askToken(token);
   if (!response.ok) { notice(answer.error || `HTTP ${response.status}`, true); return null; }
   notice(`${answer.action || answer.intake || "done"}${answer.file ? ": " + answer.file : ""}` +
          `${answer.count !== undefined ? ` (${answer.count} files)` : ""}`, false);
