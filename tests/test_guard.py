@@ -225,3 +225,20 @@ def test_a_name_that_is_not_utf8_works_in_urls(tmp_path: Path) -> None:
     assert s.post("/failed/x/retry", environ_overrides=raw).status_code == 202
     assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 202  # the shown form works too
     assert s.actions == [("retry", "caf\\xe9.log")] * 2
+
+
+def test_the_failed_listing_is_reused_for_a_bounded_share_of_the_time(tmp_path: Path, monkeypatch) -> None:
+    """A listing of failed/ is reused until it is LISTING_SHARE times as old as it took
+    (a huge failed/ polled by many tabs costs a bounded share of a core); actions and
+    retry-all always look at the folder itself."""
+    import web.lookup
+
+    s = Setup(tmp_path)
+    assert s.get("/failed").get_json()["total"] == 1
+    monkeypatch.setattr(web.lookup, "LISTING_SHARE", 1e9)
+    (s.watch / "failed" / "late.log").write_text("y\n")
+    assert s.get("/failed").get_json()["total"] == 1  # the listing just made, reused
+    assert s.post("/failed/late.log/retry").status_code == 202  # the action sees the folder
+    assert s.post("/failed/retry-all", json={"count": 2}).status_code == 202
+    monkeypatch.setattr(web.lookup, "LISTING_SHARE", 0)
+    assert s.get("/failed").get_json()["total"] == 2

@@ -7,10 +7,11 @@ never followed (``O_NOFOLLOW``, ``lstat``); every answer is bounded.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
@@ -43,30 +44,70 @@ def read_head(path: Path, max_bytes: int) -> bytes | None:
         return f.read(max_bytes)
 
 
+LISTING_SHARE = 10  # listing failed/ takes at most 1/10 of the time: a listing is reused for 10x its cost
+
+
+class _Listing:
+    """The last listing of failed/, newest failure first, shared by every request until
+    it is ``LISTING_SHARE`` times as old as it took to make: a page polled by many tabs
+    over a huge failed/ costs a bounded share of a core, a small one is always fresh.
+    Actions never use it: they check the folder itself."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.folder: Path | None = None
+        self.at = -1.0
+        self.cost = 0.0
+        self.dated: list[tuple[float, str]] = []
+        self.digest = ""
+
+    def get(self, folder: Path) -> tuple[list[tuple[float, str]], str]:
+        with self.lock:
+            now = time.monotonic()
+            if folder != self.folder or now - self.at >= LISTING_SHARE * self.cost:
+                self.dated, self.digest = _list_failed(folder)
+                self.folder, self.at, self.cost = folder, now, time.monotonic() - now
+            return self.dated, self.digest
+
+
+_LISTING = _Listing()
+
+
+def _list_failed(folder: Path) -> tuple[list[tuple[float, str]], str]:
+    """(when it failed, name) of every file in failed/, newest first, and their digest."""
+    try:
+        with os.scandir(folder) as it:
+            entries = {e.name: e for e in it}
+    except OSError:
+        return [], names_digest([])
+    reasons = reason_files(set(entries))
+    dated = []
+    for name, entry in entries.items():
+        if name.startswith(".") or name in reasons:
+            continue
+        try:
+            when = entries.get(reason_name(name), entry).stat(follow_symlinks=False).st_mtime
+        except OSError:
+            when = 0.0  # gone meanwhile: listed last this time
+        dated.append((when, name))
+    dated.sort(key=lambda r: (-r[0], r[1]))
+    return dated, names_digest([n for _, n in dated])
+
+
 def failed_files(config: Config, offset: int, limit: int) -> dict[str, Any]:
     """One page of ``failed/``, newest failure first: name, reason, attempts, when; the
     total, and ``set``: a digest of every name in it, which "retry all" sends back so
     that a set that changed since the operator confirmed it is refused."""
     folder = config.watch.dir / "failed"
-    names = failed_names(config)
-    dated = []
-    for name in names:
-        try:
-            when = os.lstat(folder / reason_name(name)).st_mtime
-        except OSError:
-            try:
-                when = os.lstat(folder / name).st_mtime
-            except OSError:
-                when = 0.0  # gone meanwhile: listed last this time
-        dated.append((when, name))
-    page = heapq.nsmallest(offset + limit, dated, key=lambda r: (-r[0], r[1]))[offset:]
+    dated, digest = _LISTING.get(folder)
+    page = dated[offset: offset + limit]
     attempts = _attempts(config, [n for _, n in page])
     items = []
     for when, name in page:
         head = read_head(folder / reason_name(name), REASON_MAX_BYTES) or b""
         items.append({"name": shown(name), "ref": ref(name), "failed_at": when,
                       "reason": head.decode("utf-8", "replace").strip(), "attempts": attempts.get(name)})
-    return {"total": len(names), "set": names_digest(names), "offset": offset, "limit": limit, "files": items}
+    return {"total": len(dated), "set": digest, "offset": offset, "limit": limit, "files": items}
 
 
 def names_digest(names: list[str]) -> str:
