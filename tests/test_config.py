@@ -95,6 +95,7 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
         ("[web]\nport = 70000\n" + START, "web.port", "0 to 65535"),
         ("[web]\nallowed_hosts = ['.example.org']\n" + START, "web.allowed_hosts", "without a port"),
         ("[web]\nallowed_hosts = ['dash:8000']\n" + START, "web.allowed_hosts", "without a port"),
+        ("[web]\nallowed_hosts = ['a..b']\n" + START, "web.allowed_hosts", "without a port"),
         ("[web]\nprotect_reads = true\n" + START, "web.protect_reads", "needs [web] token"),
     ],
 )

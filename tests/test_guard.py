@@ -223,8 +223,13 @@ def test_a_name_that_is_not_utf8_works_in_urls(tmp_path: Path) -> None:
     # bytes as PEP 3333 says: the percent-decoded bytes as latin-1. Give it those.
     raw = {"PATH_INFO": "/failed/caf\xe9.log/retry"}
     assert s.post("/failed/x/retry", environ_overrides=raw).status_code == 202
-    assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 202  # the shown form works too
+    assert s.post("/failed/caf%5Cxe9.log/retry?shown=1").status_code == 202  # the shown form, said so
     assert s.actions == [("retry", "caf\\xe9.log")] * 2
+    # Without ?shown=1 a name is exact: a file literally named "caf\xe9.log" is another file.
+    assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 404
+    (s.watch / "failed" / "caf\\xe9.log").write_text("literal\n")
+    assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 202
+    assert s.actions[-1] == ("retry", "caf\\\\xe9.log")
 
 
 def test_the_failed_listing_is_reused_for_a_bounded_share_of_the_time(tmp_path: Path, monkeypatch) -> None:
@@ -242,3 +247,21 @@ def test_the_failed_listing_is_reused_for_a_bounded_share_of_the_time(tmp_path: 
     assert s.post("/failed/retry-all", json={"count": 2}).status_code == 202
     monkeypatch.setattr(web.lookup, "LISTING_SHARE", 0)
     assert s.get("/failed").get_json()["total"] == 2
+
+
+def test_a_discard_into_a_discarded_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    (s.watch / "discarded").write_text("not a folder\n")
+    response = s.post("/failed/bad.log/discard")
+    assert response.status_code == 400 and "not a directory" in response.get_json()["error"]
+    s.unchanged()
+
+
+def test_a_bulk_action_is_audited_with_its_count_and_digest(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    for i in range(30):
+        (s.watch / "failed" / f"more-{i:02d}.log").write_text("x\n")
+    assert s.post("/failed/retry-all", json={"count": 31}).status_code == 202
+    entry = s.audit()[-1]
+    assert len(entry["targets"]) == 20 and entry["targets_count"] == 31
+    assert entry["targets_digest"] == s.get("/failed").get_json()["set"]

@@ -69,16 +69,10 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "a worker busy on busy.log"))
     os.kill(pid, signal.SIGKILL)
 
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: foldermill\n    static_configs:\n      - targets: ['{target}']\n")
-    server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_prometheus(prometheus, tmp_path,
+                                    f"scrape_configs:\n  - job_name: foldermill\n    static_configs:\n"
+                                    f"      - targets: ['{target}']\n")
     try:
-        wait_for(lambda: _ready(base), 30, "Prometheus to be ready")
         wait_for(lambda: [t for t in api(base, "/api/v1/targets")["data"]["activeTargets"] if t["health"] == "up"],
                  30, "the foldermill target to be up")
         for expr in dashboard_exprs():
@@ -100,6 +94,23 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
         server.wait(timeout=10)
 
 
+def start_prometheus(prometheus: str, tmp_path: Path, scrape: str) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus on a free loopback port, scraping every second; ready."""
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n" + scrape)
+    server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 30, "Prometheus to be ready")
+    except BaseException:
+        server.terminate()
+        server.wait(timeout=10)
+        raise
+    return server, base
+
+
 def _ready(base: str) -> bool:
     try:
         with urllib.request.urlopen(base + "/-/ready", timeout=2) as response:
@@ -118,21 +129,14 @@ def test_protect_reads_with_the_readmes_scrape_config(tmp_path: Path, daemons) -
     config.write_text(text.replace("[web]\nport = 0\n", '[web]\nport = 0\ntoken = "s3cret"\nprotect_reads = true\n'))
     d = start(daemons, config)
     target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: with-token\n"
-        '    authorization: {type: Bearer, credentials: "s3cret"}\n'
-        f"    static_configs: [{{targets: ['{target}']}}]\n"
-        "  - job_name: without\n"
-        f"    static_configs: [{{targets: ['{target}']}}]\n")
-    server = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_prometheus(prometheus, tmp_path,
+                                    "scrape_configs:\n"
+                                    "  - job_name: with-token\n"
+                                    '    authorization: {type: Bearer, credentials: "s3cret"}\n'
+                                    f"    static_configs: [{{targets: ['{target}']}}]\n"
+                                    "  - job_name: without\n"
+                                    f"    static_configs: [{{targets: ['{target}']}}]\n")
     try:
-        wait_for(lambda: _ready(base), 30, "Prometheus to be ready")
 
         def health() -> dict[str, str] | None:
             targets = api(base, "/api/v1/targets")["data"]["activeTargets"]

@@ -184,3 +184,24 @@ def test_the_daemon_prunes_old_records_and_keeps_a_failed_files_while_it_is_in_f
     wait_for(lambda: statuses(db) == {"c.log": "processed"}, 30, "bad's record pruned once it left failed/")
     assert "state retention: forgot" in d.log()
     assert d.stop() == 0
+
+
+def test_a_replay_stays_one_until_it_is_processed(tmp_path: Path) -> None:
+    """Marked once; a failure and a retry keep the mark (no duplicate of itself under
+    dedupe), "replayed" begins once, and processing clears it. A file whose record was
+    pruned gets a marked one."""
+    store, folders = Store(tmp_path / "state.db"), Folders(tmp_path)
+    (file_id,) = claim(store, folders, ["r.log"], first_ino=7).values()
+    store.finished([(file_id, "processed")])
+    (tmp_path / "output" / "r.log").write_text("old\n")  # its earlier output
+    store.replaying("r.log", 7)
+    first = store.claim([Candidate("r.log", 1, 1, 7, 0o100644)], "me", folders)[0]
+    assert (first.replay_of, first.replay_begins, first.final_name) == ("r.log", True, "r-1.log")
+    store.finished([(first.id, "failed")])
+    again = store.claim([Candidate("r-1.log", 1, 1, 7, 0o100644)], "me", folders)[0]
+    assert again.replay_of == "r.log" and not again.replay_begins
+    store.finished([(again.id, "processed")])
+    assert store.db.execute("SELECT replay_of FROM files WHERE id = ?", (again.id,)).fetchone() == (None,)
+    store.replaying("gone.log", 99)  # no record left (pruned): a new one, marked
+    fresh = store.claim([Candidate("gone.log", 1, 1, 99, 0o100644)], "me", folders)[0]
+    assert fresh.replay_of == "gone.log" and fresh.replay_begins

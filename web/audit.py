@@ -1,7 +1,8 @@
 """The audit log: every action asked of the dashboard, accepted or refused, as one JSON
 line in ``watch_dir/audit.log`` (time, action, targets, outcome, HTTP status, how it
 was authorised, remote address). Appended with one ``write`` per line (O_APPEND);
-rotated to ``audit.log.1`` past ``MAX_BYTES``. A hostile page posting in a loop can
+rotated past ``MAX_BYTES`` (``KEEP`` old logs are kept); a bulk action's line names its
+first ``TARGETS_SHOWN`` files, their count and the set's digest. A hostile page posting in a loop can
 neither fill the disk nor push the operator's actions out of the log: accepted actions
 are always written, refusals at most ``REFUSALS_PER_MINUTE`` lines a minute, and the
 next refusal written says how many were left out (``"unlogged_before"``).
@@ -19,10 +20,13 @@ from typing import Any
 
 from flask import Response, g, request
 
+from web.lookup import names_digest
 from workers.names import shown
 
 MAX_BYTES = 8 << 20
 TAIL_BYTES = 256 << 10
+KEEP = 5  # rotated logs kept: audit.log.1 ... audit.log.5
+TARGETS_SHOWN = 20
 REFUSALS_PER_MINUTE = 30
 
 
@@ -37,16 +41,20 @@ class Audit:
     def record(self, response: Response) -> None:
         """One line for the POST just answered (called after every POST)."""
         outcome = "accepted" if response.status_code < 400 else "refused"
+        targets = list(getattr(g, "targets", []))
         error = getattr(g, "refused", "") or _error_of(response)
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "action": getattr(g, "action", "") or request.path[:200],
-            "targets": [shown(t)[:300] for t in getattr(g, "targets", [])][:1000],
+            "targets": [shown(t)[:300] for t in targets[:TARGETS_SHOWN]],
             "outcome": outcome if not error else f"{outcome}: {error}",
             "status": response.status_code,
             "auth": getattr(g, "auth", "none"),
             "remote": request.remote_addr,
         }
+        if len(targets) > TARGETS_SHOWN:  # a bulk action: the first names, how many, and the set's digest
+            entry["targets_count"] = len(targets)
+            entry["targets_digest"] = names_digest(targets)
         with self.lock:
             if outcome == "refused" and not self._room_for_refusal(entry):
                 return
@@ -58,11 +66,18 @@ class Audit:
             try:
                 os.write(fd, line)
                 if os.fstat(fd).st_size > MAX_BYTES:
-                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                    self._rotate()
             except OSError:
                 pass  # a full disk: the answer to the request stands
             finally:
                 os.close(fd)
+
+    def _rotate(self) -> None:
+        for n in range(KEEP - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if os.path.lexists(older):
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
 
     def _room_for_refusal(self, entry: dict[str, Any]) -> bool:
         now = time.monotonic()

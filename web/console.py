@@ -6,7 +6,8 @@ the CLI shares) and handed to the supervisor, which performs it. ``web/guard.py`
 already checked the Host, the origin and the token.
 
 A file is named in a URL by its exact bytes, percent-encoded (the ``ref`` every answer
-gives), or by its shown form (``caf\\xe9.log``, as the journal and the CLI show it).
+gives), or, with ``?shown=1``, by its shown form (``caf\\xe9.log``, as the journal shows
+it). Never both at once: a name and a shown name can be two different files.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from web.guard import audit_targets
 from web.lookup import PREVIEW_BYTES, failed_files, failed_names, names_digest, output_head, search, timeline
-from workers.actions import SOURCE, check
+from workers.actions import check
 from workers.config import Config
 from workers.names import shown, unshown
-from workers.ops import resolve
 
 bp = Blueprint("console", __name__)
 PAGE_MAX = 200
@@ -33,9 +33,11 @@ def _config() -> Config:
 
 def path_name(segment: int) -> str:
     """The exact name in the request path's ``segment``-th part: PATH_INFO holds the
-    percent-decoded bytes (as latin-1, PEP 3333), so bytes that are not UTF-8 survive."""
+    percent-decoded bytes (as latin-1, PEP 3333), so bytes that are not UTF-8 survive.
+    With ``?shown=1`` the part is a shown name, and the name is the one it stands for."""
     raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace").split(b"/")
-    return os.fsdecode(raw[segment]) if segment < len(raw) else ""
+    name = os.fsdecode(raw[segment]) if segment < len(raw) else ""
+    return unshown(name) if request.args.get("shown") == "1" else name
 
 
 def _act(command: tuple) -> None:
@@ -69,8 +71,6 @@ def files() -> tuple[Response, int]:
 def file(name: str) -> tuple[Response, int]:
     exact = path_name(2)
     found = timeline(_config(), exact)
-    if not found["entries"] and exact != unshown(exact):
-        found = timeline(_config(), unshown(exact))
     if not found["entries"]:
         return jsonify({"error": f"no journal entry for {shown(exact)}"}), 404
     return jsonify(found), 200
@@ -79,11 +79,9 @@ def file(name: str) -> tuple[Response, int]:
 @bp.get("/files/<name>/outputs/<output>", endpoint="output")
 def output(name: str, output: str) -> tuple[Response, int]:
     config = _config()
-    exact, out = path_name(2), path_name(4)
-    out = resolve(config.watch.dir / "output", out)
+    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace").split(b"/")
+    exact, out = path_name(2), os.fsdecode(raw[4]) if len(raw) > 4 else ""  # an output: its ref, always
     text = output_head(config, exact, out)
-    if text is None and exact != unshown(exact):
-        text = output_head(config, unshown(exact), out)
     if text is None:
         return jsonify({"error": f"{shown(out)} is not an output of {shown(exact)} in output/"}), 404
     response = current_app.response_class(text, mimetype="text/plain")
@@ -102,7 +100,7 @@ def audit() -> Response:
 def _one(action: str) -> tuple[Response, int]:
     """retry, discard or replay of the file named in the path."""
     root = _config().watch.dir
-    name = resolve(root / SOURCE[action], path_name(2))
+    name = path_name(2)
     audit_targets([name], action)
     problem = check(root, action, name)
     if problem:

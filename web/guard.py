@@ -99,7 +99,7 @@ def install(app: Flask, web: WebConfig) -> None:
     @app.after_request
     def headers(response: Response) -> Response:
         for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
+            response.headers[key] = value
         response.headers.pop("Access-Control-Allow-Origin", None)
         if request.method == "POST":
             current_app.config["FOLDERMILL_AUDIT"].record(response)

@@ -24,6 +24,7 @@ REASON_MAX_BYTES = 4096
 PREVIEW_LINES = 200
 PREVIEW_BYTES = 256 << 10
 SEARCH_LIMIT = 50
+TIMELINE_ENTRIES = 1000  # a name delivered many times: its newest entries
 
 
 def ref(name: str) -> str:
@@ -62,12 +63,20 @@ class _Listing:
         self.digest = ""
 
     def get(self, folder: Path) -> tuple[list[tuple[float, str]], str]:
-        with self.lock:
-            now = time.monotonic()
-            if folder != self.folder or now - self.at >= LISTING_SHARE * self.cost:
-                self.dated, self.digest = _list_failed(folder)
-                self.folder, self.at, self.cost = folder, now, time.monotonic() - now
+        """The listing; while one request makes a new one, the others get the old one."""
+        now = time.monotonic()
+        fresh = folder == self.folder and now - self.at < LISTING_SHARE * self.cost
+        if fresh or (folder == self.folder and not self.lock.acquire(blocking=False)):
             return self.dated, self.digest
+        if folder != self.folder:
+            self.lock.acquire()
+        try:
+            dated, digest = _list_failed(folder)
+            self.dated, self.digest = dated, digest
+            self.folder, self.at, self.cost = folder, now, time.monotonic() - now
+            return dated, digest
+        finally:
+            self.lock.release()
 
 
 _LISTING = _Listing()
@@ -196,7 +205,11 @@ def timeline(config: Config, name: str) -> dict[str, Any]:
             except OSError:
                 size = None
             outputs.append({"name": out, "ref": ref(unshown(out)), "bytes": size})
-    return {"file": shown(name), "entries": entries, "outputs": outputs}
+    last = entries[-1] if entries else {}
+    left_out = max(0, len(entries) - TIMELINE_ENTRIES)
+    return {"file": shown(name), "ref": ref(name), "final": last.get("final"),
+            "final_ref": ref(unshown(last["final"])) if last.get("final") else None,
+            "entries": entries[-TIMELINE_ENTRIES:], "left_out": left_out, "outputs": outputs[-TIMELINE_ENTRIES:]}
 
 
 def output_head(config: Config, name: str, output: str) -> str | None:

@@ -71,6 +71,8 @@ def check(root: Path, action: str, name: str) -> str:
         return "that is a reason file, not a failed file"
     if TARGET[action] == "unprocessed" and os.path.lexists(root / "unprocessed" / name):
         return "unprocessed/ already holds that name"
+    if action == "discard" and os.path.lexists(root / DISCARDED) and not os.path.isdir(root / DISCARDED):
+        return f"{DISCARDED}/ is not a directory"
     return ""
 
 

@@ -364,10 +364,22 @@ def _marker(value: str) -> str:
 def _hosts(value: list) -> str:
     """Host names or addresses, without a port: ``example.org``, ``10.0.0.5``, ``[fd00::1]``."""
     for v in value:
-        if not isinstance(v, str) or not re.fullmatch(r"[a-z0-9-][a-z0-9.-]*|\[[0-9a-f:.]+\]", v, re.IGNORECASE):
+        if not isinstance(v, str) or not re.fullmatch(r"[a-z0-9-][a-z0-9.-]*|\[[0-9a-f:.]+\]", v, re.IGNORECASE) \
+                or not _idna_ok(v):
             return ('must be a list of host names or addresses without a port (an IPv6 address in brackets: '
                     f'"[fd00::1]"); {v!r} is not one')
     return ""
+
+
+def _idna_ok(host: str) -> bool:
+    """What Werkzeug's Host check will do with the name must not fail (``a..b`` does)."""
+    if host.startswith("["):
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _non_empty(value: str) -> str:

@@ -105,7 +105,7 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
     store = Store(q.state_dir / "state.db") if action == "replay" else None
     journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                       q.locks_dir / "journal.lock")
-    done, problems, entries = [], [], []
+    done, problems = [], []
     try:
         for name in names:
             result = perform(q, action, resolve(source, name), store)
@@ -113,10 +113,9 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
                 problems.append(f"{shown(result.name)}: {result.problem}")
                 continue
             event, fields = journal_fields(result)
-            entries.append(journal_entry(event, result.name, by="cli", **fields))
+            journal.write([journal_entry(event, result.name, by="cli", **fields)])  # each as it is done
             done.append(shown(result.name) if action != "discard" else
                         f"{shown(result.name)} -> {DISCARDED}/{shown(result.target)}")
-        journal.write(entries)
     finally:
         journal.close()
         if store is not None:

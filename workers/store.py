@@ -263,8 +263,13 @@ class Store:
         now = time.time()
         rows = list(done)
         with self._tx() as db:
-            db.executemany("UPDATE files SET status = ?, commit_pairs = NULL, replay_of = NULL, updated = ? "
-                           "WHERE id = ?", [(s, now, i) for i, s in rows])
+            # A failed file is found again by the name it has in failed/ when an operator
+            # moves it back (its final name); a replay that failed stays a replay, so that
+            # retried it is still no duplicate of itself.
+            db.executemany("UPDATE files SET status = ?, commit_pairs = NULL, updated = ?, "
+                           "name = CASE WHEN ? = 'failed' THEN final_name ELSE name END, "
+                           "replay_of = CASE WHEN ? = 'failed' THEN replay_of END WHERE id = ?",
+                           [(s, now, s, s, i) for i, s in rows])
             db.executemany("DELETE FROM reserved WHERE file_id = ?", [(i,) for i, _ in rows])
 
     def recovered(self, names: Iterable[str]) -> None:
@@ -329,7 +334,7 @@ class Store:
         with self._tx() as db:
             finished = db.execute(
                 "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE status IN "
-                "('processed', 'vanished', 'replay') AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)",
+                "('processed', 'vanished') AND updated < ? LIMIT ?) AND id < (SELECT MAX(id) FROM files)",
                 (before, limit)).rowcount
         removed = finished
         rows = self.db.execute(

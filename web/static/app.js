@@ -48,14 +48,15 @@ function duration(seconds) {
   return age(seconds);
 }
 
-// A file name that opens its timeline (console.js) when clicked.
-function fileLink(row, name) {
+// A file name that opens its timeline (console.js) when clicked: by its exact bytes
+// (ref) when the answer gave them, else by its shown name.
+function fileLink(row, name, ref) {
   const td = document.createElement("td");
   td.className = "msg";
   const a = document.createElement("a");
   a.href = "#";
   a.textContent = name === null || name === undefined ? "" : String(name);
-  a.addEventListener("click", (event) => { event.preventDefault(); if (window.openTimeline) openTimeline(name); });
+  a.addEventListener("click", (event) => { event.preventDefault(); if (window.openTimeline) openTimeline(name, ref); });
   td.appendChild(a);
   row.appendChild(td);
   return td;

@@ -75,7 +75,7 @@ function renderFailed(page) {
     box.setAttribute("aria-label", `select ${f.name}`);
     td.appendChild(box);
     tr.appendChild(td);
-    fileLink(tr, f.name);
+    fileLink(tr, f.name, f.ref);
     cell(tr, f.reason, "msg");
     cell(tr, f.attempts);
     cell(tr, when(f.failed_at));
@@ -148,7 +148,7 @@ document.getElementById("search-form").addEventListener("submit", async (event) 
   try {
     const found = await getJson(`/files?q=${encodeURIComponent(q)}`);
     fill("search-results", found.files, (tr, f) => {
-      fileLink(tr, f.name); cell(tr, f.final, "msg"); cell(tr, f.status); cell(tr, f.attempts); cell(tr, when(f.updated));
+      fileLink(tr, f.name, f.ref); cell(tr, f.final, "msg"); cell(tr, f.status); cell(tr, f.attempts); cell(tr, when(f.updated));
     });
     if (!found.files.length) notice(`no file name contains ${q}`, false);
   } catch (err) {
@@ -156,8 +156,12 @@ document.getElementById("search-form").addEventListener("submit", async (event) 
   }
 });
 
-// Names arrive shown (a backslash starts an escape); the API takes the shown form too.
-function nameRef(shownName) { return encodeURIComponent(shownName); }
+// A file in a URL: its exact bytes (ref), or its shown name marked as such (?shown=1):
+// a name and a shown name can be two different files.
+function fileUrl(path, name, ref, rest) {
+  return ref ? `${path}/${ref}${rest || ""}` : `${path}/${encodeURIComponent(name)}${rest || ""}?shown=1`;
+}
+let timelineRef = null;
 
 function details(e) {
   const skip = new Set(["ts", "event", "file", "attempt", "worker", "seconds", "supervisor", "output"]);
@@ -166,16 +170,19 @@ function details(e) {
   return parts.join("  ");
 }
 
-async function openTimeline(name) {
+async function openTimeline(name, ref) {
   timelineName = name;
+  timelineRef = ref || null;
   const panel = document.getElementById("timeline-panel");
   panel.hidden = false;
   setText("timeline-file", name);
   document.getElementById("preview").hidden = true;
   let t;
   try {
-    t = await getJson(`/files/${nameRef(name)}`);
+    t = await getJson(fileUrl("/files", name, ref));
+    if (timelineName !== name) return;  // another file was opened meanwhile
   } catch (err) {
+    if (timelineName !== name) return;
     fill("timeline", [], () => {});
     fill("outputs", [], () => {});
     notice(`no journal entry for ${name}`, true);
@@ -187,28 +194,32 @@ async function openTimeline(name) {
   });
   fill("outputs", t.outputs, (tr, o) => {
     cell(tr, o.name, "msg"); cell(tr, bytes(o.bytes));
-    button(tr, "preview", () => preview(name, o));
+    button(tr, "preview", () => preview(name, t.ref, o));
   });
   const last = t.entries[t.entries.length - 1];
   const replay = document.getElementById("replay");
   replay.hidden = !(last && last.event === "processed");
-  replay.dataset.file = last ? last.final || last.file : "";
+  replay.dataset.file = t.final || "";
+  replay.dataset.ref = t.final_ref || "";
+  timelineRef = t.ref;
   panel.scrollIntoView({ block: "nearest" });
 }
 window.openTimeline = openTimeline;
 
-async function preview(name, output) {
+async function preview(name, ref, output) {
   const pre = document.getElementById("preview");
-  const response = await fetch(`/files/${nameRef(name)}/outputs/${output.ref}`, { headers: authHeaders() });
+  const response = await fetch(fileUrl("/files", name, ref, `/outputs/${output.ref}`), { headers: authHeaders() });
+  const text = response.ok ? await response.text() : `cannot preview ${output.name}: HTTP ${response.status}`;
+  if (timelineName !== name) return;  // another file was opened meanwhile
   pre.hidden = false;
-  pre.textContent = response.ok ? await response.text() : `cannot preview ${output.name}: HTTP ${response.status}`;
+  pre.textContent = text;
 }
 
 document.getElementById("replay").addEventListener("click", async () => {
-  const file = document.getElementById("replay").dataset.file;
+  const { file, ref } = document.getElementById("replay").dataset;
   if (!file || !confirm(`Process ${file} again with the current pipeline? Its new outputs get new names.`)) return;
-  const answer = await act(`/processed/${nameRef(file)}/replay`);
-  if (answer) setTimeout(() => openTimeline(timelineName), 1500);
+  const answer = await act(`/processed/${ref}/replay`);
+  if (answer) setTimeout(() => openTimeline(timelineName, timelineRef), 1500);
 });
 
 // -- the routing graph ---------------------------------------------------------------------

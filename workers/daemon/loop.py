@@ -151,8 +151,10 @@ class Loop:
         elif action in ACTIONS:
             name = unshown(command[1])  # the dashboard speaks in shown names
             done = self.intake.act(action, name, self.ledger.replays())
-            if done.problem:
+            if done.problem:  # the folder changed since the dashboard checked: said where the file is looked up
                 log.warning("%s of %s refused: %s", action, shown(name), done.problem)
+                self.ledger.note(event_entry("action-refused", name, action=action, reason=done.problem,
+                                             supervisor=self.owner, by="dashboard"))
                 return
             event, fields = journal_fields(done)
             self.ledger.note(event_entry(event, name, supervisor=self.owner, by="dashboard", **fields))
