@@ -38,6 +38,13 @@ def celery_nodes() -> Iterator[list[subprocess.Popen]]:
             node.wait()
 
 
+def journalled(watch: Path, name: str) -> list[str]:
+    """The file's journal events once its "processed" line is there: it is written at
+    the end of the loop step that moved the file, a moment after the move."""
+    return wait_for(lambda: (events := [e["event"] for e in journal(watch) if e["file"] == name])
+                    and events[-1] in ("processed", "failed") and events, 10, f"the journal line after {name}'s move")
+
+
 def celery_config(tmp_path: Path, redis: RedisServer) -> Path:
     config = behave_config(tmp_path, f"""
         [celery]
@@ -308,7 +315,7 @@ def test_a_copy_of_a_running_job_costs_nothing(tmp_path: Path, daemons, redis_se
     logs = " ".join((tmp_path / f"celery-{n}.log").read_text() for n in ("alpha", "beta"))
     assert "is running elsewhere" in logs  # the copy did reach the second node
     assert executions(tmp_path, "slow") == 1
-    assert [e["event"] for e in journal(watch) if e["file"] == "slow.log"] == ["claimed", "processed"]
+    assert journalled(watch, "slow.log") == ["claimed", "processed"]
     assert (watch / "output" / "slow.log").read_text() == "MARK SLOW\nSLEEP 3\nAFTER\n"
     wait_for(lambda: not queued_payloads(redis_server), 10, "both copies taken")
     assert staged_files(watch) == [] and d.alive()
@@ -340,7 +347,7 @@ def test_a_late_result_is_never_committed_and_a_missing_staged_file_costs_nothin
     wait_for(lambda: executions(tmp_path, "a") == 2 and not queued_payloads(redis_server), 30, "both jobs run")
     wait_for(lambda: staged_files(watch) == [], 30, "the late execution's staged files removed")
     assert d.alive(), d.log()
-    assert [e["event"] for e in journal(watch) if e["file"] == "a.log"] == ["claimed", "processed"]
+    assert journalled(watch, "a.log") == ["claimed", "processed"]
     assert (watch / "output" / "a.log").read_text() == "MARK A\nLINE\n"
     assert d.stop() == 0
 
@@ -385,7 +392,7 @@ def test_redis_down_when_a_job_finishes_loses_nothing(tmp_path: Path, daemons, r
     redis_server.start()
     wait_for(lambda: folder(watch, "processed") == ["late.log"], 60, "late.log processed")
     assert executions(tmp_path, "late") == 1
-    assert [e["event"] for e in journal(watch) if e["file"] == "late.log"] == ["claimed", "processed"]
+    assert journalled(watch, "late.log") == ["claimed", "processed"]
     assert (watch / "output" / "late.log").read_text() == "MARK LATE\nSLEEP 2\nAFTER\n"
     assert d.stop() == 0
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import textwrap
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ from tests.components import free_port, require
 from tests.daemon import behave_config, drop, start, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def dashboard_exprs() -> list[str]:
@@ -129,13 +131,14 @@ def test_protect_reads_with_the_readmes_scrape_config(tmp_path: Path, daemons) -
     config.write_text(text.replace("[web]\nport = 0\n", '[web]\nport = 0\ntoken = "s3cret"\nprotect_reads = true\n'))
     d = start(daemons, config)
     target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
-    server, base = start_prometheus(prometheus, tmp_path,
-                                    "scrape_configs:\n"
-                                    "  - job_name: with-token\n"
-                                    '    authorization: {type: Bearer, credentials: "s3cret"}\n'
-                                    f"    static_configs: [{{targets: ['{target}']}}]\n"
-                                    "  - job_name: without\n"
-                                    f"    static_configs: [{{targets: ['{target}']}}]\n")
+    # The README's block itself, with this test's token and target, beside a job without it.
+    block = re.search(r"Prometheus then scrapes with:\n\n  ```yaml\n(.*?)  ```", README.read_text(), re.S)
+    assert block, "the README's scrape config block"
+    readme = textwrap.dedent(block.group(1)).replace("the token", "s3cret").replace("127.0.0.1:8000", target)
+    assert "authorization: {type: Bearer" in readme
+    server, base = start_prometheus(prometheus, tmp_path, readme.replace("job_name: foldermill", "job_name: with-token")
+                                    + "  - job_name: without\n"
+                                    + f"    static_configs: [{{targets: ['{target}']}}]\n")
     try:
 
         def health() -> dict[str, str] | None:
