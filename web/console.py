@@ -31,13 +31,14 @@ def _config() -> Config:
     return current_app.config["FOLDERMILL_CONFIG"]
 
 
-def path_name(segment: int) -> str:
+def path_name(segment: int, exact: bool = False) -> str:
     """The exact name in the request path's ``segment``-th part: PATH_INFO holds the
     percent-decoded bytes (as latin-1, PEP 3333), so bytes that are not UTF-8 survive.
-    With ``?shown=1`` the part is a shown name, and the name is the one it stands for."""
+    With ``?shown=1`` (unless ``exact``) the part is a shown name, and the name is the
+    one it stands for."""
     raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace").split(b"/")
     name = os.fsdecode(raw[segment]) if segment < len(raw) else ""
-    return unshown(name) if request.args.get("shown") == "1" else name
+    return unshown(name) if not exact and request.args.get("shown") == "1" else name
 
 
 def _act(command: tuple) -> None:
@@ -79,8 +80,7 @@ def file(name: str) -> tuple[Response, int]:
 @bp.get("/files/<name>/outputs/<output>", endpoint="output")
 def output(name: str, output: str) -> tuple[Response, int]:
     config = _config()
-    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace").split(b"/")
-    exact, out = path_name(2), os.fsdecode(raw[4]) if len(raw) > 4 else ""  # an output: its ref, always
+    exact, out = path_name(2), path_name(4, exact=True)  # an output is named by its ref, always
     text = output_head(config, exact, out)
     if text is None:
         return jsonify({"error": f"{shown(out)} is not an output of {shown(exact)} in output/"}), 404

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
+from workers.actions import files_in
 from workers.config import Config
-from workers.names import REASON_SUFFIX, reason_files, reason_name, shown, unshown
+from workers.names import reason_files, reason_name, shown, unshown
 from workers.ops import history
 
 REASON_MAX_BYTES = 4096
@@ -129,13 +130,7 @@ def names_digest(names: list[str]) -> str:
 
 def failed_names(config: Config) -> list[str]:
     """Every file in failed/ (exact names), as "retry all" sees them."""
-    folder = config.watch.dir / "failed"
-    try:
-        present = os.listdir(folder)
-    except OSError:
-        return []
-    reasons = reason_files(present)
-    return sorted(n for n in present if not n.startswith(".") and n not in reasons)
+    return files_in(config.watch.dir, "failed")
 
 
 def _db(config: Config) -> sqlite3.Connection | None:
@@ -215,7 +210,7 @@ def timeline(config: Config, name: str) -> dict[str, Any]:
 def output_head(config: Config, name: str, output: str) -> str | None:
     """The first lines of one of the file's outputs (at most ``PREVIEW_LINES`` lines and
     ``PREVIEW_BYTES`` bytes), or None if it is not one of its outputs or is gone."""
-    if "/" in output or output.startswith(".") or output.endswith(REASON_SUFFIX):
+    if "/" in output or output.startswith("."):  # never a path, never a staged file
         return None
     wanted = shown(output)
     if not any(wanted in (e.get("output") or []) for e in history(config, name, exact=True)):

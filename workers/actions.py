@@ -138,6 +138,14 @@ def _discard(q: FolderQueue, name: str) -> str:
     raise FileExistsError(f"no free name in {DISCARDED}/ for {name}")
 
 
+def files_in(root: Path, folder: str) -> list[str]:
+    """Every file an action may take from ``folder`` (exact names, sorted): not hidden,
+    and in failed/ not a reason file. What "retry --all" and "retry all" act on."""
+    present = _listing(root / folder)
+    reasons = reason_files(present) if folder == "failed" else set()
+    return sorted(n for n in present if not n.startswith(".") and n not in reasons)
+
+
 def is_reason_file(folder: Path, name: str) -> bool:
     """``name`` in ``failed/`` is the reason file of another file there (without listing
     the folder, unless the name was shortened to fit)."""

@@ -15,9 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from workers.actions import DISCARDED, SOURCE, journal_fields, perform
+from workers.actions import DISCARDED, SOURCE, files_in, journal_fields, perform
 from workers.config import Config
-from workers.names import reason_files, shown, unshown
+from workers.names import shown, unshown
 from workers.queue import FolderQueue
 from workers.store import Journal, Store, journal_entry, tail_journal
 
@@ -98,9 +98,7 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
     q = _queue(config)
     source = q.root / SOURCE[action]
     if every:
-        present = os.listdir(source)
-        reasons = reason_files(present) if SOURCE[action] == "failed" else set()
-        names = sorted(n for n in present if not n.startswith(".") and n not in reasons)
+        names = files_in(q.root, SOURCE[action])
     w = config.watch
     store = Store(q.state_dir / "state.db") if action == "replay" else None
     journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
