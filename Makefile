@@ -11,7 +11,7 @@ RUNTIME_VENV ?= .venv-runtime
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
 # (and under CI=true they fail rather than skip).
-SYSTEM_PACKAGES := prometheus chromium redis-server faketime
+SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd
 
 .PHONY: run test lint check bench clean system-deps smoke-runtime
 
@@ -47,6 +47,8 @@ system-deps:
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
+	for tool in gzip bzip2 zstd; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	command -v xz >/dev/null 2>&1 || missing="$$missing xz-utils"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

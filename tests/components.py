@@ -16,7 +16,8 @@ from tests.redis_server import free_port
 __all__ = ["free_port", "require", "require_root", "unavailable"]
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
-            "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime"}
+            "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime",
+            "gzip": "gzip", "bzip2": "bzip2", "xz": "xz-utils", "zstd": "zstd"}
 
 
 def require(binary: str) -> str:

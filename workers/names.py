@@ -11,6 +11,10 @@ name (``shown`` / ``unshown``):
   ``\\xNN`` (or ``\\n``, ``\\t``, ``\\r``), any other unprintable character ``\\uNNNN``;
 - a backslash becomes ``\\\\``; everything else is itself.
 
+A compressed input's outputs are named without its compression suffix
+(``app.log.1.gz`` -> ``output/app.log.1``, ``strip_suffix``): the name decides, as for
+routes, though the content's magic bytes decide how it is read.
+
 Every name foldermill derives from a file's name (its final name after a collision,
 its side outputs, its reason file) fits in ``NAME_MAX`` bytes: one that would not is
 shortened deterministically (``fit``) to a prefix, ``~``, a hash of the whole name, and
@@ -26,6 +30,7 @@ import secrets
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, tmpfs)
 EXT_MAX = 40  # an extension longer than this is not kept when a name is shortened
 REASON_SUFFIX = ".reason"
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 _BACK = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
@@ -136,9 +141,20 @@ def _fit_bare(name: str, limit: int) -> str:
     return os.fsdecode(raw[:room] + tail)
 
 
+def strip_suffix(name: str) -> str:
+    """``name`` without one compression suffix (any case), if a name remains."""
+    lower = name.lower()
+    for suffix in COMPRESSED_SUFFIXES:
+        if lower.endswith(suffix) and name[: -len(suffix)] not in ("", "."):
+            return name[: -len(suffix)]
+    return name
+
+
 def output_name(final: str, suffix: str = "") -> str:
-    """``output/<final>`` for the main output, ``<final>.<suffix>`` for a side output."""
-    return fit(f"{final}.{suffix}") if suffix else final
+    """``output/<final>`` for the main output, ``<final>.<suffix>`` for a side output;
+    a compression suffix is not part of them (``strip_suffix``)."""
+    base = strip_suffix(final)
+    return fit(f"{base}.{suffix}") if suffix else base
 
 
 def reason_name(final: str) -> str:

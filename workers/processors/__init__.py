@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .records import CsvRoute, CsvSelect, CsvValidate
 from .routing import Fanout, JsonRoute, RegexRoute
 from .select import Dedupe, Filter, Sample
 from .sinks import Write
@@ -23,5 +24,8 @@ BUILTINS: dict[str, type] = {
         Sample,
         Count,
         Write,
+        CsvRoute,
+        CsvValidate,
+        CsvSelect,
     )
 }
