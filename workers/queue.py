@@ -342,7 +342,8 @@ class FolderQueue:
             return True
         if lexists(self._fail + reason_name(name)):
             return True
-        return any(lexists(self._out + output_name(name, s)) for s in suffixes)
+        # The main output too: without a compression suffix it is not ``name``.
+        return any(lexists(self._out + output_name(name, s)) for s in ("", *suffixes))
 
     def forget_reason(self, final_name: str) -> None:
         """The reason file of a failed file that was moved back by hand (not a failed
