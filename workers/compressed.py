@@ -202,6 +202,13 @@ class _Decoder:
             raise ValueError(f"read(n) needs n >= 1, not {n}: reading a whole file at once defeats the memory bound")
         return min(n, self._cap - self.produced)
 
+    def _took(self, out: bytes) -> bytes:
+        """Decompressed bytes handed out: counted, and held to the limits."""
+        self.produced += len(out)
+        if self.produced > self._stop:
+            self._check()
+        return out
+
     def _check(self) -> None:
         """Refuse past a limit; else move ``_stop`` to where the next test is due."""
         lim, produced, consumed = self._limits, self.produced, self.consumed
@@ -286,10 +293,7 @@ class _Gzip(_Decoder):
             if d.eof:
                 d = self._next_member(d.unused_data)
             if out:
-                self.produced += len(out)
-                if self.produced > self._stop:
-                    self._check()
-                return out
+                return self._took(out)
             if d.eof:
                 return b""  # the last member ended with no output left
             if not data:
@@ -359,10 +363,7 @@ class _Streams(_Decoder):
             if d.eof:
                 d = self._next_stream(d.unused_data)
             if out:
-                self.produced += len(out)
-                if self.produced > self._stop:
-                    self._check()
-                return out
+                return self._took(out)
             if d.eof:
                 return b""
 
@@ -528,12 +529,7 @@ class _Zstd(_Decoder):
             self.consumed = self._frames.consumed
             raise self._corrupt(self._frames.unit_at, exc) from None
         self.consumed = self._frames.consumed
-        if not out:
-            return out
-        self.produced += len(out)
-        if self.produced > self._stop:
-            self._check()
-        return out
+        return self._took(out) if out else out
 
     def _truncated(self, inside: str = "") -> InputError:
         self.consumed = self._frames.consumed
