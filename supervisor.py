@@ -1,7 +1,7 @@
 """foldermill: a fault-tolerant hot-folder processor.
 
     python supervisor.py -c config.toml [--once] [--trace] [--workers N]   the daemon
-    python supervisor.py -c config.toml check          validate, print the routing graph
+    python supervisor.py -c config.toml check          validate, print the routes and each pipeline's graph
     python supervisor.py -c config.toml run FILE...    run the pipeline on files directly
     python supervisor.py -c config.toml status | retry NAME... | discard NAME... | replay NAME... | history NAME
 
@@ -36,7 +36,7 @@ from workers.config import Config, load_config
 from workers.daemon.service import Daemon, StartInterrupted
 from workers.daemon.types import Options
 from workers.errors import ConfigError, SystemFailure
-from workers.graph import compile_graph
+from workers.pipelines import compile_pipelines
 from workers.queue import QueueSetupError
 from workers.store import StateError
 from workers.worker import manager_init
@@ -51,19 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     try:
         config = load_config(args.config)
-        graph = compile_graph(config.pipeline, str(config.base_dir))
+        pipelines = compile_pipelines(config, str(config.base_dir))
     except ConfigError as exc:
         print(f"foldermill: configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check":
-        return cmd_check(config, graph)
+        return cmd_check(config, pipelines)
     if args.command == "run":
-        return cmd_run(config, graph, args.files, args.output_dir, args.trace)
+        return cmd_run(config, pipelines, args.files, args.output_dir, args.trace, args.pipeline)
     if args.command in ("status", "retry", "discard", "replay", "history"):
         return cmd_ops(config, args)
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
-    daemon = Daemon(config, graph, options, open_shared, start_dashboard)
+    daemon = Daemon(config, pipelines, options, open_shared, start_dashboard)
     daemon.catch_signals()  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         daemon.start()

@@ -17,13 +17,13 @@ def graph_from_toml(text: str, base: Path | None = None) -> Graph:
     """Compile a pipeline written as TOML (``[pipeline]`` tables) into a graph."""
     base = base or Path.cwd()
     config = parse_config(tomllib.loads(text), base / "config.toml")
-    return compile_graph(config.pipeline, str(base))
+    return compile_graph(config.pipelines["default"], str(base))
 
 
 def graph_from_dict(data: dict[str, Any], base: Path | None = None) -> Graph:
     base = base or Path.cwd()
     config = parse_config(data, base / "config.toml")
-    return compile_graph(config.pipeline, str(base))
+    return compile_graph(config.pipelines["default"], str(base))
 
 
 class TrickleReader:
@@ -64,3 +64,17 @@ def run_text(graph: Graph, text: str | bytes, name: str = "input.log", trickle: 
     outputs = MemoryOutputs(name)
     result = run_file(graph, name, source, outputs.sink, trace_every=trace_every)
     return outputs, result
+
+
+def fail_on_x(lines: list[str]) -> Any:
+    """A user processor (a generator function) that raises on a unit starting with "x"."""
+    for line in lines:
+        if line.startswith("x"):
+            raise ValueError(f"unit starts with x: {line!r}")
+        yield "end", line
+
+
+def to_v(lines: list[str]) -> Any:
+    """A user processor that declares no tags: every unit on to "v"."""
+    for line in lines:
+        yield "v", line

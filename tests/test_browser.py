@@ -135,7 +135,10 @@ def test_the_console_in_chromium(tmp_path: Path, daemons) -> None:
             wait_for(lambda: (watch / "discarded" / "bad.log").exists(), 20, "bad.log in discarded/")
             expect(page.locator("#audit tbody")).to_contain_text("discard", timeout=10_000)
             expect(page.locator("#graph-svg text.tag")).to_have_text(["start"])
+            expect(page.locator("#graph-svg text.pipeline")).to_have_text(["pipeline default"])
             expect(page.locator("#graph-svg")).to_contain_text("lines/s")
+            expect(page.locator("#recent tbody")).to_contain_text("default")  # each file's pipeline
+            expect(page.locator("#nodes tbody")).to_contain_text("default")
             page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
         finally:
             browser.close()

@@ -25,7 +25,7 @@ SHIPPED = (Path(__file__).resolve().parents[1] / "config.toml").read_text()
 
 def shipped_config(tmp_path: Path, workers: int = 1, max_attempts: int = 3, settle: float = 0.3) -> Path:
     """The shipped pipeline with test-friendly queue settings."""
-    pipeline = SHIPPED[SHIPPED.index("[pipeline]\n"):]
+    pipeline = SHIPPED[SHIPPED.index("# -- Pipelines and routes"):]
     return write_config(tmp_path, f"""[watch]
 dir = "watch_dir"
 poll_interval = 0.2
@@ -52,7 +52,7 @@ def log_content(i: int) -> str:
 def expected_output(config: Path, content: str) -> tuple[str, str]:
     """What ``run`` produces for this content: (main output, .errors side output)."""
     cfg = load_config(config)
-    graph = compile_graph(cfg.pipeline, str(cfg.base_dir))
+    graph = compile_graph(cfg.pipelines["logs"], str(cfg.base_dir))
     out = MemoryOutputs("x")
     run_file(graph, "x", io.BytesIO(content.encode()), out.sink)
     return out.streams[""].getvalue(), out.streams["errors"].getvalue()
@@ -87,7 +87,7 @@ def test_two_supervisors_share_a_watch_dir_and_recover_only_a_dead_ones_files(tm
     # Phase two: slow files, so that both hold some in flight; kill a.
     (tmp_path / "slow.py").write_text("import time\ndef slow(lines):\n    for line in lines:\n"
                                       "        time.sleep(0.05)\n        yield 'end', line\n")
-    slow_config = config.read_text().split("# The pipeline:")[0] + (
+    slow_config = config.read_text().split("# -- Pipelines and routes")[0] + (
         '[pipeline.nodes.start]\nprocessor = "slow:slow"\n')
     config.write_text(slow_config)
     a = start(daemons, config, name="a2")
@@ -157,9 +157,10 @@ def test_chaos_random_sigkills_of_workers_and_supervisors(tmp_path: Path, daemon
                 threading.Event().wait(0.004)
                 return ()
     """))
-    config.write_text(config.read_text().replace('default = "end"', 'default = "dawdle"').replace(
+    triage = "routes = { errors = 'ERROR|FATAL|CRITICAL' }\ndefault = "
+    config.write_text(config.read_text().replace(triage + '"end"', triage + '"dawdle"').replace(
         'output = "errors"\nnext = "end"', 'output = "errors"\nnext = "dawdle"')
-        + '\n[pipeline.nodes.dawdle]\nprocessor = "dawdle:Dawdle"\n')
+        + '\n[pipelines.logs.nodes.dawdle]\nprocessor = "dawdle:Dawdle"\n')
     watch = tmp_path / "watch_dir"
     (watch / "unprocessed").mkdir(parents=True)
     names = [f"c{i:05d}.log" for i in range(files)]

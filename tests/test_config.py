@@ -19,7 +19,7 @@ def load(tmp_path: Path, text: str):
     path = tmp_path / "config.toml"
     path.write_text(textwrap.dedent(text))
     config = load_config(path)
-    return config, compile_graph(config.pipeline, str(tmp_path))
+    return config, compile_graph(config.pipelines["default"], str(tmp_path))
 
 
 def error_of(tmp_path: Path, text: str) -> ConfigError:
@@ -30,15 +30,18 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
 
 def test_shipped_config_is_valid_and_every_key_has_a_comment() -> None:
     config = load_config(ROOT / "config.toml")
-    graph = compile_graph(config.pipeline, str(ROOT))
+    logs = compile_graph(config.pipelines["logs"], str(ROOT))
+    batches = compile_graph(config.pipelines["batches"], str(ROOT))
     assert config.watch.dir == ROOT / "watch_dir"
-    assert set(graph.nodes) == {"start", "levels", "triage", "errors"}
+    assert set(logs.nodes) == {"start", "levels", "triage", "errors"}
+    assert set(batches.nodes) == {"start", "rejects", "pick", "by_status", "voided"}
+    assert [(r.match, r.pipeline) for r in config.routes] == [(("*.csv", "batch-*"), "batches"), (("*",), "logs")]
     # Settings: each key right under its comment. Nodes: a comment above each table.
     lines = (ROOT / "config.toml").read_text().splitlines()
     in_nodes = False
     for i, line in enumerate(lines):
         if line.startswith("["):
-            in_nodes = line.startswith("[pipeline.nodes.")
+            in_nodes = ".nodes." in line
             if in_nodes:
                 assert lines[i - 1].startswith("#"), f"no comment above {line}"
         elif "=" in line and not line.startswith("#") and not in_nodes:
@@ -49,7 +52,7 @@ def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
     config, _ = load(tmp_path, START)
     assert config.watch.dir == tmp_path / "watch_dir"
     assert config.output_dir == tmp_path / "watch_dir" / "output"
-    p = config.pipeline
+    p = config.pipelines["default"]
     assert (p.max_hops, p.on_error, p.encoding, p.decode_errors, p.max_line_bytes) == (
         64, "fail_file", "utf-8", "strict", 1048576)
 
@@ -142,4 +145,4 @@ def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
 def test_config_is_frozen(tmp_path: Path) -> None:
     config, _ = load(tmp_path, START)
     with pytest.raises(AttributeError):
-        config.pipeline.max_hops = 3  # type: ignore[misc]
+        config.pipelines["default"].max_hops = 3  # type: ignore[misc]

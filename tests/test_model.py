@@ -266,7 +266,7 @@ class FoldermillModel(RuleBasedStateMachine):
         # The same pipeline without the misbehaviour: what ``run FILE`` gives for the bytes.
         replay = write_config(self.staging, CONFIG.format(live="false", **params))
         cfg = load_config(replay)
-        self.graph = compile_graph(cfg.pipeline, str(self.dir))
+        self.graph = compile_graph(cfg.pipelines["default"], str(self.dir))
         self.deliveries: list[Delivery] = []
         self.daemons: list[Daemon] = []
         self.serial = 0

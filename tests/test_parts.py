@@ -102,7 +102,7 @@ def book(tmp_path: Path) -> tuple[FolderQueue, Store, Ledger, Commit, Config]:
     q = make_queue(config.watch.dir)
     store = Store(q.state_dir / "state.db")
     journal = Journal(config.watch.dir / "input.log", 1 << 20, 2, q.locks_dir / "journal.lock")
-    graph = compile_graph(config.pipeline, str(config.base_dir))
+    graph = compile_graph(config.pipelines["default"], str(config.base_dir))
     ledger = Ledger(q, store, journal, graph, "host:1", "host:1:test", False, lambda name: None)
     commit = Commit(ledger, store, q, config.workers, Stats(0.0, {}), Tally())
     return q, store, ledger, commit, config

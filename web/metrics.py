@@ -14,6 +14,8 @@ from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from workers.pipelines import split_node_key
+
 bp = Blueprint("metrics", __name__)
 
 
@@ -35,6 +37,7 @@ class FoldermillCollector:
                         s.get("attempts_failed", {}))
         yield _labelled(CounterMetricFamily, "foldermill_worker_restarts",
                         "Worker processes replaced, by cause.", "cause", s.get("restarts", {}))
+        yield from self._pipelines(s.get("pipeline_names", []), s.get("pipelines", {}))
         yield from self._nodes(s.get("nodes", {}))
         yield _labelled(GaugeMetricFamily, "foldermill_queue_files", "Files in each queue folder.", "folder",
                         s.get("folders", {}))
@@ -48,14 +51,30 @@ class FoldermillCollector:
                                     value=broker["queue_depth"])
         yield from self._histogram(s.get("histogram"))
 
+    def _pipelines(self, names: list[str], figures: dict[str, dict[str, int]]) -> Iterator[Metric]:
+        """Per pipeline: its label values are the configured names (and those a reload
+        removed while their files were counted), never a file's name."""
+        files = CounterMetricFamily("foldermill_pipeline_files", "Files finished since start, by pipeline and "
+                                    "outcome.", labels=["pipeline", "outcome"])
+        lines = CounterMetricFamily("foldermill_pipeline_lines", "Input lines (CSV: records) of processed "
+                                    "files since start, by pipeline.", labels=["pipeline"])
+        for name in dict.fromkeys([*names, *sorted(figures)]):
+            f = figures.get(name, {})
+            files.add_metric([name, "processed"], f.get("files_processed", 0))
+            files.add_metric([name, "failed"], f.get("files_failed", 0))
+            lines.add_metric([name], f.get("lines_processed", 0))
+        yield files
+        yield lines
+
     def _nodes(self, nodes: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         lines = CounterMetricFamily("foldermill_node_lines", "Lines into and out of each node.",
-                                    labels=["node", "direction"])
-        errors = CounterMetricFamily("foldermill_node_errors", "Lines a node failed on.", labels=["node"])
-        for tag, n in sorted(nodes.items()):
-            lines.add_metric([tag, "in"], n.get("lines_in", 0))
-            lines.add_metric([tag, "out"], n.get("lines_out", 0))
-            errors.add_metric([tag], n.get("errors", 0))
+                                    labels=["pipeline", "node", "direction"])
+        errors = CounterMetricFamily("foldermill_node_errors", "Lines a node failed on.", labels=["pipeline", "node"])
+        for key, n in sorted(nodes.items()):
+            pipeline, tag = split_node_key(key)
+            lines.add_metric([pipeline, tag, "in"], n.get("lines_in", 0))
+            lines.add_metric([pipeline, tag, "out"], n.get("lines_out", 0))
+            errors.add_metric([pipeline, tag], n.get("errors", 0))
         yield lines
         yield errors
 

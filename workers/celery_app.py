@@ -36,9 +36,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from workers.config import Config, load_config, max_job_seconds, parse_config, pipeline_version
-from workers.graph import Graph, compile_graph
+from workers.config import (
+    PIPELINE_TABLES,
+    Config,
+    load_config,
+    max_job_seconds,
+    parse_config,
+    pipeline_tables,
+    pipeline_version,
+)
 from workers.names import new_execution, shown
+from workers.pipelines import Pipelines, compile_pipelines
 from workers.worker import (
     P_BYTES,
     P_LINES,
@@ -98,31 +106,33 @@ _CACHE: dict[str, Any] = {}
 KEEP_PIPELINES = 4  # pipeline versions a node keeps compiled (supervisors may differ during a rollout)
 
 
-def _worker_config(pipeline: dict[str, Any] | None = None) -> tuple[Config, Graph]:
-    """The node's config and graph for a job. A job says which pipeline version it
-    needs, with that pipeline's tables: a node whose own version is older (its
+def _worker_config(pipeline: dict[str, Any] | None = None) -> tuple[Config, Pipelines]:
+    """The node's config and pipelines for a job. A job says which version of the
+    pipelines it needs, with their tables: a node whose own version is older (its
     config.toml predates the supervisor's SIGHUP) reloads it first, and keeps it."""
     if "config" not in _CACHE:
         config = load_config(os.environ.get("FOLDERMILL_CONFIG", "config.toml"))
         _CACHE["config"] = config
-        _CACHE["versions"] = {pipeline_version(config.raw): (config, compile_graph(config.pipeline,
-                                                                                  str(config.base_dir)))}
+        _CACHE["versions"] = {pipeline_version(config.raw): (config, compile_pipelines(config, str(config.base_dir)))}
     own: Config = _CACHE["config"]
-    versions: dict[str, tuple[Config, Graph]] = _CACHE["versions"]
+    versions: dict[str, tuple[Config, Pipelines]] = _CACHE["versions"]
     wanted = pipeline["version"] if pipeline else pipeline_version(own.raw)
     if wanted not in versions:
-        raw = {**own.raw, "pipeline": pipeline["pipeline"], "workers": pipeline["workers"]}  # type: ignore[index]
+        assert pipeline is not None
+        raw = {k: v for k, v in own.raw.items() if k not in PIPELINE_TABLES}
+        # A supervisor older than pipelines by name sends [pipeline] and [workers] alone.
+        raw.update(pipeline.get("tables") or {"pipeline": pipeline["pipeline"], "workers": pipeline["workers"]})
         config = parse_config(raw, own.path)
-        versions[wanted] = (config, compile_graph(config.pipeline, str(config.base_dir)))
+        versions[wanted] = (config, compile_pipelines(config, str(config.base_dir)))
         while len(versions) > KEEP_PIPELINES:
             del versions[next(iter(versions))]
-        log.info("pipeline version %s reloaded from the job (%d nodes)", wanted, len(versions[wanted][1].nodes))
+        log.info("pipelines version %s reloaded from the job (%d nodes)", wanted, versions[wanted][1].node_count())
     return versions[wanted]
 
 
-def pipeline_tables(raw: Any, version: str) -> dict[str, Any]:
-    """What a job carries of its pipeline: the version and the tables it comes from."""
-    return {"version": version, "pipeline": raw.get("pipeline", {}), "workers": raw.get("workers", {})}
+def job_tables(raw: Any, version: str) -> dict[str, Any]:
+    """What a job carries of its pipelines: the version and the tables it comes from."""
+    return {"version": version, "tables": pipeline_tables(raw)}
 
 
 def _redis(url: str) -> _Redis:
@@ -266,21 +276,21 @@ def process_job(task: Any, payload: dict[str, Any]) -> None:
 
     broken = ""
     try:
-        config, graph = _worker_config(payload.get("pipeline"))
+        config, pipelines = _worker_config(payload.get("pipeline"))
     except Exception as exc:  # a pipeline this node cannot build (a processor not deployed here...)
-        config, graph = _worker_config()  # its own, which it started with
+        config, pipelines = _worker_config()  # its own, which it started with
         version = (payload.get("pipeline") or {}).get("version", "?")
         broken = (f"the celery node {socket.gethostname()} cannot load pipeline version {version}: "
                   f"{type(exc).__name__}: {exc}")
         log.error("%s; failing the job's files (an attempt each)", broken)
     execution = new_execution()
     try:
-        _run_job(task, config, graph, _redis(config.celery.broker_url), payload, execution, broken)
+        _run_job(task, config, pipelines, _redis(config.celery.broker_url), payload, execution, broken)
     except RedisUnavailable as exc:
         raise Reject(str(exc), requeue=True) from None
 
 
-def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[str, Any], execution: str,
+def _run_job(task: Any, config: Config, pipelines: Pipelines, r: _Redis, payload: dict[str, Any], execution: str,
              broken: str = "") -> None:
     """``broken``: why this node cannot run the job's pipeline; every file then fails
     this attempt with that reason (so a bad rollout reaches failed/, never loops)."""
@@ -291,7 +301,7 @@ def _run_job(task: Any, config: Config, graph: Graph, r: _Redis, payload: dict[s
     beat.start()
     try:
         died_at = _dead_runners_position(r, job, execution)
-        results, pid, nodes = _run_items(task, config, graph, r, job, execution, payload, died_at, broken)
+        results, pid, nodes = _run_items(task, config, pipelines, r, job, execution, payload, died_at, broken)
         stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
         text = json.dumps({**asdict(JobResult(-1, pid, payload["seq"], results, stats, process_rss())),
                            "execution": execution})
@@ -328,7 +338,7 @@ def _dead_runners_position(r: _Redis, job: str, execution: str) -> int:
     return int(at) if at is not None and by is not None and by.decode() != execution else -1
 
 
-def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, execution: str,
+def _run_items(task: Any, config: Config, pipelines: Pipelines, r: _Redis, job: str, execution: str,
                payload: dict[str, Any], died_at: int,
                broken: str = "") -> tuple[list[ItemResult], int, dict[str, list[float]]]:
     host, pid = socket.gethostname(), os.getpid()
@@ -352,7 +362,7 @@ def _run_items(task: Any, config: Config, graph: Graph, r: _Redis, job: str, exe
         r.call("hset", job, mapping={"at": i, "by": execution})
         progress.push(file=shown(item.name), size=item.size, started=time.time())
         results.append(_within_timeout(config.workers.file_timeout, item, lambda it=item: run_item(
-            args, graph, config.output_dir, config.watch.dir / "underprocess", it, progress, nodes)))
+            args, pipelines, config.output_dir, config.watch.dir / "underprocess", it, progress, nodes)))
         progress.info["files_done"] += 1
     progress.push(file=None)
     return results, pid, nodes
@@ -401,4 +411,4 @@ def job_payload(job: str, reply: str, seq: int, items: tuple[JobItem, ...], trac
     ``pipeline`` the version it needs and its tables; ``dedupe`` whether to skip a
     file whose content was processed before."""
     return {"job": job, "reply": reply, "seq": seq, "trace_every": trace_every, "pipeline": pipeline,
-            "dedupe": dedupe, "items": [[i.file_id, i.name, i.final_name, i.size, i.replay] for i in items]}
+            "dedupe": dedupe, "items": [[i.file_id, i.name, i.final_name, i.size, i.replay, i.pipeline] for i in items]}

@@ -23,6 +23,7 @@ from workers.errors import InputError
 from workers.graph import Graph
 from workers.names import output_name, shown
 from workers.outputs import StagedOutputs, unique_name
+from workers.pipelines import Pipelines
 from workers.progress import Progress
 
 EXIT_OK = 0
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
     parser.add_argument("--version", action="version", version=f"foldermill {__version__}")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("check", help="validate the config and print the routing graph")
+    sub.add_parser("check", help="validate the config, print the routes and each pipeline's graph")
     status = sub.add_parser("status", help="queue counts, workers, recent failures (running or not)")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="every journal entry for one file")
     history.add_argument("name", metavar="NAME")
     history.add_argument("--json", action="store_true", help="JSON lines")
-    run = sub.add_parser("run", help="run the pipeline on files directly (no folders, no pool)")
+    run = sub.add_parser("run", help="run files through their pipelines directly (no folders, no pool)")
     run.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run.add_argument("--pipeline", metavar="NAME", help="this pipeline for every file (default: by the routes)")
     run.add_argument("--output-dir", type=Path, help="where outputs go (default: the watch dir's output/)")
     run.add_argument("--trace", action="store_true", help="print the route of sampled lines")
     return parser
@@ -92,16 +94,21 @@ def cmd_ops(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check(config: Config, graph: Graph) -> int:
+def cmd_check(config: Config, pipelines: Pipelines) -> int:
     print(f"config {config.path} is valid")
     print(f"watch dir: {config.watch.dir}")
-    print("routing graph (tag -> processor -> tags it may emit):")
-    for line in graph.describe():
-        print(f"  {line}")
+    for line in pipelines.describe():
+        print(line)
     return EXIT_OK
 
 
-def cmd_run(config: Config, graph: Graph, files: list[Path], output_dir: Path | None, trace: bool) -> int:
+def cmd_run(config: Config, pipelines: Pipelines, files: list[Path], output_dir: Path | None, trace: bool,
+            pipeline: str | None = None) -> int:
+    """Each file through the pipeline its name routes it to (or ``pipeline``)."""
+    if pipeline is not None and pipeline not in pipelines.graphs:
+        print(f"foldermill: --pipeline {pipeline}: there is no such pipeline "
+              f"(configured: {', '.join(pipelines.graphs)})", file=sys.stderr)
+        return EXIT_USAGE
     out_dir = output_dir or config.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = [_size(p) for p in files]
@@ -112,7 +119,11 @@ def cmd_run(config: Config, graph: Graph, files: list[Path], output_dir: Path | 
                    before: int = done_bytes) -> None:
             view.update(i, len(files), before + bytes_done, sum(sizes), [(shown(path.name), bytes_done, size)])
 
-        if not _run_one(graph, path, out_dir, trace, report):
+        chosen = pipeline or pipelines.route(path.name)
+        if chosen is None:
+            print(f"{shown(str(path))}: failed: {pipelines.unrouted(path.name)}", file=sys.stderr)
+            failed += 1
+        elif not _run_one(pipelines.graphs[chosen], path, out_dir, trace, report):
             failed += 1
         done_bytes += size
     view.update(len(files), len(files), done_bytes, sum(sizes), [], final=True)

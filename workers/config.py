@@ -2,8 +2,12 @@
 
 Every key has a default (see the shipped ``config.toml``); an unknown key, a wrong type
 or a bad value raises :class:`ConfigError` naming the dotted key. Paths are relative to
-the config file. The pipeline's graph (processors, their options, emitted tags) is
-checked by :func:`workers.engine.compile_graph`, which needs to import processors.
+the config file. Each pipeline's graph (processors, their options, emitted tags) is
+checked by :func:`workers.pipelines.compile_pipelines`, which needs to import processors.
+
+Pipelines: one ``[pipeline]`` (named ``default``, every file goes to it), or several
+``[pipelines.<name>]`` and ``[[routes]]`` tables that send each file to one of them by
+its name (first match wins).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from workers.errors import ConfigError
 
 ON_ERROR = ("fail_file", "skip_line")
 DECODE_ERRORS = ("strict", "replace")
+FORMATS = ("lines", "csv")
+DEFAULT_PIPELINE = "default"
+# A pipeline's name is a Prometheus label value and part of a node's key: kept plain.
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -88,19 +96,38 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    name: str = DEFAULT_PIPELINE
+    key: str = "pipeline"  # its table, for errors: "pipeline" or "pipelines.<name>"
     max_hops: int = 64
     on_error: str = "fail_file"
     encoding: str = "utf-8"
     decode_errors: str = "strict"
     max_line_bytes: int = 1_048_576
+    format: str = "lines"  # "csv": the unit is a CSV record (workers/records.py)
+    delimiter: str = ","
+    quotechar: str = '"'
+    header: bool = False
+    max_expansion: float = 200.0  # a compressed input may grow this many times (0: no limit)
+    max_decompressed_mb: float = 10240.0  # ... and to at most this much (0: no limit)
     nodes: tuple[NodeConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    match: tuple[str, ...]  # globs on the file name, its compression suffix removed
+    pipeline: str
+
+
+CATCH_ALL = (RouteConfig(("*",), DEFAULT_PIPELINE),)
 
 
 @dataclass(frozen=True)
 class Config:
     path: Path
     watch: WatchConfig
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    pipelines: Mapping[str, PipelineConfig] = field(
+        default_factory=lambda: MappingProxyType({DEFAULT_PIPELINE: PipelineConfig()}))
+    routes: tuple[RouteConfig, ...] = CATCH_ALL
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     web: WebConfig = field(default_factory=WebConfig)
     celery: CeleryConfig = field(default_factory=CeleryConfig)
@@ -137,10 +164,11 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     workers = _parse_workers(table.sub("workers"))
     web = _parse_web(table.sub("web"))
     celery = _parse_celery(table.sub("celery"))
-    pipeline = _parse_pipeline(table.sub("pipeline"))
+    pipelines, routes = _parse_pipelines(table)
     table.done()
     _check_visibility(celery, workers)
-    return Config(path=path, watch=watch, pipeline=pipeline, workers=workers, web=web, celery=celery, raw=data)
+    return Config(path=path, watch=watch, pipelines=pipelines, routes=routes, workers=workers, web=web,
+                  celery=celery, raw=data)
 
 
 def _parse_watch(t: _Table, base: Path) -> WatchConfig:
@@ -203,7 +231,7 @@ JOB_SLACK_S = 30.0  # a job's start-up and result push, on top of its files' tim
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
-    """What a SIGHUP applies: the new ``[pipeline]`` and ``[workers]`` limits, on the
+    """What a SIGHUP applies: the new pipelines, routes and ``[workers]`` limits, on the
     running ``[watch]``, ``[web]``, ``[celery]``, ``backend`` and ``count`` (those need
     a restart: their names are returned, to be logged)."""
     kept = [key for key, old, now in (("watch", running.watch, new.watch), ("web", running.web, new.web),
@@ -219,15 +247,22 @@ def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
             raw.pop(k, None)
     raw.setdefault("workers", {})
     raw["workers"] = {**raw["workers"], "backend": workers.backend, "count": workers.count}
-    return dataclasses.replace(running, pipeline=new.pipeline, workers=workers, raw=raw), kept
+    return dataclasses.replace(running, pipelines=new.pipelines, routes=new.routes, workers=workers, raw=raw), kept
+
+
+PIPELINE_TABLES = ("pipeline", "pipelines", "routes", "workers")
+
+
+def pipeline_tables(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The tables a job is processed with: the pipelines, the routes, ``[workers]``."""
+    return {k: raw[k] for k in PIPELINE_TABLES if k in raw}
 
 
 def pipeline_version(raw: Mapping[str, Any]) -> str:
-    """A short digest of what a job is processed with: the ``[pipeline]`` and
-    ``[workers]`` tables. The supervisor stamps it on every job; a Celery node whose
-    own version differs takes the job's tables (``workers/celery_app.py``)."""
-    text = json.dumps({"pipeline": raw.get("pipeline", {}), "workers": raw.get("workers", {})},
-                      sort_keys=True, default=str)
+    """A short digest of what a job is processed with (``pipeline_tables``). The
+    supervisor stamps it on every job; a Celery node whose own version differs takes
+    the job's tables (``workers/celery_app.py``)."""
+    text = json.dumps(pipeline_tables(raw), sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -268,16 +303,78 @@ def _parse_celery(t: _Table) -> CeleryConfig:
     return cfg
 
 
-def _parse_pipeline(t: _Table) -> PipelineConfig:
+def _parse_pipelines(table: _Table) -> tuple[Mapping[str, PipelineConfig], tuple[RouteConfig, ...]]:
+    """``[pipeline]`` (one, named default, catch-all) or ``[pipelines.<name>]`` with
+    ``[[routes]]``; each pipeline's settings are its own."""
+    if "pipeline" in table.data and "pipelines" in table.data:
+        raise ConfigError("pipelines", "use either [pipeline] (one pipeline for every file) or "
+                          "[pipelines.<name>] with [[routes]] (several), not both")
+    if "pipelines" in table.data:
+        many = table.sub("pipelines")
+        if not many.data:
+            raise ConfigError("pipelines", "must hold at least one [pipelines.<name>] table")
+        pipelines = {}
+        for name in list(many.data):
+            if not PIPELINE_NAME.fullmatch(name):
+                raise ConfigError(f"pipelines.{json.dumps(name)}", "a pipeline's name must be 1 to 64 of "
+                                  "A-Z a-z 0-9 _ - (it is a Prometheus label), not starting with '-'")
+            pipelines[name] = _parse_pipeline(many.sub(name), name)
+        many.done()
+    else:
+        pipelines = {DEFAULT_PIPELINE: _parse_pipeline(table.sub("pipeline"), DEFAULT_PIPELINE, "pipeline")}
+    routes = _parse_routes(table, pipelines)
+    return MappingProxyType(pipelines), routes
+
+
+def _parse_routes(table: _Table, pipelines: Mapping[str, PipelineConfig]) -> tuple[RouteConfig, ...]:
+    table.seen.add("routes")
+    raw = table.data.get("routes")
+    if raw is None:
+        if len(pipelines) > 1:
+            raise ConfigError("routes", f"{len(pipelines)} pipelines ({', '.join(pipelines)}) need [[routes]] "
+                              'tables saying which files go to which: match = ["*.csv"], pipeline = "..."')
+        return (RouteConfig(("*",), next(iter(pipelines))),)
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("routes", "must be one or more [[routes]] tables (an array of tables)")
+    routes = []
+    for i, entry in enumerate(raw, 1):
+        t = _Table(entry, f"routes[{i}]")
+        match = tuple(t.get("match", list, None, check=_patterns))
+        if not match:
+            raise ConfigError(f"routes[{i}].match", "must list at least one glob")
+        pipeline = t.get("pipeline", str, None, check=_non_empty)
+        if pipeline not in pipelines:
+            raise ConfigError(f"routes[{i}].pipeline", f"there is no pipeline {pipeline!r} "
+                              f"(configured: {', '.join(pipelines)})")
+        t.done()
+        routes.append(RouteConfig(match, pipeline))
+    return tuple(routes)
+
+
+def _parse_pipeline(t: _Table, name: str, key: str = "") -> PipelineConfig:
     d = PipelineConfig()
+    fmt = t.get("format", str, d.format, check=_one_of(FORMATS))
+    csv_only = {k: t.data[k] for k in ("delimiter", "quotechar", "header") if k in t.data}
+    if fmt != "csv" and csv_only:
+        raise ConfigError(t._dotted(next(iter(csv_only))), 'only applies to format = "csv"')
     cfg = PipelineConfig(
+        name=name,
+        key=key or t.key,
         max_hops=t.get("max_hops", int, d.max_hops, check=_at_least(1)),
         on_error=t.get("on_error", str, d.on_error, check=_one_of(ON_ERROR)),
         encoding=t.get("encoding", str, d.encoding, check=_ascii_compatible),
         decode_errors=t.get("decode_errors", str, d.decode_errors, check=_one_of(DECODE_ERRORS)),
         max_line_bytes=t.get("max_line_bytes", int, d.max_line_bytes, check=_at_least(16)),
+        format=fmt,
+        delimiter=t.get("delimiter", str, d.delimiter, check=_csv_char),
+        quotechar=t.get("quotechar", str, d.quotechar, check=_csv_char),
+        header=t.get("header", bool, d.header),
+        max_expansion=t.get("max_expansion", float, d.max_expansion, check=_at_least(0)),
+        max_decompressed_mb=t.get("max_decompressed_mb", float, d.max_decompressed_mb, check=_at_least(0)),
         nodes=_parse_nodes(t.sub("nodes")),
     )
+    if cfg.delimiter == cfg.quotechar:
+        raise ConfigError(t._dotted("quotechar"), f"must differ from delimiter, got {cfg.quotechar!r} for both")
     t.done()
     return cfg
 
@@ -293,7 +390,7 @@ def _parse_nodes(t: _Table) -> tuple[NodeConfig, ...]:
         nodes.append(NodeConfig(tag, processor, MappingProxyType(options)))
         t.seen.add(tag)
     if not any(n.tag == "start" for n in nodes):
-        raise ConfigError(t.key, "there is no [pipeline.nodes.start]: every line enters with tag 'start'")
+        raise ConfigError(t.key, f"there is no [{t.key}.start]: every line enters with tag 'start'")
     return tuple(nodes)
 
 
@@ -380,6 +477,12 @@ def _idna_ok(host: str) -> bool:
     except UnicodeError:
         return False
     return True
+
+
+def _csv_char(value: str) -> str:
+    if len(value) != 1 or value in "\r\n":
+        return "must be one character, not a line end"
+    return ""
 
 
 def _non_empty(value: str) -> str:

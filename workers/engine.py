@@ -1,9 +1,11 @@
 """The tag-routing engine: one file's lines through the graph, in batches.
 
 Pure: no processes, no queue folders. The caller hands in an open binary source and an
-:class:`OutputSink`; the engine reads the source in chunks, splits it into batches of
-lines and, for each batch, runs the nodes until no line is pending, then writes the
-lines that reached ``end``.
+:class:`OutputSink`; the engine reads the source in chunks (decompressed first if its
+magic bytes say gzip, bzip2, xz or zstd: ``workers/compressed.py``), splits it into
+batches of lines, or of CSV records in a ``format = "csv"`` pipeline
+(``workers/records.py``), and, for each batch, runs the nodes until no unit is pending,
+then writes the units that reached ``end``. Below, "line" means the pipeline's unit.
 
 Order (README, "Order of output lines"). Each copy of a line carries a key: its input
 line number, extended by the copy's position among its siblings whenever a node
@@ -32,6 +34,7 @@ own per-line work, so the usual calls take shortcuts that give the same keys:
 from __future__ import annotations
 
 import codecs
+import csv
 import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,8 +43,10 @@ from itertools import chain
 from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
+from workers.compressed import Limits, open_input
 from workers.errors import InputError, ProcessingError
 from workers.graph import END, START, Graph
+from workers.records import RecordError, RecordFormat
 
 # 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
 # under glibc's default malloc thresholds, so every batch would page-fault its memory
@@ -64,6 +69,7 @@ class OutputSink:
         self.name = name
         self.main = main
         self._side = side
+        self.headed: set[str] = set()  # CSV: the side outputs whose header line is written
 
     def side_output(self, suffix: str) -> IO[str]:
         return self._side(suffix)
@@ -243,6 +249,13 @@ class _FileRun:
         self.trace_every = trace_every
         self.alone = len(graph.nodes) == 1 and not self.skip and not trace_every
         self.traced: dict[int, list[str]] = {}
+        # Record mode: the first physical line of each record of the current batch
+        # (None: record i is line base + i + 1), and the header each output gets.
+        self.first_lines: Sequence[int] | None = None
+        self.fmt: RecordFormat | None = None
+        self.records_started = False
+        self.end_header: str | None = None  # the main output's header line ...
+        self.header_due = False  # ... owed to it, before its first record
         for node in self.nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
@@ -252,12 +265,87 @@ class _FileRun:
 
     def run(self, source: BinaryIO, progress: Progress | None) -> FileResult:
         result = self.result
-        for lines in _read_batches(source, self.name, self.settings, result):
-            self._run_batch(lines)
-            if progress is not None:
-                progress(result.bytes_in, result.lines_in)
+        s = self.settings
+        reader = open_input(source, self.name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
+        if s.format == "csv":
+            self.fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
+            records = _Records(reader, self.name, s, result, self.fmt)
+            for texts, first_lines in records:
+                if not self.records_started:  # the header (if any) is read before the first record
+                    self._start_records(records.columns)
+                self.first_lines = first_lines
+                self._run_batch(texts)
+                if progress is not None:
+                    progress(result.bytes_in, result.lines_in)
+            if not self.records_started:
+                self._start_records(records.columns)  # no record: the hooks run all the same
+            self.first_lines = None
+        else:
+            for lines in _read_batches(reader, self.name, s, result):
+                self._run_batch(lines)
+                if progress is not None:
+                    progress(result.bytes_in, result.lines_in)
         self._finish()
         return result
+
+    def _start_records(self, columns: list[str] | None) -> None:
+        """Before the first record: each node's ``records(fmt, columns)`` hook, in rank
+        order, with the columns of the records it receives (the file's header, as the
+        nodes before it changed it); what it returns is what the nodes it emits to
+        receive (a node that declares no tags may send to any). An output gets the
+        header of the records sent to it; records of different columns sent to one
+        output fail the file, as no header line would be true of them all."""
+        fmt = self.fmt
+        assert fmt is not None
+        incoming: dict[str, Any] = {START: columns}
+        sources: dict[str, list[tuple[str, Any]]] = {}  # tag or end -> (sending node, columns)
+        everywhere = [*self.graph.nodes, END]
+        # Breadth first from start, so that a node's columns come from a node that sends
+        # to it (declared or not); nodes nothing reaches get the file's header.
+        order, seen = [START], {START}
+        for tag in order:
+            spec = self.graph.nodes[tag]
+            for nxt in spec.emits if spec.emits is not None else everywhere:
+                if nxt not in seen and nxt in self.graph.nodes:
+                    seen.add(nxt)
+                    order.append(nxt)
+        order += [t for t in self.order if t not in seen]
+        for tag in order:
+            node, spec = self.nodes[tag], self.graph.nodes[tag]
+            cols = incoming.get(tag, columns)
+            hook = getattr(node.instance, "records", None)
+            out = cols
+            if callable(hook):
+                try:
+                    out = hook(fmt, cols)
+                except RecordError as exc:
+                    raise InputError(self.name, 1 if fmt.header else None, str(exc), tag) from None
+                except Exception as exc:
+                    what = f"records() of {spec.processor} raised {type(exc).__name__}: {exc}"
+                    raise ProcessingError(self.name, None, what, tag) from exc
+            for nxt in spec.emits if spec.emits is not None else everywhere:
+                sent = out.get(nxt) if isinstance(out, dict) else out
+                incoming.setdefault(nxt, sent)
+                sources.setdefault(nxt, []).append((tag, sent))
+        self.end_header = self._one_header(sources.get(END, []), "output/<name>")
+        sinks: dict[str, list[tuple[str, Any]]] = {}
+        for tag, spec in self.graph.nodes.items():
+            if spec.builtin and spec.processor == "write":
+                sinks.setdefault(str(spec.options["output"]), []).append((tag, incoming.get(tag, columns)))
+        for suffix, senders in sinks.items():
+            self._one_header(senders, f"output/<name>.{suffix}")
+        self.header_due = self.end_header is not None
+        self.records_started = True
+
+    def _one_header(self, senders: list[tuple[str, Any]], where: str) -> str | None:
+        assert self.fmt is not None
+        shapes = {tuple(cols): tag for tag, cols in senders if cols is not None}
+        if len(shapes) > 1:
+            (a, first), (b, second) = list(shapes.items())[:2]
+            raise InputError(self.name, 1, f"records of different columns go to {where}: node {first!r} sends "
+                             f"({', '.join(a)}), node {second!r} ({', '.join(b)}); no one header line fits "
+                             "them: send them to outputs of their own", second)
+        return self.fmt.join(next(iter(shapes))) if shapes else None
 
     def _run_batch(self, lines: list[str]) -> None:
         # Keys are local to the batch (0..n-1): a fast path's positions are then the
@@ -326,12 +414,14 @@ class _FileRun:
             if not self.skip:
                 self._fail(node, keys[0], exc)
             # Built-in fast paths are stateless or count once per line: retrying one
-            # line at a time isolates the failing ones.
+            # line at a time isolates the failing ones; the others go on as routed.
             for i, line in enumerate(lines):
                 try:
-                    batch([line])
+                    routes = batch([line])
                 except Exception as line_exc:
                     self._fail(node, keys[i], line_exc)
+                    continue
+                self._emit_routes(node, [keys[i]], [line], hops if type(hops) is int else [hops[i]], routes)
             return
         self._emit_routes(node, keys, lines, hops, routes)
 
@@ -554,8 +644,10 @@ class _FileRun:
 
     def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
         """One line failed at a node: fail the file, or report and drop it (skip_line)."""
-        origin = self.base + (key[0] if type(key) is tuple else key)
-        line_no = origin + 1 if origin < self.input_lines else None
+        at = key[0] if type(key) is tuple else key
+        origin = self.base + at
+        line_no = (origin + 1 if self.first_lines is None else self.first_lines[at]) \
+            if origin < self.input_lines else None
         if exc is not None:
             detail = f"{type(exc).__name__}: {exc}"
             what = f"{what or 'processor'} {self.graph.nodes[node.tag].processor} raised {detail}"
@@ -576,6 +668,9 @@ class _FileRun:
         self.result.lines_out += self.end_lines
         self.end_lines = 0
         out = self.sink.main
+        if self.header_due:
+            self.header_due = False
+            out.write(f"{self.end_header}\n")
         if first:
             out.write("\n".join(first))
             out.write("\n")
@@ -594,7 +689,9 @@ class _FileRun:
     def _collect_routes(self) -> None:
         """Keep the routes of the most recent sampled lines (bounded)."""
         routes = self.result.routes
-        routes.extend((self.base + i + 1, route) for i, route in sorted(self.traced.items()))
+        first = self.first_lines
+        routes.extend((self.base + i + 1 if first is None else first[i], route)
+                      for i, route in sorted(self.traced.items()))
         del routes[:-MAX_TRACED_ROUTES]
         self.traced = {}
 
@@ -661,8 +758,10 @@ def _merge(segs: list[Segment]) -> Segment:
     return [keys[i] for i in order], [lines[i] for i in order], [hops[i] for i in order]
 
 
-def _read_batches(source: BinaryIO, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:
-    """Yield lists of lines (newline stripped), one per chunk read; never an unbounded read.
+def _read_batches(source: Any, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:
+    """Yield lists of lines (newline stripped), one per chunk read from ``source`` (an
+    ``open_input`` reader: ``result.bytes_in`` follows its compressed bytes); never an
+    unbounded read.
 
     Checks per chunk, in C: NUL bytes (a binary file), a line longer than
     ``max_line_bytes``, bytes that do not decode.
@@ -672,11 +771,12 @@ def _read_batches(source: BinaryIO, name: str, settings: Any, result: FileResult
     errors = settings.decode_errors
     carry = b""
     line_base = 0
+    read = source.read
     while True:
-        chunk = source.read(CHUNK_BYTES)
+        chunk = read(CHUNK_BYTES)
         if not chunk:
             break
-        result.bytes_in += len(chunk)
+        result.bytes_in = source.consumed
         if b"\x00" in chunk:
             at = line_base + (carry + chunk[: chunk.index(b"\x00")]).count(b"\n") + 1
             raise InputError(name, at, "binary file: NUL byte (only text files can be processed)")
@@ -724,3 +824,109 @@ def _decode(decode: Any, data: bytes, errors: str, name: str, line_base: int) ->
     lines = text.split("\n")
     lines.pop()  # data ends with a newline: the last piece is empty
     return lines
+
+
+class _Records:
+    """A CSV file's records, in batches: ``(texts, first lines)`` per chunk read.
+
+    A record's text is its physical lines joined with ``\n``. The csv module decides
+    where a record ends; a batch in which no quote character occurs needs no parsing
+    (each non-blank line is a record), so only batches with quotes pay for it. A
+    record still open at a batch's end (a quoted newline) is carried into the next
+    batch and parsed again with it, bounded by ``max_line_bytes``. Blank lines between
+    records are skipped. With ``header``, the first record is the header: its fields
+    are ``columns`` (until the engine takes them) and it is no unit.
+    """
+
+    def __init__(self, reader: Any, name: str, settings: Any, result: FileResult, fmt: RecordFormat) -> None:
+        self.reader = reader
+        self.name = name
+        self.settings = settings
+        self.result = result
+        self.fmt = fmt
+        self.columns: list[str] | None = None
+        self.want_header = fmt.header
+        csv.field_size_limit(max(settings.max_line_bytes, 1024))  # per process: a worker runs one file at a time
+
+    def __iter__(self) -> Iterator[tuple[list[str], Sequence[int]]]:
+        quote = self.fmt.quotechar
+        limit = self.settings.max_line_bytes
+        carry: list[str] = []  # the lines of a record still open
+        base = 0  # physical lines before this batch's first (the carry's included)
+        first = True
+        for lines in _read_batches(self.reader, self.name, self.settings, self.result):
+            if first:
+                first = False
+                if lines and lines[0].startswith("\ufeff"):
+                    lines[0] = lines[0][1:]  # a byte-order mark is no part of the first field
+            if carry:
+                base -= len(carry)
+                lines = carry + lines
+                carry = []
+            firsts: Sequence[int]
+            joined = "\n".join(lines)
+            if quote in joined or "\r" in joined:  # a lone CR: the csv module says what it makes of it
+                texts, firsts, carry = self._parse(lines, base)
+                if sum(map(len, carry)) > limit:
+                    raise InputError(self.name, base + len(lines) - len(carry) + 1,
+                                     f"record longer than max_line_bytes ({limit} bytes): a quoted field "
+                                     "that is never closed?")
+            elif "" in lines:
+                firsts = [base + i + 1 for i, line in enumerate(lines) if line]
+                texts = [line for line in lines if line]
+            else:
+                texts, firsts = lines, range(base + 1, base + 1 + len(lines))
+            base += len(lines)
+            if self.want_header and texts:
+                self.want_header = False
+                self.columns = self.fmt.parse(texts[:1])[0]
+                texts, firsts = texts[1:], firsts[1:]
+            if texts:
+                yield texts, firsts
+        if carry:
+            raise InputError(self.name, base - len(carry) + 1,
+                             "not valid CSV: the file ends inside a quoted field")
+        if self.want_header:
+            self.columns = None  # an empty file: no header, no record
+
+    def _parse(self, lines: list[str], base: int) -> tuple[list[str], list[int], list[str]]:
+        """Records of ``lines`` by the csv module; the lines of the last one if it is
+        not closed within them."""
+        texts: list[str] = []
+        firsts: list[int] = []
+        taken = [0]
+        ended = [False]
+
+        def feed() -> Iterator[str]:
+            for line in lines:
+                taken[0] += 1
+                yield line + "\n"
+            ended[0] = True
+
+        rows = self.fmt.reader(feed(), strict=True)
+        limit = self.settings.max_line_bytes
+        start = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return texts, firsts, []
+            except csv.Error as exc:
+                if ended[0]:  # the batch ends inside this record: it continues in the next
+                    return texts, firsts, lines[start:]
+                if "field limit" in str(exc):  # csv.field_size_limit is max_line_bytes
+                    raise InputError(self.name, base + start + 1, f"record longer than max_line_bytes "
+                                     f"({self.settings.max_line_bytes} bytes)") from None
+                raise InputError(self.name, base + start + 1, f"not valid CSV: {exc}") from None
+            end = taken[0]
+            if row:
+                if end == start + 1:
+                    texts.append(lines[start])  # its length was checked with its line
+                else:
+                    text = "\n".join(lines[start:end])
+                    if len(text) > limit and len(text.encode(self.settings.encoding, "replace")) > limit:
+                        raise InputError(self.name, base + start + 1,
+                                         f"record longer than max_line_bytes ({limit} bytes)")
+                    texts.append(text)
+                firsts.append(base + start + 1)
+            start = end

@@ -1,7 +1,8 @@
 """The routing graph: resolve each node's processor, check its options and tags.
 
-``compile_graph`` turns ``[pipeline]`` into a :class:`Graph` once, at start-up. Every
-problem is a ConfigError naming the node and the key. A worker then calls
+``compile_graph`` turns one pipeline's table into a :class:`Graph` once, at start-up
+(``workers/pipelines.py`` does it for each configured pipeline). Every problem is a
+ConfigError naming the node and the key. A worker then calls
 ``graph.instantiate()`` once per file to get fresh processor instances.
 """
 
@@ -86,20 +87,23 @@ def compile_graph(pipeline: PipelineConfig, import_dir: str | None = None) -> Gr
     """Resolve and validate every node; ``import_dir`` goes on sys.path for user modules."""
     if import_dir and import_dir not in sys.path:
         sys.path.insert(0, import_dir)
-    nodes = {node.tag: _compile_node(node) for node in pipeline.nodes}
+    nodes = {node.tag: _compile_node(node, pipeline) for node in pipeline.nodes}
     for spec in nodes.values():
         for tag, key in (spec.emits or {}).items():
             if tag != END and tag not in nodes:
                 raise ConfigError(
-                    f"pipeline.nodes.{spec.tag}.{key}",
-                    f"emits tag {tag!r}, but there is no [pipeline.nodes.{tag}] (and it is not 'end')",
+                    f"{pipeline.key}.nodes.{spec.tag}.{key}",
+                    f"emits tag {tag!r}, but there is no [{pipeline.key}.nodes.{tag}] (and it is not 'end')",
                 )
     return Graph(pipeline, nodes, _rank(nodes))
 
 
-def _compile_node(node: NodeConfig) -> NodeSpec:
-    where = f"pipeline.nodes.{node.tag}"
+def _compile_node(node: NodeConfig, pipeline: PipelineConfig) -> NodeSpec:
+    where = f"{pipeline.key}.nodes.{node.tag}"
     factory, builtin = _resolve(node.processor, f"{where}.processor")
+    if getattr(factory, "records_only", False) and pipeline.format != "csv":
+        raise ConfigError(f"{where}.processor", f"{node.processor} works on CSV records: set "
+                          f'[{pipeline.key}] format = "csv"')
     is_class = inspect.isclass(factory)
     options = dict(node.options)
     if not is_class and options:
@@ -115,6 +119,10 @@ def _compile_node(node: NodeConfig) -> NodeSpec:
         raise ConfigError(where, f"{node.processor} failed to start: {type(exc).__name__}: {exc}") from None
     if _process_method(instance) is None:
         raise ConfigError(f"{where}.processor", f"{node.processor} has no process(lines) method and is not callable")
+    names = instance.column_names() if callable(getattr(instance, "column_names", None)) else []
+    if names and not pipeline.header:
+        raise ConfigError(f"{pipeline.key}.header", f"node {node.tag!r} ({node.processor}) names columns "
+                          f"({', '.join(map(repr, names))}): that needs header = true, or give their 0-based indexes")
     emits = _declared_emits(instance, where)
     return NodeSpec(node.tag, node.processor, factory, is_class, options, emits, builtin)
 

@@ -22,9 +22,9 @@ from workers.celery_app import (
     TASK_NAME,
     job_key,
     job_payload,
+    job_tables,
     lease_key,
     make_app,
-    pipeline_tables,
     result_from_json,
 )
 from workers.config import Config, max_job_seconds
@@ -93,7 +93,7 @@ class CeleryBackend:
         job_id = self.job_id(job.seq)
         config = self.config
         payload = job_payload(job_id, self.reply, job.seq, job.items, self.trace_every,
-                              pipeline_tables(config.raw, self.pipeline), config.watch.dedupe == "content")
+                              job_tables(config.raw, self.pipeline), config.watch.dedupe == "content")
         try:
             self.redis.hset(job_key(job_id), "sent", time.time())
             self.redis.expire(job_key(job_id), 24 * 3600)

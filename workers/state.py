@@ -30,7 +30,8 @@ class Stats:
         self.totals: Counter[str] = Counter()
         self.attempts_failed: Counter[str] = Counter()  # by reason class
         self.restarts: Counter[str] = Counter()  # by cause
-        self.nodes: dict[str, list[float]] = {}  # tag -> [in, out, errors, seconds]
+        self.nodes: dict[str, list[float]] = {}  # "pipeline/tag" -> [in, out, errors, seconds]
+        self.pipelines: dict[str, Counter[str]] = {}  # name -> files_processed, files_failed, lines_processed
         self.buckets = [0] * (len(HISTOGRAM_BUCKETS) + 1)
         self.seconds_sum = 0.0
         self.per_second: deque[list[float]] = deque()  # [second, files, lines]
@@ -38,7 +39,11 @@ class Stats:
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.routes: deque[dict[str, Any]] = deque(maxlen=RECENT_ROUTES)
 
-    def processed(self, name: str, lines: int, seconds: float, worker: int, now: float) -> None:
+    def processed(self, name: str, lines: int, seconds: float, worker: int, now: float, pipeline: str = "") -> None:
+        if pipeline:
+            per = self.pipelines.setdefault(pipeline, Counter())
+            per["files_processed"] += 1
+            per["lines_processed"] += lines
         self.totals["files_processed"] += 1
         self.totals["lines_processed"] += lines
         self.db_totals["files_processed"] += 1
@@ -46,20 +51,23 @@ class Stats:
         self._observe(seconds)
         self._tick(now, 1, lines)
         self.recent_files.appendleft({"time": now, "file": name, "lines": lines, "seconds": round(seconds, 6),
-                                      "outcome": "processed", "worker": worker})
+                                      "outcome": "processed", "worker": worker, "pipeline": pipeline})
 
     def attempt_failed(self, name: str, attempt: int, reason: str, cause: str, final: bool, worker: int,
-                       node: str = "", line: int | None = None, now: float | None = None) -> None:
+                       node: str = "", line: int | None = None, now: float | None = None,
+                       pipeline: str = "") -> None:
         now = time.time() if now is None else now
+        if final and pipeline:
+            self.pipelines.setdefault(pipeline, Counter())["files_failed"] += 1
         self.attempts_failed[cause] += 1
         key = "files_failed" if final else "files_retried"
         self.totals[key] += 1
         self.db_totals[key] += 1
         self.recent_errors.appendleft({"time": now, "file": name, "attempt": attempt, "node": node,
-                                       "line": line, "message": reason, "cause": cause})
+                                       "line": line, "message": reason, "cause": cause, "pipeline": pipeline})
         if final:
             self.recent_files.appendleft({"time": now, "file": name, "lines": 0, "seconds": 0.0,
-                                          "outcome": "failed", "worker": worker})
+                                          "outcome": "failed", "worker": worker, "pipeline": pipeline})
 
     def merge_nodes(self, nodes: dict[str, tuple[int, int, int, float]]) -> None:
         for tag, (n_in, n_out, errors, seconds) in nodes.items():
@@ -112,6 +120,7 @@ class Stats:
             "nodes": {tag: {"lines_in": int(v[0]), "lines_out": int(v[1]), "errors": int(v[2]),
                             "seconds": v[3], "mean_us_per_line": (v[3] / v[0] * 1e6) if v[0] else 0.0}
                       for tag, v in self.nodes.items()},
+            "pipelines": {name: dict(c) for name, c in self.pipelines.items()},
             "histogram": {"buckets": list(HISTOGRAM_BUCKETS), "counts": list(self.buckets),
                           "sum": self.seconds_sum},
             "recent_files": list(self.recent_files),

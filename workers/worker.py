@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.config import parse_config
+from workers.config import DEFAULT_PIPELINE, parse_config
 from workers.engine import run_file
 from workers.errors import InputError, ProcessingError
-from workers.graph import Graph, compile_graph
 from workers.lifecycle import die_with_parent
 from workers.names import shown
 from workers.outputs import StagedOutputs
+from workers.pipelines import Pipelines, compile_pipelines, node_key
 from workers.queue import open_claimed
 
 # Shared-memory progress slot layout (doubles), one slot per worker.
@@ -47,13 +47,14 @@ class JobItem:
     final_name: str
     size: int
     replay: bool = False  # processed again on purpose: never a duplicate of itself
+    pipeline: str = ""  # the pipeline's name (the supervisor routed the file by its name)
 
 
 @dataclass(frozen=True)
 class Job:
     seq: int
     items: tuple[JobItem, ...]
-    pipeline: str = ""  # the pipeline version it needs (workers/config.py pipeline_version)
+    pipeline: str = ""  # the pipelines' version it needs (workers/config.py pipeline_version)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class JobResult:
     pid: int
     seq: int
     items: list[ItemResult]
-    nodes: dict[str, tuple[int, int, int, float]]  # tag -> (in, out, errors, seconds)
+    nodes: dict[str, tuple[int, int, int, float]]  # "pipeline/tag" -> (in, out, errors, seconds)
     rss_bytes: int
 
 
@@ -103,7 +104,7 @@ def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> Non
     die_with_parent(args.parent_pid, f"fm-worker-{args.slot}")
     stopping = _install_signals()
     config = parse_config(args.config_data, Path(args.config_path))
-    graph = compile_graph(config.pipeline, str(config.base_dir))
+    pipelines = compile_pipelines(config, str(config.base_dir))
     base = args.slot * SLOT_SIZE
     progress[base + P_PID] = os.getpid()
     done = 0
@@ -117,7 +118,7 @@ def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> Non
             return  # the manager is gone: the supervisor is stopping or dead
         if job is None:
             return
-        result = _run_job(args, graph, config.output_dir, config.watch.dir / "underprocess", job, progress)
+        result = _run_job(args, pipelines, config.output_dir, config.watch.dir / "underprocess", job, progress)
         results.put(result)
         progress[base + P_SENT] = job.seq
         done += len(job.items)
@@ -125,7 +126,7 @@ def worker_main(args: WorkerArgs, jobs: Any, results: Any, progress: Any) -> Non
             return
 
 
-def _run_job(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, job: Job, progress: Any) -> JobResult:
+def _run_job(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path, job: Job, progress: Any) -> JobResult:
     base = args.slot * SLOT_SIZE
     progress[base + P_JOB] = job.seq
     nodes: dict[str, list[float]] = {}
@@ -134,16 +135,22 @@ def _run_job(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, job: J
         progress[base + P_ITEM] = i
         progress[base + P_STARTED] = time.monotonic()  # system-wide on Linux: the supervisor compares it
         progress[base + P_LINES] = progress[base + P_BYTES] = 0
-        items.append(run_item(args, graph, out_dir, in_dir, item, progress, nodes))
+        items.append(run_item(args, pipelines, out_dir, in_dir, item, progress, nodes))
     progress[base + P_ITEM] = -1
     stats = {tag: (int(v[0]), int(v[1]), int(v[2]), v[3]) for tag, v in nodes.items()}
     return JobResult(args.slot, os.getpid(), job.seq, items, stats, process_rss())
 
 
-def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: JobItem, progress: Any,
-              nodes: dict[str, list[float]]) -> ItemResult:
+def run_item(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path, item: JobItem, progress: Any,
+             nodes: dict[str, list[float]]) -> ItemResult:
     """One file, in one try/except: a bad file never stops the worker."""
     base = args.slot * SLOT_SIZE
+    # A job from a supervisor older than pipelines by name carries none: route it here.
+    pipeline = item.pipeline or pipelines.route(item.name) or ""
+    graph = pipelines.graphs.get(pipeline)
+    if graph is None:  # not reached: a job and its node share the pipelines' version
+        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: this worker has no pipeline "
+                          f"{item.pipeline!r} (it has {', '.join(pipelines.graphs)})")
 
     def report(bytes_done: int, lines_done: int) -> None:
         progress[base + P_BYTES] = bytes_done
@@ -154,7 +161,7 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
     digest = ""
     if args.dedupe_db and not item.replay:
         try:
-            digest = file_digest(in_dir / item.name)
+            digest = file_digest(in_dir / item.name, pipeline)
         except OSError:
             digest = ""  # the engine's own open reports the problem below
         earlier = digest and processed_digest(args.dedupe_db, digest)
@@ -190,7 +197,7 @@ def run_item(args: WorkerArgs, graph: Graph, out_dir: Path, in_dir: Path, item: 
         return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {type(exc).__name__}: {exc}",
                           seconds=time.monotonic() - started)
     for tag, s in result.nodes.items():
-        acc = nodes.setdefault(tag, [0, 0, 0, 0.0])
+        acc = nodes.setdefault(node_key(pipeline, tag), [0, 0, 0, 0.0])
         acc[0] += s.lines_in
         acc[1] += s.lines_out
         acc[2] += s.errors
@@ -205,9 +212,13 @@ def _abort(staged: StagedOutputs | None) -> None:
         staged.abort()
 
 
-def file_digest(path: Path) -> str:
-    """A content hash (BLAKE2b, 128 bits) read through a claimed file's descriptor."""
+def file_digest(path: Path, pipeline: str = DEFAULT_PIPELINE) -> str:
+    """A content hash (BLAKE2b, 128 bits) read through a claimed file's descriptor. The
+    same bytes through another pipeline are other work: its name is hashed first (but
+    for ``default``'s, whose digests predate pipelines by name)."""
     h = hashlib.blake2b(digest_size=16)
+    if pipeline != DEFAULT_PIPELINE:
+        h.update(f"pipeline {pipeline}\0".encode())
     with os.fdopen(open_claimed(path), "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)

@@ -12,7 +12,14 @@ the same file and writes the same bytes (checked once before timing), with the r
 4. ``user graph``: small user generators with fan-out (a node emitting two copies),
    fan-in (four nodes into ``end``), a cycle (a node sending a line back to itself until
    it is short enough) and a ``finish()`` summary, against a loop doing the same
-   transformations inline (target >= 0.5).
+   transformations inline (target >= 0.5);
+5. ``gzip``: case 3's pipeline on the input gzipped (level 6) against the same file
+   plain, both through the engine: the decompression's cost, in the same run;
+6. ``zstd``: the same with zstd (level 3);
+7. ``csv_validate``: a CSV batch (a header, 6 columns, 1 record in 100 invalid, a few
+   quoted fields with commas or newlines) through ``csv_validate`` (valid records to the
+   output, invalid ones with their reasons to a side output), against a hand-written
+   ``csv.reader`` loop doing the same checks and writing the same bytes.
 
 Runs alternate between the contenders and the medians are reported, since the machine
 is shared and noisy; times are CPU seconds of the process (both contenders are
@@ -22,6 +29,8 @@ single-threaded, and CPU time is less disturbed by other load than wall time).
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import random
 import re
 import statistics
@@ -33,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+import zstandard  # noqa: E402
 
 from workers.config import load_config, parse_config  # noqa: E402
 from workers.engine import run_file  # noqa: E402
@@ -218,21 +229,122 @@ def timed(fn, *args) -> float:
 
 
 def compile_toml(text: str):
-    return compile_graph(parse_config(tomllib.loads(text), ROOT / "x.toml").pipeline, str(ROOT))
+    return compile_graph(parse_config(tomllib.loads(text), ROOT / "x.toml").pipelines["default"], str(ROOT))
 
 
-def check_same(tmp: Path, src: Path, graph, loop) -> None:
-    """Both contenders must write the same main output, byte for byte."""
+def check_same(tmp: Path, src: Path, graph, loop, sides: tuple[str, ...] = ()) -> None:
+    """Both contenders must write the same main output (and side outputs), byte for byte."""
     a, b = tmp / f"check-{loop.__name__}-engine", tmp / f"check-{loop.__name__}"
     a.mkdir()
     b.mkdir()
     engine_run(graph, src, a)
     loop(src, b)
-    if (a / "x").read_bytes() != (b / "x").read_bytes():
-        raise SystemExit(f"{loop.__name__}: the engine and the loop wrote different bytes")
+    for name in ("x", *(f"x.{s}" for s in sides)):
+        if (a / name).read_bytes() != (b / name).read_bytes():
+            raise SystemExit(f"{loop.__name__}: the engine and the loop wrote different bytes to {name}")
 
 
-CASES = ["route3", "shipped", "generator", "graph"]
+# -- case 7: csv_validate against a hand-written csv.reader loop -------------------------
+
+CSV_VALIDATE = """
+[pipeline]
+format = "csv"
+header = true
+[pipeline.nodes.start]
+processor = "csv_validate"
+invalid = "bad"
+columns.id = { required = true, type = "int" }
+columns.date = { required = true, type = "date", format = "%Y-%m-%d" }
+columns.amount = { required = true, type = "float" }
+columns.currency = { values = ["EUR", "USD", "GBP"] }
+columns.status = { required = true, values = ["paid", "open", "void"] }
+columns.ref = { regex = '[A-Z]{3}-[0-9]+' }
+[pipeline.nodes.bad]
+processor = "write"
+output = "invalid"
+"""
+CSV_HEADER = ["id", "date", "amount", "currency", "status", "ref"]
+
+
+def make_csv(path: Path, records: int) -> None:
+    rng = random.Random(7)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        for i in range(records):
+            row = [str(i), f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", f"{rng.random() * 1000:.2f}",
+                   rng.choice(["EUR", "USD", "GBP"]), rng.choice(["paid", "open", "void"]),
+                   f"ABC-{rng.randint(1, 99999)}"]
+            if i % 100 == 7:  # 1 % invalid, one rule or another
+                row[rng.randint(0, 5)] = rng.choice(["x1", "2026-13-01", "", "JPY", "pending", "abc"])
+            if i % 50 == 3:
+                row[5] = f"ABC-{i}, see\nnote"  # a quoted field with a comma and a newline (invalid ref)
+            w.writerow(row)
+
+
+INT = re.compile(r"[+-]?[0-9]+").fullmatch
+FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
+REF = re.compile(r"[A-Z]{3}-[0-9]+").fullmatch
+
+
+def csv_loop(src: Path, out: Path) -> None:
+    """Case 7 by hand, as a careful user writes it: csv.reader, the checks inline (a memo
+    of valid dates, as strptime is slow), csv.writer for both outputs."""
+    from datetime import datetime
+
+    dates: dict[str, bool] = {}
+    currencies, statuses = {"EUR", "USD", "GBP"}, {"paid", "open", "void"}
+    with (open(src, newline="", encoding="utf-8") as f, open(out / "x", "w", newline="") as good,
+          open(out / "x.invalid", "w", newline="") as bad):
+        rows = csv.reader(f, strict=True)
+        ok = csv.writer(good, lineterminator="\n")
+        ko = csv.writer(bad, lineterminator="\n")
+        header = next(rows)
+        ok.writerow(header)
+        ko.writerow([*header, "errors"])
+        width = len(header)
+        for row in rows:
+            if len(row) != width:
+                ko.writerow([*row, f"has {len(row)} fields, the header has {width}"])
+                continue
+            id_, date, amount, currency, status, ref = row
+            why = []
+            if not id_:
+                why.append("id: is empty but required")
+            elif not INT(id_):
+                why.append(f"id: not an int: {id_!r}")
+            if not date:
+                why.append("date: is empty but required")
+            else:
+                valid = dates.get(date)
+                if valid is None:
+                    try:
+                        datetime.strptime(date, "%Y-%m-%d")
+                        valid = True
+                    except ValueError:
+                        valid = False
+                    dates[date] = valid
+                if not valid:
+                    why.append(f"date: {date!r} is not a date like %Y-%m-%d")
+            if not amount:
+                why.append("amount: is empty but required")
+            elif not FLOAT(amount):
+                why.append(f"amount: not a float: {amount!r}")
+            if currency and currency not in currencies:
+                why.append(f"currency: {currency!r} is not one of EUR, USD, GBP")
+            if not status:
+                why.append("status: is empty but required")
+            elif status not in statuses:
+                why.append(f"status: {status!r} is not one of paid, open, void")
+            if ref and not REF(ref):
+                why.append(f"ref: {ref!r} does not match [A-Z]{{3}}-[0-9]+")
+            if why:
+                ko.writerow([*row, "; ".join(why)])
+            else:
+                ok.writerow(row)
+
+
+CASES = ["route3", "shipped", "generator", "graph", "gzip", "zstd", "csv_validate"]
 
 
 def main() -> None:
@@ -244,14 +356,18 @@ def main() -> None:
     args = parser.parse_args()
     cases = args.only or CASES
     route3 = compile_toml(ROUTE3)
-    shipped = compile_graph(load_config(ROOT / "config.toml").pipeline, str(ROOT))
+    shipped = compile_graph(load_config(ROOT / "config.toml").pipelines["logs"], str(ROOT))
     generator, graph = compile_toml(USER_GENERATOR), compile_toml(USER_GRAPH)
+    validate = compile_toml(CSV_VALIDATE)
     # (case, contender) -> what one run calls; alternated within each run.
     contenders = {
         ("route3", "engine"): (engine_run, route3), ("route3", "loop"): (bare_loop, None),
         ("shipped", "engine"): (engine_run, shipped),
         ("generator", "engine"): (engine_run, generator), ("generator", "loop"): (tag_level_loop, None),
         ("graph", "engine"): (engine_run, graph), ("graph", "loop"): (graph_loop, None),
+        ("gzip", "engine"): (engine_run, generator), ("gzip", "loop"): (engine_run, generator),
+        ("zstd", "engine"): (engine_run, generator), ("zstd", "loop"): (engine_run, generator),
+        ("csv_validate", "engine"): (engine_run, validate), ("csv_validate", "loop"): (csv_loop, None),
     }
     contenders = {k: v for k, v in contenders.items() if k[0] in cases}
     speeds: dict[tuple[str, str], list[float]] = {k: [] for k in contenders}
@@ -259,16 +375,27 @@ def main() -> None:
         tmp_path = Path(tmp)
         src = tmp_path / "input.log"
         make_input(src, args.lines)
+        # The same file compressed (cases 5, 6: "engine" reads it, "loop" the plain one).
+        sources = {("gzip", "engine"): tmp_path / "input.log.gz", ("zstd", "engine"): tmp_path / "input.log.zst",
+                   ("csv_validate", "engine"): tmp_path / "input.csv", ("csv_validate", "loop"): tmp_path / "input.csv"}
+        sources[("gzip", "engine")].write_bytes(gzip.compress(src.read_bytes(), 6))
+        sources[("zstd", "engine")].write_bytes(zstandard.ZstdCompressor(level=3).compress(src.read_bytes()))
+        records = args.lines // 5
+        make_csv(sources[("csv_validate", "loop")], records)
         out = tmp_path / "out"
         out.mkdir()
         if "generator" in cases:
             check_same(tmp_path, src, generator, tag_level_loop)
         if "graph" in cases:
             check_same(tmp_path, src, graph, graph_loop)
+        if "csv_validate" in cases:
+            check_same(tmp_path, sources[("csv_validate", "loop")], validate, csv_loop, sides=("invalid",))
         for _ in range(args.runs):
             for key, (fn, g) in contenders.items():
-                args_ = (g, src, out) if g is not None else (src, out)
-                speeds[key].append(args.lines / timed(fn, *args_))
+                path = sources.get(key, src)
+                args_ = (g, path, out) if g is not None else (path, out)
+                units = records if key[0] == "csv_validate" else args.lines
+                speeds[key].append(units / timed(fn, *args_))
     report(args, speeds)
 
 
@@ -277,6 +404,9 @@ TITLES = {
     "shipped": ("shipped config.toml pipeline", None),
     "generator": ("user generator, start -> end", 0.9),
     "graph": ("user graph: fan-out, fan-in, cycle, finish", 0.5),
+    "gzip": ("case 3 on a gzip input vs plain", None),
+    "zstd": ("case 3 on a zstd input vs plain", None),
+    "csv_validate": ("csv_validate (records/s) vs csv.reader loop", None),
 }
 
 
@@ -294,7 +424,9 @@ def report(args: argparse.Namespace, speeds: dict[tuple[str, str], list[float]])
             print(f"{title:44} engine {e:12,.0f}")
             continue
         b = statistics.median(speeds[case, "loop"])
-        print(f"{title:44} engine {e:12,.0f}  loop {b:12,.0f}  ratio {e / b:5.2f}  (target >= {target})")
+        names = ("packed", "plain") if case in ("gzip", "zstd") else ("engine", "loop")
+        goal = f"  (target >= {target})" if target else ""
+        print(f"{title:44} {names[0]} {e:12,.0f}  {names[1]} {b:12,.0f}  ratio {e / b:5.2f}{goal}")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ function renderStats(s) {
     bar(tr, w.progress_percent); cell(tr, w.lines_done); cell(tr, bytes(w.rss));
     cell(tr, (w.cpu_percent || 0).toFixed(0)); cell(tr, w.files_done); cell(tr, w.restarts); cell(tr, age(w.uptime_s));
   });
-  fill("nodes", Object.entries(s.nodes || {}), (tr, [tag, n]) => {
-    cell(tr, tag); cell(tr, n.lines_in); cell(tr, n.lines_out); cell(tr, n.errors);
+  fill("nodes", Object.entries(s.nodes || {}), (tr, [key, n]) => {
+    const cut = key.indexOf("/");
+    cell(tr, cut < 0 ? "" : key.slice(0, cut)); cell(tr, cut < 0 ? key : key.slice(cut + 1)); cell(tr, n.lines_in); cell(tr, n.lines_out); cell(tr, n.errors);
     cell(tr, n.mean_us_per_line.toFixed(2));
   });
   setText("graph", (s.graph || []).join("\n"));
@@ -134,7 +135,7 @@ function renderStats(s) {
 
 function renderTrace(t) {
   fill("recent", t.recent || [], (tr, f) => {
-    fileLink(tr, f.file); cell(tr, f.outcome); cell(tr, f.lines); cell(tr, duration(f.seconds)); cell(tr, f.worker);
+    fileLink(tr, f.file); cell(tr, f.pipeline || ""); cell(tr, f.outcome); cell(tr, f.lines); cell(tr, duration(f.seconds)); cell(tr, f.worker);
   });
 }
 

@@ -232,75 +232,85 @@ function svg(tag, attrs, text) {
   return el;
 }
 
-// Columns by distance from "start"; each node shows its processor and lines/s.
-function drawGraph(layout, nodes) {
+// One drawing per pipeline, stacked: columns by distance from "start"; each node shows
+// its processor and lines/s. Node figures are keyed "pipeline/tag".
+function drawGraph(pipelines, nodes) {
   const root = document.getElementById("graph-svg");
   const now = Date.now() / 1000;
   const rates = {};
   if (lastNodes) {
     const dt = Math.max(0.001, now - lastNodes.at);
-    for (const [tag, n] of Object.entries(nodes)) {
-      const before = lastNodes.nodes[tag];
-      rates[tag] = before ? Math.max(0, (n.lines_in - before.lines_in) / dt) : 0;
+    for (const [key, n] of Object.entries(nodes)) {
+      const before = lastNodes.nodes[key];
+      rates[key] = before ? Math.max(0, (n.lines_in - before.lines_in) / dt) : 0;
     }
   }
   lastNodes = { at: now, nodes };
-  const tags = layout.map((n) => n.tag);
-  const depth = { [tags[0]]: 0 };
-  const queue = tags.length ? [tags[0]] : [];
-  while (queue.length) {
-    const tag = queue.shift();
-    const node = layout.find((n) => n.tag === tag);
-    for (const next of (node && node.emits) || []) {
-      if (next in depth || !tags.includes(next)) continue;
-      depth[next] = depth[tag] + 1;
-      queue.push(next);
-    }
-  }
-  let deepest = Math.max(0, ...Object.values(depth));
-  for (const tag of tags) if (!(tag in depth)) depth[tag] = ++deepest;
-  const columns = {};
-  for (const tag of tags) (columns[depth[tag]] = columns[depth[tag]] || []).push(tag);
-  const W = 170, H = 54, GAP_X = 60, GAP_Y = 18;
-  const pos = {};
-  for (const [col, members] of Object.entries(columns)) {
-    members.forEach((tag, i) => { pos[tag] = { x: 10 + col * (W + GAP_X), y: 10 + i * (H + GAP_Y) }; });
-  }
-  const endX = 10 + (deepest + 1) * (W + GAP_X);
-  pos.end = { x: endX, y: 10 };
-  const height = 20 + Math.max(1, ...Object.values(columns).map((m) => m.length)) * (H + GAP_Y);
-  root.setAttribute("viewBox", `0 0 ${endX + 90} ${height}`);
-  root.setAttribute("height", String(height));
-  const parts = [svg("defs", {})];
+  const W = 170, H = 54, GAP_X = 60, GAP_Y = 18, LABEL = 22;
+  const defs = svg("defs", {});
   const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" });
   marker.appendChild(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#667085" }));
-  parts[0].appendChild(marker);
-  for (const node of layout) {
-    for (const next of node.emits || []) {
-      const a = pos[node.tag], b = pos[next];
-      if (!a || !b) continue;
-      const back = b.x <= a.x;
-      parts.push(svg("path", {
-        d: back ? `M${a.x + W / 2},${a.y + H} C${a.x + W / 2},${a.y + H + 40} ${b.x + W / 2},${b.y + H + 40} ${b.x + W / 2},${b.y + H}`
-                : `M${a.x + W},${a.y + H / 2} L${b.x},${b.y + (next === "end" ? 17 : H / 2)}`,
-        class: "edge", "marker-end": "url(#arrow)",
-      }));
+  defs.appendChild(marker);
+  const parts = [defs];
+  let top = 0, width = 0;
+  for (const pipeline of pipelines) {
+    const layout = pipeline.nodes || [];
+    const tags = layout.map((n) => n.tag);
+    const depth = { [tags[0]]: 0 };
+    const queue = tags.length ? [tags[0]] : [];
+    while (queue.length) {
+      const tag = queue.shift();
+      const node = layout.find((n) => n.tag === tag);
+      for (const next of (node && node.emits) || []) {
+        if (next in depth || !tags.includes(next)) continue;
+        depth[next] = depth[tag] + 1;
+        queue.push(next);
+      }
     }
+    let deepest = Math.max(0, ...Object.values(depth));
+    for (const tag of tags) if (!(tag in depth)) depth[tag] = ++deepest;
+    const columns = {};
+    for (const tag of tags) (columns[depth[tag]] = columns[depth[tag]] || []).push(tag);
+    const y0 = top + LABEL;
+    const pos = {};
+    for (const [col, members] of Object.entries(columns)) {
+      members.forEach((tag, i) => { pos[tag] = { x: 10 + col * (W + GAP_X), y: y0 + 10 + i * (H + GAP_Y) }; });
+    }
+    const endX = 10 + (deepest + 1) * (W + GAP_X);
+    pos.end = { x: endX, y: y0 + 10 };
+    parts.push(svg("text", { x: 10, y: top + 16, class: "pipeline" },
+      `pipeline ${pipeline.pipeline}${pipeline.format === "csv" ? " (CSV records)" : ""}`));
+    for (const node of layout) {
+      for (const next of node.emits || []) {
+        const a = pos[node.tag], b = pos[next];
+        if (!a || !b) continue;
+        const back = b.x <= a.x;
+        parts.push(svg("path", {
+          d: back ? `M${a.x + W / 2},${a.y + H} C${a.x + W / 2},${a.y + H + 40} ${b.x + W / 2},${b.y + H + 40} ${b.x + W / 2},${b.y + H}`
+                  : `M${a.x + W},${a.y + H / 2} L${b.x},${b.y + (next === "end" ? 17 : H / 2)}`,
+          class: "edge", "marker-end": "url(#arrow)",
+        }));
+      }
+    }
+    for (const node of layout) {
+      const p = pos[node.tag];
+      const g = svg("g", { class: "node", transform: `translate(${p.x},${p.y})` });
+      g.appendChild(svg("rect", { width: W, height: H, rx: 6 }));
+      g.appendChild(svg("text", { x: 8, y: 17, class: "tag" }, node.tag));
+      g.appendChild(svg("text", { x: 8, y: 33 }, node.processor + (node.side ? ` → <name>.${node.side}` : "")));
+      const rate = rates[`${pipeline.pipeline}/${node.tag}`];
+      g.appendChild(svg("text", { x: 8, y: 48, class: "rate" }, rate === undefined ? "– lines/s" : `${rate.toFixed(rate < 10 ? 1 : 0)} lines/s`));
+      parts.push(g);
+    }
+    const end = svg("g", { class: "node end", transform: `translate(${pos.end.x},${pos.end.y})` });
+    end.appendChild(svg("rect", { width: 80, height: 34, rx: 17 }));
+    end.appendChild(svg("text", { x: 14, y: 21 }, "output/"));
+    parts.push(end);
+    top = y0 + 20 + Math.max(1, ...Object.values(columns).map((m) => m.length)) * (H + GAP_Y);
+    width = Math.max(width, endX + 90);
   }
-  for (const node of layout) {
-    const p = pos[node.tag];
-    const g = svg("g", { class: "node", transform: `translate(${p.x},${p.y})` });
-    g.appendChild(svg("rect", { width: W, height: H, rx: 6 }));
-    g.appendChild(svg("text", { x: 8, y: 17, class: "tag" }, node.tag));
-    g.appendChild(svg("text", { x: 8, y: 33 }, node.processor + (node.side ? ` → <name>.${node.side}` : "")));
-    const rate = rates[node.tag];
-    g.appendChild(svg("text", { x: 8, y: 48, class: "rate" }, rate === undefined ? "– lines/s" : `${rate.toFixed(rate < 10 ? 1 : 0)} lines/s`));
-    parts.push(g);
-  }
-  const end = svg("g", { class: "node end", transform: `translate(${pos.end.x},${pos.end.y})` });
-  end.appendChild(svg("rect", { width: 80, height: 34, rx: 17 }));
-  end.appendChild(svg("text", { x: 14, y: 21 }, "output/"));
-  parts.push(end);
+  root.setAttribute("viewBox", `0 0 ${Math.max(width, 100)} ${Math.max(top, 20)}`);
+  root.setAttribute("height", String(Math.max(top, 20)));
   root.replaceChildren(...parts);
 }
 window.drawGraph = drawGraph;

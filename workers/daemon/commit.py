@@ -241,7 +241,7 @@ class Commit:
             return ""
         self.unmoved.pop(name, None)
         self.ledger.forget(name)
-        self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time())
+        self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time(), flight.pipeline)
         self.tally.processed(res.lines_in, flight.size)
         if res.duplicate_of:
             self.ledger.journal_event("duplicate", flight, worker=pid, of=res.duplicate_of,
@@ -289,7 +289,8 @@ class Commit:
         attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
         remove_staged(self.queue.output, str(record.id))
         name = record.name
-        self.stats.attempt_failed(shown(name), attempts, reason, cause, final, worker, node, line)
+        self.stats.attempt_failed(shown(name), attempts, reason, cause, final, worker, node, line,
+                                  pipeline=flight.pipeline)
         if not final:
             delay = w.retry_backoff * 2 ** (attempts - 1)
             self.ledger.park(flight, delay)

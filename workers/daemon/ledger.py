@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.daemon.types import Flight, Returned
-from workers.graph import Graph
-from workers.names import output_name, reason_name, shown
+from workers.names import output_name, reason_name, shown, strip_suffix
 from workers.outputs import remove_staged
+from workers.pipelines import Pipelines
 from workers.queue import Candidate, FolderQueue
 from workers.store import Journal, Store
 from workers.store import journal_entry as event_entry
@@ -28,12 +28,12 @@ log = logging.getLogger("foldermill")
 class Ledger:
     """Files in flight, their records and their journal (also the store's NameRules)."""
 
-    def __init__(self, queue: FolderQueue, store: Store, journal: Journal, graph: Graph, owner: str,
+    def __init__(self, queue: FolderQueue, store: Store, journal: Journal, pipelines: Pipelines, owner: str,
                  incarnation: str, trace: bool, forgotten: Any) -> None:
         self.queue = queue
         self.store = store
         self.journal = journal
-        self.graph = graph
+        self.pipelines = pipelines
         self.owner = owner  # as people see it
         self.incarnation = incarnation  # as the state database sees it: unique to this start
         self.trace = trace
@@ -111,7 +111,7 @@ class Ledger:
         for f in batch:
             f.seq = self.seq
         return Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size,
-                                             bool(f.record.replay_of)) for f in batch),
+                                             bool(f.record.replay_of), f.pipeline) for f in batch),
                    pipeline)
 
     def hold(self, flights: list[Flight]) -> None:
@@ -218,8 +218,9 @@ class Ledger:
     # -- the journal ---------------------------------------------------------------------------
 
     def journal_event(self, event: str, flight: Flight, **fields: Any) -> None:
+        routed = {"pipeline": flight.pipeline} if flight.pipeline else {}
         self.events.append(event_entry(event, flight.record.name, final=shown(flight.record.final_name),
-                                       size=flight.size, supervisor=self.owner, **fields))
+                                       size=flight.size, supervisor=self.owner, **routed, **fields))
         if self.trace:
             extra = " ".join(f"{k}={v!r}" for k, v in fields.items())
             log.info("%s %r %s", event, shown(flight.record.name), extra)
@@ -235,11 +236,11 @@ class Ledger:
 
     # -- the store's NameRules (workers/store.py) --
 
-    def reload(self, graph: Graph) -> None:
-        self.graph = graph
+    def reload(self, pipelines: Pipelines) -> None:
+        self.pipelines = pipelines
 
     def taken(self, name: str) -> bool:
-        return self.queue.taken(name, self.graph.side_outputs())
+        return self.queue.taken(name, self.pipelines.side_outputs())
 
     def left_failed(self, final: str) -> None:
         self.queue.forget_reason(final)
@@ -248,12 +249,12 @@ class Ledger:
         """Every name a file with this final name will use, as "folder/name": reserved
         while it is live, so that no other file is given a colliding one."""
         return [f"processed/{final}", f"failed/{final}", f"failed/{reason_name(final)}",
-                *(f"output/{output_name(final, s)}" for s in ("", *self.graph.side_outputs()))]
+                *(f"output/{output_name(final, s)}" for s in ("", *self.pipelines.side_outputs()))]
 
     def _derived_field(self, final: str) -> dict[str, Any]:
         """Side-output names that had to be shortened to fit, for the journal."""
-        short = {s: shown(output_name(final, s)) for s in self.graph.side_outputs()
-                 if output_name(final, s) != f"{final}.{s}"}
+        short = {s: shown(output_name(final, s)) for s in self.pipelines.side_outputs()
+                 if output_name(final, s) != f"{strip_suffix(final)}.{s}"}
         return {"outputs_shortened": short} if short else {}
 
 

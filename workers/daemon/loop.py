@@ -25,8 +25,8 @@ from workers.daemon.publisher import Publisher
 from workers.daemon.retention import Retention
 from workers.daemon.types import Flight, OpenShared, Options, Report, Shared
 from workers.errors import ConfigError
-from workers.graph import Graph, compile_graph
 from workers.names import shown, unshown
+from workers.pipelines import Pipelines, compile_pipelines
 from workers.queue import Candidate
 from workers.state import Stats
 from workers.store import StateError
@@ -54,7 +54,7 @@ class Parts:
 class Loop:
     """The parts composed: one step at a time."""
 
-    def __init__(self, parts: Parts, config: Config, graph: Graph, options: Options, owner: str,
+    def __init__(self, parts: Parts, config: Config, pipelines: Pipelines, options: Options, owner: str,
                  open_shared: OpenShared, ctx: Any, stopping: Callable[[], bool]) -> None:
         self.intake = parts.intake
         self.ledger = parts.ledger
@@ -67,7 +67,7 @@ class Loop:
         self.dashboard = parts.dashboard
         self.retention = parts.retention
         self.config = config
-        self.graph = graph
+        self.pipelines = pipelines
         self.options = options
         self.owner = owner
         self.open_shared = open_shared
@@ -161,26 +161,27 @@ class Loop:
             log.info("%s of %s done from the dashboard", action, shown(name))
 
     def _reload(self) -> None:
-        """SIGHUP: read config.toml again. A valid new pipeline (and new [workers] limits)
-        apply to files claimed from now on: jobs carry the new pipeline version, local
+        """SIGHUP: read config.toml again. Valid new pipelines and routes (and new
+        [workers] limits) apply to files dispatched from now on: jobs carry the new version, local
         the backend runs each job with the pipeline it needs
         (backend.reload). An invalid file is logged with the key at fault and the running config stays."""
         try:
             new = load_config(self.config.path)
-            graph = compile_graph(new.pipeline, str(new.base_dir))
+            pipelines = compile_pipelines(new, str(new.base_dir))
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         self.config, kept = reloaded(self.config, new)
         if kept:
             log.warning("reload: changes to %s need a restart and are ignored", ", ".join(kept))
-        self.graph = graph
+        self.pipelines = pipelines
         self.pipeline = pipeline_version(self.config.raw)
-        self.ledger.reload(graph)
+        self.ledger.reload(pipelines)
         self.commit.reload(self.config.workers)
         self.backend.reload(self.config, self.pipeline)
-        log.info("configuration reloaded: new files get the new pipeline (%d nodes); workers recycled",
-                 len(graph.nodes))
+        log.info("configuration reloaded: files dispatched from now on get the new pipelines (%s: %d nodes) "
+                 "and %d routes; workers recycled", ", ".join(pipelines.graphs), pipelines.node_count(),
+                 len(pipelines.routes))
 
     # -- how the workers are --
 
@@ -243,7 +244,7 @@ class Loop:
 
     def _dispatch(self, flights: list[Flight]) -> None:
         w = self.config.workers
-        jobs = pack(flights, w.batch_files, w.batch_bytes)
+        jobs = pack(self._route(flights), w.batch_files, w.batch_bytes)
         for k, batch in enumerate(jobs):
             if not self.backend.room():  # the broker went down while dispatching: these wait for it
                 self.ledger.hold([f for later in jobs[k:] for f in later])
@@ -251,6 +252,20 @@ class Loop:
             job = self.ledger.assign(batch, self.pipeline)
             if not self.backend.submit(job):  # the manager or the broker went away: they go out again
                 self.ledger.requeue(job.items)
+
+    def _route(self, flights: list[Flight]) -> list[Flight]:
+        """Each file's pipeline, by its name and the routes now; a file no route
+        matches goes to failed/ with the routes it was tried on."""
+        routed = []
+        for flight in flights:
+            name = flight.record.name
+            pipeline = self.pipelines.route(name)
+            if pipeline is None:
+                self.commit.reject([flight], f"{shown(name)}: {self.pipelines.unrouted(name)}")
+            else:
+                flight.pipeline = pipeline
+                routed.append(flight)
+        return routed
 
     def recover(self, now: float) -> None:
         """Dead owners' files (the intake finds them; the ledger records them)."""
@@ -264,8 +279,9 @@ class Loop:
     # -- what to publish --
 
     def _report(self, now: float) -> Report:
+        p = self.pipelines
         return Report(self.paused, self.ledger.count(), self.intake.counts(), self.intake.oldest_waiting_mtime(),
-                      self.backend.workers(now), self.backend.describe(), self.graph.describe(), self.graph.layout())
+                      self.backend.workers(now), self.backend.describe(), p.describe(), p.layout(), list(p.graphs))
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""

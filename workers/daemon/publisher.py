@@ -66,7 +66,7 @@ class Publisher:
             "intake_paused": report.paused, "in_flight": report.in_flight, "folders": report.folders,
             "oldest_unprocessed_age_s": max(0.0, wall - oldest) if oldest is not None else None,
             "workers": report.workers, "graph": report.graph,
-            "graph_layout": report.layout, **report.backend,
+            "graph_layout": report.layout, "pipeline_names": report.pipelines, **report.backend,
             "tracing": self.trace, "url": self.url, **self.stats.snapshot_part(wall),
         }
         with contextlib.suppress(Exception):  # the manager may be gone while stopping

@@ -31,8 +31,8 @@ from workers.daemon.publisher import Publisher
 from workers.daemon.retention import Retention
 from workers.daemon.types import SYSTEM_ERRNOS, OpenShared, Options, Shared, StartDashboard, Tally, transient
 from workers.errors import SystemFailure
-from workers.graph import Graph
 from workers.ops import announce
+from workers.pipelines import Pipelines
 from workers.queue import FolderQueue
 from workers.state import Stats, errors_from_journal
 from workers.store import Journal, StateError, Store, tail_journal
@@ -52,10 +52,10 @@ class Daemon:
     """The supervisor daemon: start, run, stop. What it holds until the loop exists is
     only what start-up and shutdown need."""
 
-    def __init__(self, config: Config, graph: Graph, options: Options, open_shared: OpenShared,
+    def __init__(self, config: Config, pipelines: Pipelines, options: Options, open_shared: OpenShared,
                  start_dashboard: StartDashboard) -> None:
         self.config = config
-        self.graph = graph
+        self.pipelines = pipelines
         self.options = options
         self.open_shared = open_shared
         self.start_dashboard = start_dashboard
@@ -115,14 +115,14 @@ class Daemon:
         tally = Tally()
         publisher = Publisher(stats, tally, self.owner, self.options.trace)
         publisher.attach(shared.state)
-        ledger = Ledger(self.queue, store, self.journal, self.graph, self.owner, self.incarnation,
+        ledger = Ledger(self.queue, store, self.journal, self.pipelines, self.owner, self.incarnation,
                         self.options.trace, self.intake.forget)
         commit = Commit(ledger, store, self.queue, config.workers, stats, tally)
         self.backend = self._make_backend(shared, stats)
         retention = Retention(store, w.state_retention_days, w.dedupe_retention_days, self.queue.holds_failed)
         parts = Parts(self.intake, ledger, commit, self.backend, publisher, stats, self.inbox, shared,
                       self.dashboard, retention)
-        self.loop = Loop(parts, config, self.graph, self.options, self.owner, self.open_shared, self.ctx,
+        self.loop = Loop(parts, config, self.pipelines, self.options, self.owner, self.open_shared, self.ctx,
                          lambda: self.signals > 0)
         self.backend.start(self.inbox.items)
         self.inbox.pump_from(shared)

@@ -41,6 +41,7 @@ class Flight:
     size: int
     seq: int = 0  # the job carrying it, 0 while waiting for dispatch
     not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
+    pipeline: str = ""  # the pipeline its name routes it to, set when it is dispatched
 
 
 @dataclass
@@ -98,7 +99,8 @@ class Report:
     workers: list[dict[str, Any]]
     backend: dict[str, Any]
     graph: list[str]
-    layout: list[dict[str, Any]]  # the graph's nodes and edges, for the dashboard's drawing
+    layout: list[dict[str, Any]]  # each pipeline's nodes and edges, for the dashboard's drawing
+    pipelines: list[str]  # their names, in the order configured
 
 
 class Tally:

@@ -1,0 +1,88 @@
+"""Pipelines by name and the routes that pick one for each file.
+
+``compile_pipelines`` compiles every configured pipeline's graph once (each problem a
+ConfigError naming its key) and keeps the ``[[routes]]`` in the order written. A file's
+pipeline is the first route one of whose globs matches its name with the compression
+suffix removed (``app.log.1.gz`` is matched as ``app.log.1``); the name decides, so the
+supervisor routes a file before anything reads it, and every node of a job uses the
+same pipelines (jobs carry their version, ``workers/config.py pipeline_version``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workers.config import Config, RouteConfig
+from workers.graph import Graph, compile_graph
+from workers.names import shown, strip_suffix
+
+
+@dataclass(frozen=True)
+class Pipelines:
+    graphs: Mapping[str, Graph]  # by pipeline name, in the order configured
+    routes: tuple[RouteConfig, ...]
+
+    def __post_init__(self) -> None:
+        compiled = [re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in r.match), re.DOTALL)
+                    for r in self.routes]
+        object.__setattr__(self, "_compiled", compiled)
+
+    def route(self, name: str) -> str | None:
+        """The pipeline for a file of this name, or None when no route matches."""
+        stem = strip_suffix(name)
+        for rx, route in zip(self._compiled, self.routes, strict=True):  # type: ignore[attr-defined]
+            if rx.match(stem):
+                return route.pipeline
+        return None
+
+    def unrouted(self, name: str) -> str:
+        """The reason a file no route matches goes to failed/: the routes it was tried on."""
+        stem = strip_suffix(name)
+        tried = "; ".join(f"routes[{i}] {list(r.match)}" for i, r in enumerate(self.routes, 1))
+        matched_as = f" (matched as {shown(stem)!r})" if stem != name else ""
+        return f"no route matches this name{matched_as}: tried {tried}"
+
+    def side_outputs(self) -> list[str]:
+        """The side-output suffixes of every pipeline: a final name reserves them all, so
+        a file keeps its names whatever a reload does to the routes."""
+        return list(dict.fromkeys(s for g in self.graphs.values() for s in g.side_outputs()))
+
+    def describe(self) -> list[str]:
+        """``check``'s listing: the routes, then each pipeline's settings and graph."""
+        out = ["routes (first match wins; names are matched without .gz/.bz2/.xz/.zst):"]
+        out += [f"  {i}. {', '.join(r.match)} -> {r.pipeline}" for i, r in enumerate(self.routes, 1)]
+        out.append("pipelines (each node: tag -> processor -> tags it may emit):")
+        for name, graph in self.graphs.items():
+            s = graph.settings
+            kind = (f"csv (delimiter {s.delimiter!r}, quotechar {s.quotechar!r}, header {str(s.header).lower()})"
+                    if s.format == "csv" else "lines")
+            unused = "" if any(r.pipeline == name for r in self.routes) else "  (no route leads here)"
+            out.append(f"pipeline {name}: {kind}, on_error {s.on_error}, encoding {s.encoding}{unused}")
+            out += [f"  {line}" for line in graph.describe()]
+        return out
+
+    def layout(self) -> list[dict[str, Any]]:
+        """Each pipeline's nodes, for the dashboard's drawing."""
+        return [{"pipeline": name, "format": g.settings.format, "nodes": g.layout()} for name, g in self.graphs.items()]
+
+    def node_count(self) -> int:
+        return sum(len(g.nodes) for g in self.graphs.values())
+
+
+def compile_pipelines(config: Config, import_dir: str | None = None) -> Pipelines:
+    return Pipelines({name: compile_graph(p, import_dir) for name, p in config.pipelines.items()}, config.routes)
+
+
+def node_key(pipeline: str, tag: str) -> str:
+    """A node's key in the figures (``/metrics`` splits it into two labels): a pipeline's
+    name never holds a "/"."""
+    return f"{pipeline}/{tag}"
+
+
+def split_node_key(key: str) -> tuple[str, str]:
+    pipeline, _, tag = key.partition("/")
+    return (pipeline, tag) if tag else ("", pipeline)
