@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.components import require
-from tests.daemon import BASE_CONFIG, SUPERVISOR, drop, folder, journal, start, wait_for, write_config
+from tests.daemon import BASE_CONFIG, SUPERVISOR, behave_config, drop, folder, journal, start, wait_for, write_config
 
 ROUTED = BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', "") + """
 [[routes]]
@@ -202,4 +202,32 @@ def test_content_dedupe_is_per_pipeline(tmp_path: Path, daemons) -> None:
     events = {e["file"]: e["event"] for e in journal(watch) if e["event"] in ("processed", "duplicate")}
     assert events == {"first.log": "processed", "again.log": "duplicate", "batch.csv": "processed"}
     assert (watch / "output" / "batch.csv").read_text() == same
+    assert d.stop() == 0
+
+
+def test_a_side_output_added_by_a_reload_never_replaces_another_files_output(tmp_path: Path, daemons) -> None:
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("retry_backoff = 0.1", "retry_backoff = 3"))
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    drop(watch, "a.log.extra", "earlier\n")  # its main output is output/a.log.extra
+    wait_for(lambda: done(watch, ["a.log.extra"]), 30, "a.log.extra processed")
+    (tmp_path / "flags" / "broken").touch()
+    drop(watch, "a.log", "FAILIF broken\n")
+    wait_for(lambda: any(e["event"] == "retried" and e["file"] == "a.log" for e in journal(watch)), 30,
+             "a.log's first attempt failed; it waits claimed for its retry")
+    # The reload adds a side output "extra": a.log's would be output/a.log.extra.
+    text = config.read_text()
+    config.write_text(text.replace("[pipeline.nodes.start]", '[pipeline.nodes.start]\nprocessor = "write"\n'
+                                   'output = "extra"\nnext = "b"\n[pipeline.nodes.b]', 1))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.log(), 10, "the reload in the log")
+    (tmp_path / "flags" / "broken").unlink()
+    wait_for(lambda: "a.log" not in folder(watch, "underprocess") and len(folder(watch, "processed")) == 2, 30,
+             "a.log processed after the reload")
+    assert (watch / "output" / "a.log.extra").read_text() == "EARLIER\n"  # never replaced
+    renamed = [e for e in journal(watch) if e["event"] == "renamed"]
+    assert [(e["file"], e["previous"], e["final"]) for e in renamed] == [("a.log", "a.log", "a-1.log")]
+    assert (watch / "output" / "a-1.log.extra").read_text() == "FAILIF broken\n"
+    assert (watch / "output" / "a-1.log").read_text() == "FAILIF BROKEN\n"
     assert d.stop() == 0

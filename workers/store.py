@@ -205,6 +205,22 @@ class Store:
                                           replay_of=replay_of, replay_begins=status == "replay"))
         return records
 
+    def reserve_anew(self, files: list[tuple[int, str, str]], names: NameRules) -> dict[int, str]:
+        """Files whose final name reserved the side outputs of another configuration (a
+        reload or a restart since they were claimed): it reserves what it uses now. One
+        whose new names are in use, on disk or by another file, gets a new final name:
+        it has put nothing under the old one yet. Returns those: file id -> new name."""
+        changed: dict[int, str] = {}
+        with self._tx() as db:
+            for file_id, name, final in files:
+                keys = names.derived(final)
+                if names.taken(final) or self._reserved_by_other(db, file_id, keys):
+                    changed[file_id] = self._reserve_free_name(db, file_id, name, names.taken, names.derived)
+                    db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(changed[file_id]), file_id))
+                else:
+                    self._reserve(db, file_id, keys)
+        return changed
+
     def _reserve_free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
                            derived: Callable[[str], list[str]]) -> str:
         def used(candidate: str) -> bool:

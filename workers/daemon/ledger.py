@@ -7,6 +7,7 @@ file's outcome (``commit.py`` does) and moves files only to give them back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -86,8 +87,10 @@ class Ledger:
             return []
         records = self.store.claim(picked, self.incarnation, self)
         flights = []
+        # A file claimed before keeps the reservations of then: checked at its dispatch.
+        suffixes = frozenset(self.pipelines.side_outputs())
         for candidate, record in zip(picked, records, strict=True):
-            flight = Flight(record, candidate.size)
+            flight = Flight(record, candidate.size, suffixes=frozenset() if record.known else suffixes)
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
             self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
@@ -95,6 +98,27 @@ class Ledger:
                 self.journal_event("replayed", flight, previous=shown(record.replay_of))
             flights.append(flight)
         return flights
+
+    def reserve_anew(self, flights: list[Flight]) -> None:
+        """Before dispatch: a flight whose final name reserved fewer side outputs than
+        the pipelines now write (a reload added one) reserves them, or gets a new final
+        name if another file's outputs use them."""
+        now = frozenset(self.pipelines.side_outputs())
+        stale = [f for f in flights if not now <= f.suffixes and not f.record.committed]
+        if not stale:
+            return
+        changed = self.store.reserve_anew([(f.record.id, f.record.name, f.record.final_name) for f in stale], self)
+        for flight in stale:
+            flight.suffixes = now
+            new = changed.get(flight.record.id)
+            if new is not None:
+                before = flight.record.final_name
+                flight.record = dataclasses.replace(flight.record, final_name=new)
+                self.journal_event("renamed", flight, previous=shown(before),
+                                   reason="the side outputs of the current pipelines would have used names "
+                                   "another file's outputs have")
+                log.warning("%s: final name %s is now %s (a side output added since it was claimed "
+                            "was in use)", shown(flight.record.name), shown(before), shown(new))
 
     def take_pending(self, now: float) -> list[Flight]:
         """Flights to dispatch now: those waiting for a job, then those whose backoff ended."""

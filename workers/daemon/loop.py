@@ -244,7 +244,9 @@ class Loop:
 
     def _dispatch(self, flights: list[Flight]) -> None:
         w = self.config.workers
-        jobs = pack(self._route(flights), w.batch_files, w.batch_bytes)
+        routed = self._route(flights)
+        self.ledger.reserve_anew(routed)
+        jobs = pack(routed, w.batch_files, w.batch_bytes)
         for k, batch in enumerate(jobs):
             if not self.backend.room():  # the broker went down while dispatching: these wait for it
                 self.ledger.hold([f for later in jobs[k:] for f in later])

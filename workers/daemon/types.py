@@ -42,6 +42,7 @@ class Flight:
     seq: int = 0  # the job carrying it, 0 while waiting for dispatch
     not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
     pipeline: str = ""  # the pipeline its name routes it to, set when it is dispatched
+    suffixes: frozenset[str] = frozenset()  # the side outputs its final name reserves
 
 
 @dataclass
