@@ -215,8 +215,10 @@ class Store:
             for file_id, name, final in files:
                 keys = names.derived(final)
                 if names.taken(final) or self._reserved_by_other(db, file_id, keys):
-                    changed[file_id] = self._reserve_free_name(db, file_id, name, names.taken, names.derived)
-                    db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(changed[file_id]), file_id))
+                    new = self._reserve_free_name(db, file_id, name, names.taken, names.derived)
+                    if new != final:
+                        db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(new), file_id))
+                        changed[file_id] = new
                 else:
                     self._reserve(db, file_id, keys)
         return changed

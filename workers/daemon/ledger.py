@@ -115,10 +115,12 @@ class Ledger:
                 before = flight.record.final_name
                 flight.record = dataclasses.replace(flight.record, final_name=new)
                 self.journal_event("renamed", flight, previous=shown(before),
-                                   reason="the side outputs of the current pipelines would have used names "
-                                   "another file's outputs have")
-                log.warning("%s: final name %s is now %s (a side output added since it was claimed "
-                            "was in use)", shown(flight.record.name), shown(before), shown(new))
+                                   reason="a name it would use now (the pipelines changed since it was "
+                                   "claimed) is in use", **self._derived_field(new))
+                log.warning("%s: final name %s is now %s (a name its outputs would use now is in use)",
+                            shown(flight.record.name), shown(before), shown(new))
+        if changed:
+            self.flush()  # as close to the state's change as possible
 
     def take_pending(self, now: float) -> list[Flight]:
         """Flights to dispatch now: those waiting for a job, then those whose backoff ended."""

@@ -23,7 +23,7 @@ from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.publisher import Publisher
 from workers.daemon.retention import Retention
-from workers.daemon.types import Flight, OpenShared, Options, Report, Shared
+from workers.daemon.types import Flight, OpenShared, Options, Report, Shared, transient
 from workers.errors import ConfigError
 from workers.names import shown, unshown
 from workers.pipelines import Pipelines, compile_pipelines
@@ -245,7 +245,13 @@ class Loop:
     def _dispatch(self, flights: list[Flight]) -> None:
         w = self.config.workers
         routed = self._route(flights)
-        self.ledger.reserve_anew(routed)
+        try:
+            self.ledger.reserve_anew(routed)
+        except sqlite3.OperationalError as exc:
+            if not transient(exc):
+                raise
+            self.ledger.hold(routed)  # the database is busy: they wait for the next dispatch
+            return
         jobs = pack(routed, w.batch_files, w.batch_bytes)
         for k, batch in enumerate(jobs):
             if not self.backend.room():  # the broker went down while dispatching: these wait for it
