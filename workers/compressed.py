@@ -194,6 +194,12 @@ class _Decoder:
         self.read: Callable[[int], bytes] = self._read
 
     def _read(self, n: int) -> bytes:
+        if not 0 < n <= self._cap - self.produced:
+            n = self._room(n)
+        return self._decode(n)
+
+    def _decode(self, n: int) -> bytes:
+        """Up to ``n`` decompressed bytes (``n`` already within the limits)."""
         raise NotImplementedError
 
     def _room(self, n: int) -> int:
@@ -277,9 +283,7 @@ class _Gzip(_Decoder):
         self._tail = head  # compressed bytes read but not yet taken by zlib
         self._snap = (self._d.copy(), 0, head)
 
-    def _read(self, n: int) -> bytes:
-        if not 0 < n <= self._cap - self.produced:
-            n = self._room(n)
+    def _decode(self, n: int) -> bytes:
         d = self._d
         if d.eof:
             return b""  # the end, asked again
@@ -346,9 +350,7 @@ class _Streams(_Decoder):
         self._pos = 0
         self._piece_at = 0
 
-    def _read(self, n: int) -> bytes:
-        if not 0 < n <= self._cap - self.produced:
-            n = self._room(n)
+    def _decode(self, n: int) -> bytes:
         d = self._d
         if d.eof:
             return b""  # the end, asked again
@@ -520,9 +522,7 @@ class _Zstd(_Decoder):
         source = cast(BinaryIO, self._frames)
         self._reader = decompressor.stream_reader(source, read_size=CHUNK, read_across_frames=True, closefd=False)
 
-    def _read(self, n: int) -> bytes:
-        if not 0 < n <= self._cap - self.produced:
-            n = self._room(n)
+    def _decode(self, n: int) -> bytes:
         try:
             out = self._reader.read(n)
         except zstandard.ZstdError as exc:

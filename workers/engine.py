@@ -300,12 +300,12 @@ class _FileRun:
         incoming: dict[str, Any] = {START: columns}
         sources: dict[str, list[tuple[str, Any]]] = {}  # tag or end -> (sending node, columns)
         everywhere = [*self.graph.nodes, END]
+        targets = {tag: spec.emits if spec.emits is not None else everywhere for tag, spec in self.graph.nodes.items()}
         # Breadth first from start, so that a node's columns come from a node that sends
         # to it (declared or not); nodes nothing reaches get the file's header.
         order, seen = [START], {START}
         for tag in order:
-            spec = self.graph.nodes[tag]
-            for nxt in spec.emits if spec.emits is not None else everywhere:
+            for nxt in targets[tag]:
                 if nxt not in seen and nxt in self.graph.nodes:
                     seen.add(nxt)
                     order.append(nxt)
@@ -323,15 +323,14 @@ class _FileRun:
                 except Exception as exc:
                     what = f"records() of {spec.processor} raised {type(exc).__name__}: {exc}"
                     raise ProcessingError(self.name, None, what, tag) from exc
-            for nxt in spec.emits if spec.emits is not None else everywhere:
+            for nxt in targets[tag]:
                 sent = out.get(nxt) if isinstance(out, dict) else out
                 incoming.setdefault(nxt, sent)
                 sources.setdefault(nxt, []).append((tag, sent))
         self.end_header = self._one_header(sources.get(END, []), "output/<name>")
-        sinks: dict[str, list[tuple[str, Any]]] = {}
-        for tag, spec in self.graph.nodes.items():
-            if spec.builtin and spec.processor == "write":
-                sinks.setdefault(str(spec.options["output"]), []).append((tag, incoming.get(tag, columns)))
+        sinks: dict[str, list[tuple[str, Any]]] = {}  # write nodes sharing a suffix share its header
+        for tag, suffix in self.graph.sinks().items():
+            sinks.setdefault(suffix, []).append((tag, incoming.get(tag, columns)))
         for suffix, senders in sinks.items():
             self._one_header(senders, f"output/<name>.{suffix}")
         self.header_due = self.end_header is not None

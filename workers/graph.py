@@ -50,25 +50,29 @@ class Graph:
     def instantiate(self) -> dict[str, Any]:
         return {tag: spec.instantiate() for tag, spec in self.nodes.items()}
 
+    def sinks(self) -> dict[str, str]:
+        """The built-in ``write`` nodes: tag -> the suffix of the side output each writes."""
+        return {tag: str(s.options["output"]) for tag, s in self.nodes.items() if s.builtin and s.processor == "write"}
+
     def side_outputs(self) -> list[str]:
         """Suffixes of the side outputs the built-in ``write`` nodes produce."""
-        return [str(s.options["output"]) for s in self.nodes.values() if s.builtin and s.processor == "write"]
+        return list(self.sinks().values())
 
     def layout(self) -> list[dict[str, Any]]:
         """The nodes in rank order, each with the tags it may emit (None: not declared)
         and its side output: what the dashboard draws."""
+        sinks = self.sinks()
         return [{"tag": tag, "processor": spec.processor, "emits": list(spec.emits) if spec.emits is not None else None,
-                 "side": spec.options["output"] if spec.builtin and spec.processor == "write" else None}
+                 "side": sinks.get(tag)}
                 for tag, spec in ((t, self.nodes[t]) for t in sorted(self.nodes, key=self.rank.__getitem__))]
 
     def describe(self) -> list[str]:
         """Human-readable lines: tag -> processor -> tags it may emit."""
-        out = []
+        out, sinks = [], self.sinks()
         for tag in sorted(self.nodes, key=self.rank.__getitem__):
             spec = self.nodes[tag]
             emits = ", ".join(spec.emits) if spec.emits is not None else "(not declared)"
-            is_sink = spec.builtin and spec.processor == "write"
-            side = f"  [side output <name>.{spec.options['output']}]" if is_sink else ""
+            side = f"  [side output <name>.{sinks[tag]}]" if tag in sinks else ""
             out.append(f"{tag} -> {spec.processor} -> {emits or '(nothing)'}{side}")
         return out
 
