@@ -146,3 +146,25 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config, _ = load(tmp_path, START)
     with pytest.raises(AttributeError):
         config.pipelines["default"].max_hops = 3  # type: ignore[misc]
+
+
+def test_celery_defaults_work_together(tmp_path: Path) -> None:
+    """backend = "celery" and a broker are all it takes: the visibility timeout left out
+    is derived from [workers] (the longest job, 600 s x 64 + 30, plus 600 s)."""
+    config, _ = load(tmp_path, "[workers]\nbackend = 'celery'\n[celery]\nbroker_url = 'redis://127.0.0.1:6379/0'\n"
+                     + START)
+    assert config.celery.visibility_timeout == 600 * 64 + 30 + 600
+    small, _ = load(tmp_path, "[workers]\nbackend = 'celery'\nfile_timeout = 10\nbatch_files = 4\n" + START)
+    assert small.celery.visibility_timeout == 10 * 4 + 30 + 600
+
+
+def test_a_reload_must_not_outlast_the_running_visibility_timeout(tmp_path: Path) -> None:
+    from workers.config import reloaded
+
+    running, _ = load(tmp_path, "[workers]\nbackend = 'celery'\nfile_timeout = 10\nbatch_files = 4\n" + START)
+    longer, _ = load(tmp_path, "[workers]\nbackend = 'celery'\nfile_timeout = 200\nbatch_files = 4\n" + START)
+    with pytest.raises(ConfigError) as info:
+        reloaded(running, longer)
+    assert info.value.key == "celery.visibility_timeout"
+    same, _ = load(tmp_path, "[workers]\nbackend = 'celery'\nfile_timeout = 10\nbatch_files = 4\n" + START)
+    assert reloaded(running, same)[1] == []  # a derived timeout is no change of [celery]

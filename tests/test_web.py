@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon import BASE_CONFIG, behave_config, drop, folder, journal, start, wait_for, write_config
@@ -83,6 +84,9 @@ def test_metrics_parse_and_carry_every_family(app_setup) -> None:
     client, _, _ = app_setup()
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
+    # One charset, as prometheus_client names it (Flask's mimetype= would append a second).
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"].count("charset") == 1
     families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
     for name in ("foldermill_files_processed", "foldermill_files_failed", "foldermill_file_attempts_failed",
                  "foldermill_lines_processed", "foldermill_node_lines", "foldermill_node_errors",

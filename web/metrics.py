@@ -118,4 +118,5 @@ def metrics() -> Response:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FoldermillCollector(snapshot))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST has its charset already (Flask would add another).
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -73,7 +73,9 @@ class WorkersConfig:
 class CeleryConfig:
     broker_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "foldermill"
-    visibility_timeout: float = 3600.0  # a task not acknowledged after this is redelivered
+    # A task not acknowledged after this is redelivered. 0 (the default): derived from
+    # [workers], the longest a job may run plus VISIBILITY_MARGIN_S, so defaults agree.
+    visibility_timeout: float = 0.0
     prefetch_jobs: int = 8  # jobs the supervisor keeps on the broker at once
 
 
@@ -166,6 +168,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     celery = _parse_celery(table.sub("celery"))
     pipelines, routes = _parse_pipelines(table)
     table.done()
+    if not celery.visibility_timeout:
+        celery = dataclasses.replace(celery, visibility_timeout=max_job_seconds(workers) + VISIBILITY_MARGIN_S)
     _check_visibility(celery, workers)
     return Config(path=path, watch=watch, pipelines=pipelines, routes=routes, workers=workers, web=web,
                   celery=celery, raw=data)
@@ -228,6 +232,7 @@ def _parse_web(t: _Table) -> WebConfig:
 
 
 JOB_SLACK_S = 30.0  # a job's start-up and result push, on top of its files' time
+VISIBILITY_MARGIN_S = 600.0  # a derived visibility_timeout outlasts the longest job by this
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -235,11 +240,14 @@ def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
     running ``[watch]``, ``[web]``, ``[celery]``, ``backend`` and ``count`` (those need
     a restart: their names are returned, to be logged)."""
     kept = [key for key, old, now in (("watch", running.watch, new.watch), ("web", running.web, new.web),
-                                      ("celery", running.celery, new.celery))
+                                      ("celery", running.raw.get("celery"), new.raw.get("celery")))
             if old != now]
     if new.workers.backend != running.workers.backend or new.workers.count != running.workers.count:
         kept.append("workers.backend/count")
     workers = dataclasses.replace(new.workers, backend=running.workers.backend, count=running.workers.count)
+    # The running [celery] stays: its visibility_timeout (given, or derived from the old
+    # [workers]) must still outlast the new limits' longest job.
+    _check_visibility(running.celery, workers)
     # Workers parse the raw tables: give them the running [watch], [web] and [celery].
     raw = {**new.raw, **{k: running.raw[k] for k in ("watch", "web", "celery") if k in running.raw}}
     for k in ("watch", "web", "celery"):
@@ -296,7 +304,7 @@ def _parse_celery(t: _Table) -> CeleryConfig:
         broker_url=t.get("broker_url", str, d.broker_url,
                          check=lambda v: "" if v.startswith(("redis://", "rediss://")) else "must be a redis:// URL"),
         queue=t.get("queue", str, d.queue, check=_non_empty),
-        visibility_timeout=t.get("visibility_timeout", float, d.visibility_timeout, check=_positive),
+        visibility_timeout=t.get("visibility_timeout", float, d.visibility_timeout, check=_at_least(0)),
         prefetch_jobs=t.get("prefetch_jobs", int, d.prefetch_jobs, check=_at_least(1)),
     )
     t.done()

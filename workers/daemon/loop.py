@@ -168,10 +168,10 @@ class Loop:
         try:
             new = load_config(self.config.path)
             pipelines = compile_pipelines(new, str(new.base_dir))
+            self.config, kept = reloaded(self.config, new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self.config, kept = reloaded(self.config, new)
         if kept:
             log.warning("reload: changes to %s need a restart and are ignored", ", ".join(kept))
         self.pipelines = pipelines
