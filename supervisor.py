@@ -16,6 +16,16 @@ parts and its loop in ``workers/daemon/``.
 
 from __future__ import annotations
 
+import signal
+
+# The first thing the supervisor does: SIGTERM and SIGINT are only counted until the
+# daemon takes them over (Daemon.catch_signals), so a stop that arrives while modules
+# are still being imported (a few hundred milliseconds) is a clean stop, exit 0, not a
+# death by the signal. Only the interpreter's own start-up, before this line, is left.
+EARLY_SIGNALS: list[int] = []
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+
 import logging
 import os
 import sys
@@ -55,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"foldermill: configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command is not None:  # a verb, not the daemon: signals act as usual again
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if EARLY_SIGNALS:
+            return EXIT_OK
     if args.command == "check":
         return cmd_check(config, pipelines)
     if args.command == "run":
@@ -64,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
     daemon = Daemon(config, pipelines, options, open_shared, start_dashboard)
-    daemon.catch_signals()  # before anything starts: a SIGTERM during start-up stops cleanly
+    daemon.catch_signals(len(EARLY_SIGNALS))  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         daemon.start()
     except (QueueSetupError, SystemFailure, StateError, OSError) as exc:

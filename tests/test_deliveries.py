@@ -451,6 +451,34 @@ def test_sigterm_while_starting_stops_cleanly(tmp_path: Path, daemons) -> None:
     assert "Traceback" not in d.log()
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.03, 0.1, 0.25, 0.5])
+def test_sigterm_at_any_moment_of_start_up_exits_0(tmp_path: Path, daemons, delay_s: float) -> None:
+    """From the supervisor's first line on (its handler is the first thing it sets), a
+    SIGTERM is a clean stop, however early: while it imports, forks, opens the state."""
+    config = control_config(tmp_path)
+    d = Daemon(config)
+    daemons.append(d)
+    wait_for(lambda: catches_sigterm(d.pid) or not d.alive(), 10, "the supervisor's SIGTERM handler (its first line)",
+             interval_s=0.001)
+    # Caught before the modules that take most of the start-up are loaded (the state
+    # database's _sqlite3 among them): the handler really is the first thing it does.
+    assert "_sqlite3" not in Path(f"/proc/{d.pid}/maps").read_text()
+    pace(delay_s)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(30) == 0, d.log()
+    assert "Traceback" not in d.log()
+
+
 def test_a_long_name_with_a_long_extension_delivered_twice(tmp_path: Path, daemons) -> None:
     """Found by the model-based test: the collision name kept a 253-byte "extension"."""
     config = control_config(tmp_path)

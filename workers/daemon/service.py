@@ -80,7 +80,10 @@ class Daemon:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def catch_signals(self) -> None:
+    def catch_signals(self, early: int = 0) -> None:
+        """Signals are the loop's from now on; ``early``: how many came before (while
+        the supervisor was importing its modules)."""
+        self.signals += early
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
@@ -96,6 +99,7 @@ class Daemon:
     def start(self) -> None:
         config = self.config
         log.info("starting: watch dir %s, config %s", config.watch.dir, config.path)
+        self._starting()
         self.queue.prepare()
         if config.web.enabled:
             self.dashboard = Dashboard(self.start_dashboard, config.web.host, config.web.port)
