@@ -6,7 +6,8 @@
     python supervisor.py -c config.toml status | retry NAME... | discard NAME... | replay NAME... | history NAME
 
 Exit status: 0 success or a clean stop, 1 some file failed (``run``), 2 bad
-configuration or usage, 3 another fatal start-up error.
+configuration or usage, 3 a failure that needs a person, 75 a fault of the machine
+at start-up (a full disk...): start again once it clears.
 
 This module is the entry point and what the daemon gets from outside: the
 multiprocessing manager (created here only, its proxies passed down) and the
@@ -28,6 +29,7 @@ for _sig in (signal.SIGTERM, signal.SIGINT):
 
 import logging
 import os
+import sqlite3
 import sys
 from multiprocessing.managers import SyncManager
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 from workers.cli import (
     EXIT_FATAL,
     EXIT_OK,
+    EXIT_TEMPFAIL,
     EXIT_USAGE,
     build_parser,
     cmd_check,
@@ -46,6 +49,7 @@ from workers.config import Config, load_config
 from workers.daemon.service import Daemon, StartInterrupted
 from workers.daemon.types import Options
 from workers.errors import ConfigError, SystemFailure
+from workers.faults import fault_of
 from workers.pipelines import compile_pipelines
 from workers.queue import QueueSetupError
 from workers.store import StateError
@@ -82,10 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     daemon.catch_signals(len(EARLY_SIGNALS))  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         daemon.start()
-    except (QueueSetupError, SystemFailure, StateError, OSError) as exc:
-        log.error("cannot start: %s", exc)
+    except (QueueSetupError, SystemFailure, StateError, OSError, sqlite3.OperationalError) as exc:
+        fault = fault_of(exc, str(config.watch.dir / ".foldermill" / "state.db"))
+        if fault is not None:  # the machine's, for now: systemd's Restart= tries again
+            log.error("cannot start now: %s; exit %d: start it again once that clears", fault.describe(),
+                      EXIT_TEMPFAIL)
+        else:
+            log.error("cannot start: %s", exc)
         daemon.shutdown()
-        return EXIT_FATAL
+        return EXIT_TEMPFAIL if fault is not None else EXIT_FATAL
     except StartInterrupted:
         log.info("stopped by a signal while starting")
         daemon.shutdown()

@@ -6,12 +6,15 @@ import calendar
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -271,3 +274,32 @@ def behave_config(tmp_path: Path, extra: str = "") -> Path:
     pipeline = f'[pipeline.nodes.start]\nprocessor = "behave:Behave"\nflags = "{tmp_path / "flags"}"\n'
     text = BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', "")
     return write_config(tmp_path, text, textwrap.dedent(extra) + pipeline)
+
+
+def dashboard_url(d: Daemon) -> str:
+    """The dashboard's URL, as the supervisor logged it at start-up."""
+    found = re.search(r"dashboard at (http://\S+)", d.log())
+    assert found, f"no dashboard URL in the log:\n{d.log()}"
+    return found.group(1)
+
+
+def http_json(url: str, timeout_s: float = 5) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of a GET, whatever the status (a 503 has a body too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def metric_value(base_url: str, name: str, **labels: str) -> float | None:
+    """One sample of ``/metrics``, by its name and labels (None: not there)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base_url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

@@ -22,16 +22,20 @@ PART_IMPORTS = {
     "census": set(),
     "intake": {"types", "events", "backlog", "census"},
     "ledger": {"types"},
-    "commit": {"types", "ledger"},  # the commit part writes the outcomes into the ledger's book
+    "commit": {"types", "ledger", "outcomes"},  # the commit part writes the outcomes into the ledger's book
+    "outcomes": {"types", "ledger"},
+    "faults": set(),
+    "reconcile": {"types"},
     "backend": {"types"},
     "local_pool": {"types"},
     "celery_pool": {"types"},
     "publisher": {"types"},
     "retention": set(),
     "dashboard": {"types"},
-    "loop": {"types", "backend", "commit", "dashboard", "inbox", "intake", "ledger", "publisher", "retention"},
-    "service": {"types", "backend", "celery_pool", "commit", "dashboard", "inbox", "intake", "ledger",
-                "local_pool", "loop", "publisher", "retention"},
+    "loop": {"types", "backend", "commit", "dashboard", "faults", "inbox", "intake", "ledger", "publisher",
+             "reconcile", "retention"},
+    "service": {"types", "backend", "celery_pool", "commit", "dashboard", "faults", "inbox", "intake", "ledger",
+                "local_pool", "loop", "publisher", "reconcile", "retention"},
 }
 
 

@@ -401,6 +401,8 @@ def test_attempt_counts_survive_a_supervisor_restart(tmp_path: Path, daemons) ->
     # After a restart the file needs two more deaths (1.5 s, then 3 s apart), not three.
     start(daemons, config)
     wait_for(lambda: outcome(watch, "poison.log") == "failed", 30, "poison.log in failed/")
+    # The journal line follows the move: wait for it.
+    wait_for(lambda: [e for e in journal(watch) if e["event"] == "failed"], 10, "the journal's failed line")
     attempts = [e["attempt"] for e in journal(watch) if e["event"] in ("retried", "failed")]
     assert attempts == [1, 2, 3]
     assert "attempt 3 of 3" in (watch / "failed" / "poison.log.reason").read_text()

@@ -18,7 +18,21 @@ from pathlib import Path
 import pytest
 
 from tests.components import require, require_root
-from tests.daemon import BASE_CONFIG, Daemon, alive, drop, folder, journal, pace, start, wait_for, write_config
+from tests.daemon import (
+    BASE_CONFIG,
+    Daemon,
+    alive,
+    dashboard_url,
+    drop,
+    folder,
+    http_json,
+    journal,
+    metric_value,
+    pace,
+    start,
+    wait_for,
+    write_config,
+)
 from workers.names import NAME_MAX, name_bytes, output_name, reason_name
 
 CONTROL = '''
@@ -89,10 +103,6 @@ def upper(content: str) -> str:
 
 def processed_contents(watch: Path) -> dict[str, bytes]:
     return {n: (watch / "processed" / n).read_bytes() for n in folder(watch, "processed")}
-
-
-def dashboard_url(d: Daemon) -> str:
-    return re.search(r"dashboard at (http://\S+)", d.log()).group(1)
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -413,20 +423,42 @@ def test_a_removed_watch_dir_stops_the_daemon_with_status_3(tmp_path: Path, daem
     assert "is gone" in d.log() and "Traceback" not in d.log()
 
 
-def test_a_read_only_watch_dir_stops_the_daemon_with_status_3(tmp_path: Path, daemons) -> None:
+def test_a_read_only_remount_pauses_intake_and_it_resumes_when_writable_again(tmp_path: Path, daemons) -> None:
+    """A read-only remount (an operator's, or the kernel's errors=remount-ro) needs a
+    person, but once they remount it writable there is nothing else to do: the daemon
+    paused, said so, and resumes by itself (an exit would keep it down under systemd's
+    RestartPreventExitStatus=3)."""
     config = control_config(tmp_path)
     require_root("a read-only bind mount")
     config.write_text(config.read_text().replace("settle = 0.3", "settle = 2"))
     watch = tmp_path / "watch_dir"
     d = start(daemons, config)
+    url = dashboard_url(d)
     (watch / "unprocessed" / "r.log").write_text("r\n")  # written in place: claimed once settled
     subprocess.run(["mount", "--bind", str(watch), str(watch)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(watch)], check=True)
-        assert d.wait(30) == 3
+        _, health = wait_for(lambda: (h := http_json(url + "health"))[0] == 503 and h, 30,
+                             "/health to say the filesystem is read-only")
+        assert any("read-only" in p for p in health["problems"]), health
+        assert health["machine_fault"]["kind"] == "read_only"
+        assert metric_value(url, "foldermill_machine_fault", kind="read_only") == 1
+        assert "intake paused: the filesystem is read-only" in d.log()
+        assert d.alive() and outcome_of(watch, "r.log") == "unprocessed"
+        subprocess.run(["mount", "-o", "remount,bind,rw", str(watch)], check=True)
+        wait_for(lambda: folder(watch, "processed") == ["r.log"], 30, "r.log processed once writable again")
+        wait_for(lambda: http_json(url + "health")[0] == 200, 10, "/health back to 200")
+        assert metric_value(url, "foldermill_machine_fault", kind="read_only") == 0
+        assert metric_value(url, "foldermill_machine_faults_total", kind="read_only") == 1
+        assert "intake resumed" in d.log()
     finally:
         subprocess.run(["umount", str(watch)], check=True)
-    assert "Read-only file system" in d.log() and "Traceback" not in d.log()
+    assert not [e for e in journal(watch) if e["event"] in ("retried", "failed")]  # nothing charged
+    assert d.alive() and "Traceback" not in d.log()
+
+
+def outcome_of(watch: Path, name: str) -> str:
+    return next((f for f in ("unprocessed", "underprocess", "processed", "failed") if name in folder(watch, f)), "")
 
 
 def test_a_corrupt_state_database_is_a_clear_start_up_error(tmp_path: Path, daemons) -> None:

@@ -17,9 +17,11 @@ from workers.config import Config, load_config, pipeline_version, reloaded
 from workers.daemon.backend import Backend
 from workers.daemon.celery_pool import CeleryPool
 from workers.daemon.commit import Commit
+from workers.daemon.faults import Faults
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.local_pool import LocalPool
+from workers.daemon.reconcile import Reconcile
 from workers.daemon.types import Delivery, Tally
 from workers.graph import compile_graph
 from workers.queue import FolderQueue
@@ -89,7 +91,10 @@ def test_intake_recovers_a_dead_owners_file_and_leaves_its_own(tmp_path: Path) -
     intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False)
     assert intake.claim(1.0, 10, Nothing(), True, True).files
     (q.underprocess / "orphan.log").write_text("left by a dead supervisor\n")  # nobody holds its lock
-    found = intake.recover(2.0, {"mine.log"})
+    reconcile = Reconcile(q, Store(q.state_dir / "state.db"), "host:1", "host:1:test")
+    assert reconcile.recover_due(2.0)
+    found = reconcile.recover(2.0, {"mine.log"})
+    assert not reconcile.recover_due(3.0)
     assert found.requeued == ["orphan.log"] and not found.adopted
     assert sorted(os.listdir(q.unprocessed)) == ["orphan.log"] and os.listdir(q.underprocess) == ["mine.log"]
 
@@ -103,8 +108,9 @@ def book(tmp_path: Path) -> tuple[FolderQueue, Store, Ledger, Commit, Config]:
     store = Store(q.state_dir / "state.db")
     journal = Journal(config.watch.dir / "input.log", 1 << 20, 2, q.locks_dir / "journal.lock")
     graph = compile_graph(config.pipelines["default"], str(config.base_dir))
-    ledger = Ledger(q, store, journal, graph, "host:1", "host:1:test", False, lambda name: None)
-    commit = Commit(ledger, store, q, config.workers, Stats(0.0, {}), Tally())
+    faults = Faults([q.output, q.state_dir])
+    ledger = Ledger(q, store, journal, graph, "host:1", "host:1:test", False, lambda name: None, faults, 0.3)
+    commit = Commit(ledger, store, q, config.workers, Stats(0.0, {}), Tally(), faults)
     return q, store, ledger, commit, config
 
 

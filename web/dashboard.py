@@ -65,6 +65,9 @@ def stats() -> Response:
         "graph_layout": s.get("graph_layout", []),
         "backend": s.get("backend", "local"),
         "broker": s.get("broker"),
+        "machine_fault": s.get("machine_fault"),
+        "changed_while_processing": s.get("changed_while_processing", 0),
+        "writers": s.get("writers", {}),
     })
 
 
@@ -97,5 +100,9 @@ def health() -> tuple[Response, int]:
         broker = s.get("broker")
         if broker and not broker.get("ok"):
             problems.append(f"the broker is unreachable: {broker.get('error')}")
-    body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
+        fault = s.get("machine_fault")
+        if fault:
+            problems.append(f"intake paused by a fault of the machine: {fault.get('message')}")
+    body = {"status": "ok" if not problems else "unhealthy", "problems": problems,
+            "machine_fault": s.get("machine_fault"), "writers": s.get("writers", {})}
     return jsonify(body), 200 if not problems else 503

@@ -14,6 +14,7 @@ from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from workers.faults import KINDS as FAULT_KINDS
 from workers.pipelines import split_node_key
 
 bp = Blueprint("metrics", __name__)
@@ -50,6 +51,24 @@ class FoldermillCollector:
             yield GaugeMetricFamily("foldermill_broker_queue_jobs", "Jobs waiting on the Celery broker's queue.",
                                     value=broker["queue_depth"])
         yield from self._histogram(s.get("histogram"))
+        yield from self._faults(s)
+
+    def _faults(self, s: dict[str, Any]) -> Iterator[Metric]:
+        """The fault of the machine that pauses intake (1 for its kind), episodes by
+        kind, whether intake is paused at all, inputs caught still being written."""
+        faults = s.get("faults") or {}
+        active = faults.get("active")
+        episodes = faults.get("episodes") or dict.fromkeys(FAULT_KINDS, 0)
+        yield _labelled(GaugeMetricFamily, "foldermill_machine_fault", "1 while a fault of the machine of this "
+                        "kind pauses intake (a full disk, a quota, no descriptors...).", "kind",
+                        {k: int(k == active) for k in episodes})
+        yield _labelled(CounterMetricFamily, "foldermill_machine_faults", "Times intake was paused by a fault of "
+                        "the machine, by kind.", "kind", episodes)
+        yield GaugeMetricFamily("foldermill_intake_paused", "1 while no new file is claimed (paused by an operator "
+                                "or by a fault of the machine).", value=int(bool(s.get("intake_paused") or active)))
+        yield _counter("foldermill_inputs_changed_while_processing", "Inputs caught still being written between "
+                       "their claim and their commit (never committed; processed again once stable).",
+                       s.get("changed_while_processing", 0))
 
     def _pipelines(self, names: list[str], figures: dict[str, dict[str, int]]) -> Iterator[Metric]:
         """Per pipeline: its label values are the configured names (and those a reload

@@ -25,11 +25,13 @@ from workers.names import output_name, shown
 from workers.outputs import StagedOutputs, unique_name
 from workers.pipelines import Pipelines
 from workers.progress import Progress
+from workers.readiness import see_writers
 
 EXIT_OK = 0
 EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: a fault of the machine at start-up; systemd's Restart= tries again
 
 log = logging.getLogger("foldermill")
 
@@ -97,6 +99,10 @@ def cmd_ops(config: Config, args: argparse.Namespace) -> int:
 def cmd_check(config: Config, pipelines: Pipelines) -> int:
     print(f"config {config.path} is valid")
     print(f"watch dir: {config.watch.dir}")
+    unprocessed = config.watch.dir / "unprocessed"
+    if unprocessed.is_dir():  # how a daemon of this user would see writers there
+        sight = see_writers(str(unprocessed), True, config.watch.settle)
+        print(f"writers, as user {sight.user} sees them:" + "".join(f"\n  - {w}" for w in sight.describe()))
     for line in pipelines.describe():
         print(line)
     return EXIT_OK
@@ -151,7 +157,8 @@ def _run_one(graph: Graph, path: Path, out_dir: Path, trace: bool, report: Any =
         print(f"{where}: cannot open: {exc.strerror}", file=sys.stderr)
         return False
     with source:
-        staged = StagedOutputs(out_dir, unique_name(path.name, taken), graph.settings.encoding)
+        staged = StagedOutputs(out_dir, unique_name(path.name, taken), graph.settings.encoding,
+                               token=f"run-{os.getpid()}")  # a start-up sweep of the daemon keeps them while we live
         try:
             result = run_file(graph, path.name, source, staged.sink, report, trace_every=100 if trace else 0)
         except InputError as exc:

@@ -45,6 +45,7 @@ from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
 from workers.errors import InputError, ProcessingError
+from workers.faults import ERRNO_KINDS
 from workers.graph import END, START, Graph
 from workers.records import RecordError, RecordFormat
 
@@ -642,7 +643,11 @@ class _FileRun:
         return [keys[i] for i in keep], [lines[i] for i in keep], [hops[i] for i in keep]
 
     def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
-        """One line failed at a node: fail the file, or report and drop it (skip_line)."""
+        """One line failed at a node: fail the file, or report and drop it (skip_line).
+        A fault of the machine (a sink's write on a full disk) is no line's fault: it
+        stops the file as it is, to be sent again once the fault clears."""
+        if isinstance(exc, OSError) and exc.errno in ERRNO_KINDS:
+            raise exc
         at = key[0] if type(key) is tuple else key
         origin = self.base + at
         line_no = (origin + 1 if self.first_lines is None else self.first_lines[at]) \

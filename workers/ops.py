@@ -19,7 +19,8 @@ from workers.actions import DISCARDED, SOURCE, files_in, journal_fields, perform
 from workers.config import Config
 from workers.names import shown, unshown
 from workers.queue import FolderQueue
-from workers.store import Journal, Store, journal_entry, tail_journal
+from workers.readiness import see_writers
+from workers.store import Journal, Store, journal_entry, journal_lines, tail_journal
 
 ANNOUNCE_GLOB = "supervisor-*.json"
 
@@ -62,7 +63,8 @@ def status(config: Config) -> dict[str, Any]:
                 "oldest_unprocessed_age_s": stats["oldest_unprocessed_age_s"],
                 "workers": [{k: w.get(k) for k in ("pid", "state", "file", "progress_percent")}
                             for w in stats["workers"]],
-                "recent_failures": errors, "totals": stats["totals_since_journal_began"]}
+                "recent_failures": errors, "totals": stats["totals_since_journal_began"],
+                "machine_fault": stats.get("machine_fault"), "writers": stats.get("writers") or {}}
     return _status_from_disk(config, q)
 
 
@@ -74,17 +76,26 @@ def _status_from_disk(config: Config, q: FolderQueue) -> dict[str, Any]:
     return {"source": "no supervisor is running: read from the folders and the journal",
             "folders": q.counts(),
             "oldest_unprocessed_age_s": time.time() - oldest / 1e9 if oldest is not None else None,
-            "workers": [], "recent_failures": failures, "totals": {}}
+            "workers": [], "recent_failures": failures, "totals": {}, "machine_fault": None,
+            # What a daemon of this user would see (the service may run as another).
+            "writers": see_writers(str(q.unprocessed), True, config.watch.settle).as_dict()}
 
 
 def format_status(s: dict[str, Any]) -> str:
     lines = [f"source: {s['source']}"]
+    fault = s.get("machine_fault")
+    if fault:
+        lines.append(f"INTAKE PAUSED by a fault of the machine: {fault['message']} (it resumes by itself when "
+                     "that clears)")
     lines.append("folders: " + ", ".join(f"{k} {v}" for k, v in s["folders"].items()))
     age = s["oldest_unprocessed_age_s"]
     lines.append(f"oldest waiting file: {age:.1f} s" if age is not None else "oldest waiting file: none")
     for w in s["workers"]:
         doing = f"{w['file']} {w['progress_percent']}%" if w.get("file") else "idle"
         lines.append(f"worker {w['pid']}: {w['state']}, {doing}")
+    writers = (s.get("writers") or {}).get("summary")
+    if writers:
+        lines.append("writers are seen by:" + "".join(f"\n  - {w}" for w in writers))
     if s["recent_failures"]:
         lines.append("recent failures:")
         for f in s["recent_failures"]:
@@ -143,12 +154,7 @@ def history(config: Config, name: str, exact: bool = False) -> list[dict[str, An
             with open(p, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     if any(needle in line for needle in needles):
-                        try:
-                            e = json.loads(line)
-                        except ValueError:
-                            continue
-                        if wanted & {e.get("file"), e.get("final")}:
-                            entries.append(e)
+                        entries += [e for e in journal_lines([line]) if wanted & {e.get("file"), e.get("final")}]
         except FileNotFoundError:
             continue
     return entries

@@ -8,6 +8,7 @@ file after a crash rewrites identical content under the same final names.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -84,15 +85,25 @@ class StagedOutputs:
         return [self.out_dir / final for _, final in pairs]
 
     def abort(self) -> None:
+        """Close and remove every staged file. Closing flushes what is buffered, which
+        fails on a full disk: the descriptor is closed all the same, and the file goes."""
         for temp, stream in self.staged.values():
-            stream.close()
+            with contextlib.suppress(OSError):
+                stream.close()
             temp.unlink(missing_ok=True)
 
 
 def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> None:
+    """Rename each staged output to its final name. Idempotent: a pair whose staged
+    file is gone while its final name is there was renamed by an earlier try (one a
+    full disk, or a crash, cut short)."""
     base = str(out_dir) + "/"
     for temp, final in pairs:
-        os.replace(base + temp, base + final)
+        try:
+            os.replace(base + temp, base + final)
+        except FileNotFoundError:
+            if not os.path.lexists(base + final):
+                raise
     if durable:
         fsync_dir(out_dir)
 

@@ -28,7 +28,7 @@ import re
 import stat
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from workers.fs import move
 from workers.names import collision_name, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
+REASON_TEMP = ".fm-reason."  # a reason file being written: .fm-reason.<pid>.<ns>.tmp in failed/
 FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
 PLACEHOLDER = ".gitkeep"
 
@@ -224,15 +225,16 @@ class FolderQueue:
 
     # -- moving on -----------------------------------------------------------------------
 
-    def finish(self, name: str, final_name: str, folder: str, reason: str = "") -> str:
+    def finish(self, name: str, final_name: str, folder: str, reason: str = "", durable: bool = False) -> str:
         """Move a claimed file to processed/ or failed/ under ``final_name`` (with its
-        reason beside it in failed/), then release its lock. Returns the name it got:
-        ``final_name``, or a collision name if something took that name meanwhile
-        (nothing is ever replaced). FileNotFoundError: it left underprocess/ (by hand).
-        Any other error leaves it claimed (lock held) where it is."""
+        reason beside it in failed/, on disk first when ``durable``), then release its
+        lock. Returns the name it got: ``final_name``, or a collision name if something
+        took that name meanwhile (nothing is ever replaced). FileNotFoundError: it left
+        underprocess/ (by hand). Any other error leaves it claimed (lock held) where it
+        is, a reason that cannot be written (a full disk) too."""
         target_dir = self._proc if folder == "processed" else self._fail
         # The reason first: a file in failed/ always has its reason beside it.
-        wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason)
+        wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason, durable)
         for n in range(1000):
             target = final_name if n == 0 else collision_name(final_name, n)
             try:
@@ -250,7 +252,8 @@ class FolderQueue:
             if reason and n:
                 if wrote:
                     os.unlink(self._fail + reason_name(final_name))
-                write_reason(Path(self._fail + reason_name(target)), reason)
+                with contextlib.suppress(OSError):  # moved already: the reason is in the journal and the state
+                    write_reason(Path(self._fail + reason_name(target)), reason, durable)
             return target
         raise FileExistsError(errno.EEXIST, "no free name", target_dir + final_name)
 
@@ -314,6 +317,26 @@ class FolderQueue:
             except FileNotFoundError:
                 self.release(name)
         return found
+
+    def sweep_debris(self, staged_kept: Callable[[str], Collection[str] | None]) -> int:
+        """What a crash or a power cut left behind that nothing will use: staged outputs
+        (``output/.fm-<token>.*.tmp``) whose token ``staged_kept`` does not claim (it
+        names the ones to keep, None for all), and the temporary files of processes that
+        are gone (reason files being written, probes, pass fences). At start-up, before
+        any claim. Returns how many went."""
+        staged: dict[str, list[str]] = {}
+        removed = 0
+        for folder in (self.output, self.failed, self.unprocessed, self.underprocess, self.state_dir):
+            for name in _hidden_names(folder, DEBRIS_PREFIXES):
+                if folder == self.output and name.endswith(".tmp") and not name.startswith(PROBE_PREFIX):
+                    staged.setdefault(name[len(".fm-"):].split(".", 1)[0], []).append(name)
+                elif not pid_alive(_debris_pid(name)):
+                    removed += _unlink(folder / name)
+        for token, names in staged.items():
+            kept = staged_kept(token)
+            if kept is not None:
+                removed += sum(_unlink(self.output / n) for n in names if n not in kept)
+        return removed
 
     def check_folders(self) -> None:
         """The folders must still be there (a watch dir removed or unmounted)."""
@@ -437,6 +460,50 @@ def open_claimed(path: Path) -> int:
     return fd
 
 
+PROBE_PREFIX = ".fm-probe-"  # workers/daemon/faults.py: .fm-probe-<pid>
+FENCE_PREFIX = ".fm-pass-"  # workers/daemon/events.py: .fm-pass-<pid>-<hex>-<seq>
+DEBRIS_PREFIXES = (".fm-",)
+
+
+def _hidden_names(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """Names in ``folder`` with one of ``prefixes``, read one entry at a time (output/
+    may hold millions of names: only the few hidden ones are kept)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name for e in entries if e.name.startswith(prefixes)]
+    except FileNotFoundError:
+        return []
+
+
+def _debris_pid(name: str) -> int:
+    """The pid a temporary file's name carries (0: none, it is not ours to judge)."""
+    for prefix in (PROBE_PREFIX, FENCE_PREFIX, REASON_TEMP):
+        if name.startswith(prefix):
+            digits = re.match(r"\d+", name[len(prefix):])
+            return int(digits.group()) if digits else 0
+    return 0
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a name we made: left alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    return True
+
+
+def _unlink(path: Path) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
+
+
 def _count_entries(folder: Path) -> int:
     """Entries of ``folder`` but its placeholder, counted one at a time."""
     try:
@@ -462,16 +529,20 @@ def _used(path: str) -> bool:
         return True
 
 
-def write_reason(path: Path, reason: str) -> bool:
-    """Write ``path`` whole (a temporary file, then a move that replaces nothing).
-    False if it could not be written: the reason is in the journal and the state too."""
-    tmp = path.with_name(f".fm-reason.{os.getpid()}.{time.monotonic_ns()}.tmp")
+def write_reason(path: Path, reason: str, durable: bool = False) -> bool:
+    """Write ``path`` whole (a temporary file, synced when ``durable``, then a move that
+    replaces nothing). An OSError leaves nothing behind, and is raised."""
+    tmp = path.with_name(f"{REASON_TEMP}{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        tmp.write_text(reason.rstrip("\n") + "\n", encoding="utf-8", errors="backslashreplace")
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(reason.rstrip("\n") + "\n")
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
         move(tmp, path)
         return True
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        return False
+        raise
 

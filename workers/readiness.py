@@ -1,20 +1,34 @@
 """When is a file in ``unprocessed/`` ready to be claimed?
 
 - With a ready marker configured: when its marker exists.
-- Otherwise never while any process holds it open for writing (found through
-  ``/proc/<pid>/fd`` and the access mode in ``/proc/<pid>/fdinfo``, by path, or by
-  inode for a file hard-linked in while its writer still has it open), and then:
-  at once if it was renamed into the folder (the producer's atomic hand-off), or when
-  its size and mtime have stayed unchanged for ``settle`` seconds (some writers close
-  and reopen the file for every chunk, so a close alone proves nothing).
+- Otherwise never while a process holds it open, as seen two ways:
 
-Only processes whose ``/proc`` entries this user may read are seen; a writer running
-as another user is covered by ``settle`` alone (or use a ready marker).
+  * inotify's open and close events in the folder (``IN_OPEN`` against
+    ``IN_CLOSE_WRITE``/``IN_CLOSE_NOWRITE``): they need no privilege and report every
+    process of this machine whatever its user, network servers included (sshd's
+    internal-sftp, vsftpd, smbd), so a file opened since the daemon watches is not
+    ready until every open of it was closed. They cannot say whether an open is for
+    writing, so a reader holding the file waits it too;
+  * ``/proc/<pid>/fd`` (with the access mode in ``/proc/<pid>/fdinfo``), by path, or by
+    inode for a file hard-linked in while its writer still has it open: it also sees
+    files opened before the daemon started, but only in the processes this user may
+    read (``Sight``: root sees all; another user only its own dumpable processes, not
+    a server's session, even of its own uid);
+
+  and then: at once if it was renamed into the folder (the producer's atomic hand-off),
+  or when its size and mtime have stayed unchanged for ``settle`` seconds (some writers
+  close and reopen the file for every chunk, so a close alone proves nothing).
+
+What neither sees (a writer on another machine of a network filesystem, one that
+opened the file before the daemon started, as another user) is covered by ``settle``
+alone, and by the check at commit (``workers/daemon/commit.py``): a file whose size or
+mtime changed between its claim and its commit is never committed.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -138,12 +152,31 @@ class _Seen:
 
 
 class Readiness:
-    """Remembers what each candidate looked like, to tell when it has settled."""
+    """Remembers what each candidate looked like, to tell when it has settled, and how
+    many opens of it inotify reported that no close has answered yet."""
 
     def __init__(self, settle_s: float) -> None:
         self.settle_s = settle_s
         self.seen: dict[str, _Seen] = {}
         self.moved_in: set[str] = set()
+        self.opened: dict[str, int] = {}  # name -> opens not closed yet (IN_OPEN minus IN_CLOSE_*)
+
+    def note_opened(self, name: str) -> None:
+        self.opened[name] = self.opened.get(name, 0) + 1
+
+    def note_closed(self, name: str) -> None:
+        """A close (a close for an open the daemon did not see, before it watched, counts
+        for nothing)."""
+        left = self.opened.pop(name, 0) - 1
+        if left > 0:
+            self.opened[name] = left
+
+    def is_open(self, name: str) -> bool:
+        return name in self.opened
+
+    def events_lost(self) -> None:
+        """Events were lost (an inotify overflow): opens and closes no longer pair up."""
+        self.opened.clear()
 
     def note_moved_in(self, name: str) -> None:
         """A rename into the folder was reported for ``name`` (a finished hand-off)."""
@@ -155,7 +188,7 @@ class Readiness:
 
     def ready(self, c: Candidate, writing: set[str], now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if c.name in writing:
+        if c.name in writing or c.name in self.opened:
             self.seen.pop(c.name, None)
             return False
         if c.name in self.moved_in:
@@ -170,15 +203,22 @@ class Readiness:
         return now - seen.since >= self.settle_s
 
     def forget(self, name: str) -> None:
+        """Judge ``name`` afresh (its opens stay counted: they may be a new delivery's)."""
         self.seen.pop(name, None)
         self.moved_in.discard(name)
+
+    def gone(self, name: str) -> None:
+        """``name`` left the folder (deleted, or moved out): nothing of it is open there."""
+        self.forget(name)
+        self.opened.pop(name, None)
 
     def bound(self, most: int) -> None:
         """Files leave without a word only when their events were lost: if that made
         what is remembered grow past ``most``, forget it all (they settle again)."""
-        if len(self.seen) + len(self.moved_in) > most:
+        if len(self.seen) + len(self.moved_in) + len(self.opened) > most:
             self.seen.clear()
             self.moved_in.clear()
+            self.opened.clear()
 
     def next_check_in(self, now: float | None = None, exclude: set[str] | frozenset = frozenset()) -> float | None:
         """Seconds until some remembered, not yet ready file may have settled (None:
@@ -188,3 +228,109 @@ class Readiness:
         if not pending:
             return None
         return max(0.0, min(pending) + self.settle_s - now)
+
+
+# Filesystems where other machines write too: their writes raise no inotify event here.
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre",
+                                 "gpfs", "ocfs2", "gfs2", "beegfs", "virtiofs"})
+CAP_SYS_PTRACE = 19
+
+
+@dataclass(frozen=True)
+class Sight:
+    """How this daemon sees writers, found at start: said in the log, ``check``,
+    ``status``, ``/health`` and the dashboard, because what it cannot see is covered by
+    ``settle`` alone."""
+
+    user: str
+    inotify: bool  # open/close events in the folder
+    filesystem: str  # the folder's filesystem type
+    proc: str  # "all": every process's descriptors; "own": this user's dumpable ones; "none"
+    hidden: int  # processes whose descriptors it could not read when it looked
+    processes: int
+    settle_s: float
+
+    @property
+    def network(self) -> bool:
+        return self.filesystem in NETWORK_FILESYSTEMS or self.filesystem.startswith("fuse")
+
+    def describe(self) -> list[str]:
+        lines = []
+        if self.inotify:
+            lines.append("inotify open/close events in unprocessed/: every process of this machine, whatever its "
+                         "user (a file is not taken while it is open)")
+        else:
+            lines.append("no inotify events: opens and closes are not seen")
+        if self.network:
+            lines.append(f"unprocessed/ is on {self.filesystem}: a writer on another machine is seen by neither "
+                         "inotify nor /proc, only by settle (use a ready marker, or rename files in)")
+        if self.proc == "all":
+            lines.append("/proc: every process's open files (also those opened before the daemon started)")
+        elif self.proc == "own":
+            lines.append(f"/proc: only the processes of user {self.user} that are dumpable ({self.hidden} of "
+                         f"{self.processes} hidden when looked: other users', and servers' sessions such as sshd, "
+                         "vsftpd or smbd, even of its own uid)")
+        else:
+            lines.append("/proc: not readable here")
+        lines.append(f"settle ({self.settle_s:g}s) for what these do not see; an input that changes between its "
+                     "claim and its commit is never committed")
+        return lines
+
+    def as_dict(self) -> dict[str, object]:
+        return {"user": self.user, "inotify": self.inotify, "filesystem": self.filesystem, "network": self.network,
+                "proc": self.proc, "proc_hidden": self.hidden, "processes": self.processes,
+                "settle_s": self.settle_s, "summary": self.describe()}
+
+
+def see_writers(folder: str, inotify: bool, settle_s: float) -> Sight:
+    """What a daemon of this user, watching ``folder``, can see of writers now."""
+    hidden = seen = 0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            os.listdir(f"/proc/{pid}/fd")
+            seen += 1
+        except PermissionError:
+            hidden += 1
+        except OSError:
+            continue  # gone meanwhile
+    proc = "none" if not seen else "all" if not hidden and _capable(CAP_SYS_PTRACE) else "own"
+    return Sight(_user(), inotify, filesystem_type(folder), proc, hidden, hidden + seen, settle_s)
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem ``path`` is on (``/proc/self/mountinfo``), or ""."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                mount = fields.split()[4].replace("\\040", " ")
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, rest.split()[0]
+    except (OSError, IndexError):
+        return ""
+    return kind
+
+
+def _capable(cap: int) -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

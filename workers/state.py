@@ -38,6 +38,7 @@ class Stats:
         self.recent_files: deque[dict[str, Any]] = deque(maxlen=RECENT_FILES)
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.routes: deque[dict[str, Any]] = deque(maxlen=RECENT_ROUTES)
+        self.changed_while_processing = 0  # inputs caught still being written between claim and commit
 
     def processed(self, name: str, lines: int, seconds: float, worker: int, now: float, pipeline: str = "") -> None:
         if pipeline:
@@ -68,6 +69,10 @@ class Stats:
         if final:
             self.recent_files.appendleft({"time": now, "file": name, "lines": 0, "seconds": 0.0,
                                           "outcome": "failed", "worker": worker, "pipeline": pipeline})
+
+    def input_changed(self) -> None:
+        """An input was caught still being written between its claim and its commit."""
+        self.changed_while_processing += 1
 
     def merge_nodes(self, nodes: dict[str, tuple[int, int, int, float]]) -> None:
         for tag, (n_in, n_out, errors, seconds) in nodes.items():
@@ -116,6 +121,7 @@ class Stats:
             "throughput": self.throughput(now),
             "history": self.history(now),
             "attempts_failed": dict(self.attempts_failed),
+            "changed_while_processing": self.changed_while_processing,
             "restarts": dict(self.restarts),
             "nodes": {tag: {"lines_in": int(v[0]), "lines_out": int(v[1]), "errors": int(v[2]),
                             "seconds": v[3], "mean_us_per_line": (v[3] / v[0] * 1e6) if v[0] else 0.0}

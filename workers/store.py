@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from filelock import FileLock
 
 from workers.errors import FoldermillError
+from workers.faults import fault_of
 from workers.names import shown, unshown
 from workers.outputs import unique_name
 from workers.queue import Candidate
@@ -102,14 +103,23 @@ class Store:
     """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit is not synced by itself (a power cut may lose the last
+            # ones); the commit path syncs the WAL (``sync``) before the folders depend
+            # on what it says, with the group commit's syncfs when it is on that disk.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._failed_cursor = 0  # where the last prune stopped among old failed rows
             self._migrate()
             self.db.executescript(SCHEMA)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # no write on a full disk
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:
+            if fault_of(exc, str(path)) is not None:
+                raise  # a full disk, a busy database: the machine's, not a corruption
+            raise StateError(f"the state database {path} cannot be used: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StateError(f"the state database {path} cannot be used: {exc} (move it aside to start afresh; "
                              "attempt counts and totals are then lost, the folders and the journal stay)") from None
@@ -145,6 +155,16 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def sync(self) -> None:
+        """Make every committed transaction durable: fsync the WAL (where they are until
+        a checkpoint copies them, which syncs by itself)."""
+        wal = Path(f"{self.path}-wal")
+        fd = os.open(wal if wal.exists() else self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
@@ -253,7 +273,7 @@ class Store:
             (attempts,) = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             attempts += 1
             final = permanent or attempts >= max_attempts
-            delay = backoff_s * (2 ** (attempts - 1))
+            delay = retry_delay_s(backoff_s, attempts)
             db.execute(
                 "UPDATE files SET attempts = ?, status = ?, reason = ?, not_before = ?, updated = ? WHERE id = ?",
                 (attempts, "failed" if final else "claimed", reason, now + delay, now, file_id))
@@ -322,13 +342,23 @@ class Store:
             db.execute("UPDATE files SET status = 'processed', replay_of = NULL WHERE name = ? AND ino = ? "
                        "AND status = 'replay'", (shown(name), ino))
 
-    def live_rows(self) -> list[tuple[int, str, int, str]]:
-        """Every live file: (id, name, inode, final name), to find the vanished."""
-        rows = self.db.execute(f"SELECT id, name, ino, final_name FROM files WHERE status IN {_LIVE_SQL}")
-        return [(i, unshown(n), ino, unshown(f)) for i, n, ino, f in rows]
+    def file_row(self, file_id: int) -> tuple[str, str, list[str]] | None:
+        """(name, status, staged files being committed) of one file's record, or None."""
+        row = self.db.execute("SELECT name, status, commit_pairs FROM files WHERE id = ?", (file_id,)).fetchone()
+        if row is None:
+            return None
+        return unshown(row[0]), row[1], [t for t, _ in json.loads(row[2] or "[]")]
 
-    def digest_owner(self, digest: str) -> str:
-        row = self.db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
+    def live_rows(self) -> list[tuple[int, str, int, str, str]]:
+        """Every live file: (id, name, inode, final name, owner), to find the vanished."""
+        rows = self.db.execute(f"SELECT id, name, ino, final_name, owner FROM files WHERE status IN {_LIVE_SQL}")
+        return [(i, unshown(n), ino, unshown(f), owner or "") for i, n, ino, f, owner in rows]
+
+    def digest_owner(self, digest: str, file_id: int = 0) -> str:
+        """The final name of the file that processed this content first, unless that
+        is ``file_id`` itself (a commit a crash cut short, redone)."""
+        row = self.db.execute("SELECT final_name FROM digests WHERE digest = ? AND file_id != ?",
+                              (digest, file_id)).fetchone()
         return row[0] if row else ""
 
     def add_digests(self, rows: list[tuple[str, str, int]]) -> None:
@@ -385,6 +415,11 @@ class Store:
         return dict(self.db.execute("SELECT key, value FROM totals"))
 
 
+def retry_delay_s(base_s: float, attempts: int) -> float:
+    """The wait before the next attempt, after ``attempts`` failed ones: base x 2^(n-1)."""
+    return base_s * 2 ** (attempts - 1)
+
+
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: takes the write lock up front, so two
     supervisors choosing names never interleave."""
@@ -397,13 +432,35 @@ class _Transaction:
         return self.db
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            if kind is None:
+                self.db.execute("COMMIT")
+                return
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        """SQLite may have rolled back already (a full disk), or kept the transaction
+        open after a failed COMMIT: either way none is left open for the next BEGIN."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
 
 class Journal:
     """``input.log``: one JSON object per line per transition, appended with one
     ``write`` per batch (O_APPEND, so several supervisors never interleave within a
-    line), rotated by size under a lock: input.log.1 is the newest old one."""
+    line), rotated by size under a lock: input.log.1 is the newest old one.
+
+    What cannot be written now (a full disk) is kept, up to ``PENDING_MAX_BYTES``, and
+    written first next time: ``write`` raises the OSError, and the caller says it. A
+    journal whose end was damaged (a power cut can leave a run of NUL bytes where its
+    last lines were, or half a line) gets a line end before the next entry, so that no
+    later entry is glued to the damage; readers skip the damage (``journal_lines``).
+    """
+
+    PENDING_MAX_BYTES = 8 << 20
 
     def __init__(self, path: Path, max_bytes: int, keep: int, lock_path: Path) -> None:
         self.path = path
@@ -412,7 +469,10 @@ class Journal:
         self.lock = FileLock(lock_path, timeout=10, thread_local=False, fallback_to_soft=False)
         self.fd = -1
         self.ino = -1
+        self.pending = b""
+        self.dropped = 0  # lines dropped because the disk stayed full too long
         self._open()
+        self._end_damage()
 
     def _open(self) -> None:
         if self.fd >= 0:
@@ -420,16 +480,47 @@ class Journal:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.ino = os.fstat(self.fd).st_ino
 
+    def _end_damage(self) -> None:
+        """A journal that does not end with a line end was cut (a crash, a power cut):
+        the next entry starts on a line of its own."""
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    self.pending = b"\n"
+
     def write(self, events: list[dict[str, Any]]) -> None:
-        if not events:
+        if events:
+            data = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events)
+            # Names are shown already; a stray surrogate elsewhere (a processor's message)
+            # becomes a JSON escape, so the journal stays valid UTF-8.
+            self.pending += data.encode("utf-8", "backslashreplace")
+        if not self.pending:
             return
-        data = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in events)
         self._follow_rotation()
-        # Names are shown already; a stray surrogate elsewhere (a processor's message)
-        # becomes a JSON escape, so the journal stays valid UTF-8.
-        os.write(self.fd, data.encode("utf-8", "backslashreplace"))
+        try:
+            while self.pending:
+                written = os.write(self.fd, self.pending)
+                self.pending = self.pending[written:]
+        except OSError:
+            self._bound_pending()
+            raise
         if os.fstat(self.fd).st_size >= self.max_bytes:
             self._rotate()
+
+    def owes(self) -> bool:
+        """Whether some lines wait to be written (the disk was full)."""
+        return bool(self.pending)
+
+    def _bound_pending(self) -> None:
+        """Keep the newest lines that fit; the dropped ones are counted. What stays starts
+        on a new line (the write that failed may have left half of one)."""
+        if len(self.pending) <= self.PENDING_MAX_BYTES:
+            return
+        cut = self.pending.find(b"\n", len(self.pending) - self.PENDING_MAX_BYTES // 2)
+        self.dropped += self.pending.count(b"\n", 0, cut + 1)
+        self.pending = b"\n" + self.pending[cut + 1:]
 
     def _follow_rotation(self) -> None:
         """Another supervisor may have rotated the file under us: reopen by name."""
@@ -478,10 +569,21 @@ def tail_journal(path: Path, max_bytes: int = 1 << 20) -> list[dict[str, Any]]:
     lines = data.split(b"\n")
     if size > max_bytes:
         lines = lines[1:]  # the first one is cut
-    entries = []
+    return list(journal_lines(lines))
+
+
+def journal_lines(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
+    """The entries of journal lines, skipping damage rather than entries: NUL bytes a
+    power cut left before an entry (the file's size reached the disk, its data did not)
+    are not part of it; a line that is no JSON object is left out."""
     for line in lines:
+        text = line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line
+        text = text.lstrip("\0")
+        if not text.strip():
+            continue
         try:
-            entries.append(json.loads(line.decode("utf-8", "surrogateescape")))
+            entry = json.loads(text)
         except ValueError:
             continue
-    return entries
+        if isinstance(entry, dict):
+            yield entry

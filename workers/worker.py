@@ -26,6 +26,7 @@ from typing import Any
 from workers.config import DEFAULT_PIPELINE, parse_config
 from workers.engine import run_file
 from workers.errors import InputError, ProcessingError
+from workers.faults import fault_of
 from workers.lifecycle import die_with_parent
 from workers.names import shown
 from workers.outputs import StagedOutputs
@@ -75,6 +76,10 @@ class ItemResult:
     digest: str = ""  # content hash, when [watch] dedupe = "content"
     duplicate_of: str = ""  # the final name of an earlier file with the same content
     synced: bool = False  # its outputs were fsynced by the worker (big files, durable = true)
+    # A fault of the machine met on it (workers/faults.py: "disk_full"...), and where: no
+    # attempt is charged; the supervisor pauses intake and sends the file again later.
+    fault: str = ""
+    fault_path: str = ""
 
 
 @dataclass
@@ -171,8 +176,8 @@ def run_item(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path
     try:
         fd = open_claimed(in_dir / item.name)
     except OSError as exc:  # unreadable for good (permissions, not a file), or for now (out of descriptors)
-        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: cannot read: {exc.strerror or exc}",
-                          permanent=exc.errno in PERMANENT_OPEN_ERRORS, seconds=time.monotonic() - started)
+        return _os_failure(item, f"cannot read: {exc.strerror or exc}", exc, in_dir, started,
+                           permanent=exc.errno in PERMANENT_OPEN_ERRORS)
     staged: StagedOutputs | None = None
     try:
         with os.fdopen(fd, "rb") as source:
@@ -188,10 +193,9 @@ def run_item(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path
         permanent = not isinstance(exc, ProcessingError)
         return ItemResult(item.file_id, False, reason=str(exc), permanent=permanent, error_node=exc.node,
                           error_line=exc.line, seconds=time.monotonic() - started)
-    except OSError as exc:  # writing its outputs (a full disk...), or reading mid-way: worth another attempt
+    except OSError as exc:  # writing its outputs, or reading mid-way: worth another attempt, or the machine's
         _abort(staged)
-        return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {exc.strerror or exc} "
-                          "(reading it or writing its outputs)", seconds=time.monotonic() - started)
+        return _os_failure(item, f"{exc.strerror or exc} (reading it or writing its outputs)", exc, out_dir, started)
     except Exception as exc:  # anything else: a bug or a resource limit; retried
         _abort(staged)
         return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {type(exc).__name__}: {exc}",
@@ -205,6 +209,16 @@ def run_item(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
                       time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest,
                       synced=synced)
+
+
+def _os_failure(item: JobItem, what: str, exc: OSError, folder: Path, started: float,
+                permanent: bool = False) -> ItemResult:
+    """A file that met an OSError; a fault of the machine (a full disk, no descriptors
+    left...) is said as such, for the supervisor not to charge the file."""
+    fault = fault_of(exc, str(folder))
+    return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {what}",
+                      permanent=permanent and fault is None, seconds=time.monotonic() - started,
+                      fault=fault.kind if fault else "", fault_path=fault.path if fault else "")
 
 
 def _abort(staged: StagedOutputs | None) -> None:

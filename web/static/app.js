@@ -110,8 +110,17 @@ function drawChart(history) {
 function renderStats(s) {
   setText("supervisor", s.supervisor ? `supervisor ${s.supervisor}` : "");
   const intake = document.getElementById("intake");
-  intake.textContent = s.intake_paused ? "intake paused" : "intake running";
-  intake.className = s.intake_paused ? "badge bad" : "badge";
+  const fault = s.machine_fault;
+  intake.textContent = fault ? `intake paused: ${fault.kind.replace("_", " ")}` :
+    s.intake_paused ? "intake paused" : "intake running";
+  intake.className = s.intake_paused || fault ? "badge bad" : "badge";
+  // A fault of the machine (a full disk...): said until it clears; intake resumes by itself.
+  const banner = document.getElementById("fault");
+  banner.hidden = !fault;
+  banner.textContent = fault ? `Intake paused since ${new Date(fault.since * 1000).toLocaleTimeString()}: ` +
+    `${fault.message}. No file is charged for it; intake resumes by itself when it clears.` : "";
+  const writers = s.writers && s.writers.summary;
+  setText("writers", writers ? `Writers are seen by: ${writers.join("; ")}.` : "");
   for (const f of ["unprocessed", "underprocess", "processed", "failed"]) {
     setText(`f-${f}`, s.folders && f in s.folders ? s.folders[f] : "–");
   }

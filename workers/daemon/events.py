@@ -15,6 +15,7 @@ from pathlib import Path
 
 from watchdog.events import (
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
@@ -34,9 +35,11 @@ except ImportError:  # pragma: no cover - other platforms fall back to the defau
 
 MOVED_IN = "moved_in"  # renamed in: a finished hand-off
 CREATED = "created"  # created in place: it must settle
-WRITTEN = "written"  # written or closed after writing
+WRITTEN = "written"  # written
+CLOSED_WRITE = "closed_write"  # closed after writing (IN_CLOSE_WRITE)
+CLOSED = "closed"  # closed without writing (IN_CLOSE_NOWRITE)
 GONE = "gone"  # deleted, or moved out (our claims too)
-OPENED = "opened"  # opened (perhaps for writing): the next claim looks at /proc again
+OPENED = "opened"  # opened, for reading or writing: not ready until it is closed
 OVERFLOW = "overflow"  # the kernel dropped events: look at the whole folder
 # watchdog reports a queue overflow only in its log (7.1: InotifyFD.handle_event)
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
@@ -44,7 +47,7 @@ OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 KINDS = ((FileDeletedEvent, GONE), (FileCreatedEvent, CREATED), (FileOpenedEvent, OPENED),
-         (FileModifiedEvent, WRITTEN), (FileClosedEvent, WRITTEN))
+         (FileModifiedEvent, WRITTEN), (FileClosedEvent, CLOSED_WRITE), (FileClosedNoWriteEvent, CLOSED))
 
 
 class _Handler(FileSystemEventHandler):

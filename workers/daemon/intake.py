@@ -10,14 +10,25 @@ nothing: what it claimed goes to the ledger.
 from __future__ import annotations
 
 import logging
-import stat
 import time
 
 from workers.actions import SOURCE, Done, Replays, perform
 from workers.daemon.backlog import WINDOW, Backlog
 from workers.daemon.census import COST_SHARE, Census
-from workers.daemon.events import CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Fence, start_observer
-from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, Claims, Records, Recovery
+from workers.daemon.events import (
+    CLOSED,
+    CLOSED_WRITE,
+    CREATED,
+    GONE,
+    MOVED_IN,
+    OPENED,
+    OVERFLOW,
+    WRITTEN,
+    Fence,
+    start_observer,
+)
+from workers.daemon.types import SYSTEM_ERRNOS, Claims, Records, not_regular
+from workers.faults import fault_of
 from workers.names import shown
 from workers.queue import Candidate, FolderQueue
 from workers.readiness import Readiness, WriterWatch
@@ -54,7 +65,6 @@ class Intake:
         self.pass_due = True  # a pass over the folder is wanted (start, overflow, a wake)
         self.last_pass = float("-inf")
         self.claimed_since_pass = 0
-        self.last_recover = 0.0
         self.once_idle = False  # --once: nothing left to do
         self.writers = WriterWatch(str(queue.unprocessed))
         self.fence = Fence(queue.unprocessed)
@@ -74,7 +84,9 @@ class Intake:
         """A file event: the count and the window follow it; readiness learns how the
         file arrived. Only the one file is looked at."""
         if kind == OVERFLOW:
-            log.warning("file events were lost (inotify queue overflow): looking at the whole of unprocessed/")
+            log.warning("file events were lost (inotify queue overflow): looking at the whole of unprocessed/; "
+                        "files open then are judged by /proc and settle alone")
+            self.readiness.events_lost()
             self.pass_due = True
             return
         queue, backlog = self.queue, self.backlog
@@ -86,7 +98,12 @@ class Intake:
                 backlog.unpark([marked])  # its ready marker came
             return
         if kind == OPENED:
-            self.writers.arrived(name)  # opened, perhaps for writing: the next claim looks at /proc again
+            self.writers.arrived(name)  # the next claim looks at /proc again too
+            self.readiness.note_opened(name)  # not ready until it is closed
+            return
+        if kind == CLOSED:
+            self.readiness.note_closed(name)
+            backlog.unpark([name])  # judged again in its turn
             return
         if kind == GONE:
             if name in self.claimed_out:
@@ -95,8 +112,11 @@ class Intake:
                 if self.fence.counting():
                     backlog.departed()
                 backlog.gone(name)
-                self.readiness.forget(name)
+                self.readiness.gone(name)
             return
+        if kind == CLOSED_WRITE:
+            self.readiness.note_closed(name)
+            kind = WRITTEN
         seen = queue.look(name)
         if kind in (MOVED_IN, CREATED) and self.fence.counting() and not (seen and backlog.holds(name, seen.mtime_ns)):
             backlog.arrived(seen.size if seen else 0)
@@ -150,13 +170,30 @@ class Intake:
         backlog = self.backlog
         # --once also passes over the folder as soon as it runs dry, to see that it is done.
         dry = self.once and no_flights and backlog.peek() is None
+        claims = Claims()
+        eligible = 0
+        try:
+            eligible = self._claim_round(now, limit, records, dry, claims)
+        except Exception as exc:  # a fault of the machine stops the round: what it claimed is kept
+            claims.fault = fault_of(exc)
+            if claims.fault is None:
+                raise
+        wait = self.readiness.next_check_in(now)
+        if wait is not None:
+            self.next_look = min(self.next_look, now + wait)
+        self.once_idle = (self.once and dry and backlog.complete and not eligible and settled
+                          and not claims.files and not claims.rejects)
+        return claims
+
+    def _claim_round(self, now: float, limit: int, records: Records, dry: bool, claims: Claims) -> int:
+        """Judge and claim into ``claims``; how many parked files will be ready by themselves."""
+        backlog = self.backlog
         passed = self._pass_wanted(now, dry)
         if passed:
             self._pass(now)
         elif now >= self.next_look:
             self.next_look = float("inf")
             backlog.unpark(timed_only=True)
-        claims = Claims()
         eligible = 0
         facts: Facts | None = None
         while len(claims.files) < limit:  # rejects cost no room
@@ -171,14 +208,7 @@ class Intake:
                 continue
             assert facts is not None
             eligible += self._judge(picked, claims, facts, now)
-        if self.queue.stranded:  # a dead owner's file has the name of a new delivery
-            self.last_recover = 0.0
-        wait = self.readiness.next_check_in(now)
-        if wait is not None:
-            self.next_look = min(self.next_look, now + wait)
-        self.once_idle = (self.once and dry and backlog.complete and not eligible and settled
-                          and not claims.files and not claims.rejects)
-        return claims
+        return eligible
 
     def _pass_wanted(self, now: float, dry: bool) -> bool:
         """A pass over the folder: at start; to refill a window that ran dry after claims;
@@ -264,7 +294,9 @@ class Intake:
                         claims.files.append(c)
                     else:
                         claims.rejects.append((c, not_regular(c)))
-                else:  # being written, or settling: looked at again when its time (or a close) comes
+                elif self.readiness.is_open(c.name):  # open (inotify): looked at again when it is closed
+                    backlog.park(c.name, c.mtime_ns)
+                else:  # being written (/proc), or settling: looked at again when its time comes
                     backlog.park(c.name, c.mtime_ns, timed=True)
                     if c.name in writing:
                         self.next_look = min(self.next_look, now + self.poll_interval_s)
@@ -277,17 +309,19 @@ class Intake:
             raise
         return eligible
 
-    def give_back(self, picked: list[Candidate], exc: Exception) -> None:
-        """Claims the ledger could not record: back where they were, said once."""
+    def give_back(self, picked: list[Candidate], exc: Exception | None) -> None:
+        """Claims the ledger could not record: back where they were, said once (a fault
+        of the machine, ``exc`` None, is said by its own line)."""
         for c in picked:
             self.queue.put_back(c.name)
-            self._note_unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
+            if exc is not None:
+                self._note_unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
 
     def _claim_one(self, candidate: Candidate) -> bool:
         try:
             claimed = self.queue.claim(candidate.name)
         except OSError as exc:
-            if exc.errno in SYSTEM_ERRNOS:
+            if exc.errno in SYSTEM_ERRNOS or fault_of(exc) is not None:
                 raise
             self._note_unclaimable(candidate.name, exc)
             return False
@@ -306,26 +340,6 @@ class Intake:
 
     # -- recovery and retries ----------------------------------------------------------
 
-    def recover_due(self, now: float) -> bool:
-        return now - self.last_recover >= RECOVER_EVERY_S
-
-    def recover(self, now: float, mine: set[str]) -> Recovery:
-        """Dead owners' files: back to unprocessed/ (at no cost: their owner's death says
-        nothing about them), or adopted where a new delivery took the name meanwhile."""
-        self.last_recover = now
-        names, adopted = self.queue.recover(mine)
-        found = Recovery(requeued=names)
-        if names:
-            log.warning("recovered %d file(s) whose owner died: %s", len(names), ", ".join(map(shown, names[:5])))
-            self.pass_due = True
-        if adopted:
-            picked = self.queue.stat_adopted(adopted)
-            log.warning("adopted %d file(s) whose owner died, as new deliveries of their names wait: %s",
-                        len(picked), ", ".join(shown(c.name) for c in picked[:5]))
-            found.rejects = [(c, not_regular(c)) for c in picked if not c.is_regular]
-            found.adopted = [c for c in picked if c.is_regular]
-        return found
-
     def act(self, action: str, name: str, replays: Replays) -> Done:
         """An operator's action on a file (``workers/actions.py``); the counts follow it."""
         done = perform(self.queue, action, name, replays)
@@ -333,19 +347,3 @@ class Intake:
             self.queue.moved[SOURCE[action]] -= 1
             self.pass_due = True
         return done
-
-
-def not_regular(candidate: Candidate) -> str:
-    """Why a symlink, a directory, a FIFO... is rejected (never opened)."""
-    return (f"{shown(candidate.name)} is {_kind_of(candidate.mode)}, not a regular file: not processed "
-            "(symlinks are never followed)")
-
-
-def _kind_of(mode: int) -> str:
-    for test, kind in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-

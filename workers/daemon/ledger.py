@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from workers.daemon.types import Flight, Returned
+from workers.daemon.types import FaultSink, Flight, Returned
+from workers.faults import fault_of
 from workers.names import output_name, reason_name, shown, strip_suffix
 from workers.outputs import remove_staged
 from workers.pipelines import Pipelines
@@ -26,12 +26,27 @@ from workers.worker import Job, JobItem
 log = logging.getLogger("foldermill")
 
 
+UNSTABLE_WAIT_MAX_S = 60.0  # the longest a file caught being written waits to be stable, each time
+
+
+@dataclass
+class Unsettled:
+    """A flight whose input was caught changing: since when it has looked the same,
+    how long it must, and how many times it was caught."""
+
+    since: float  # monotonic
+    stable_s: float
+    caught: int = 0
+
+
 class Ledger:
     """Files in flight, their records and their journal (also the store's NameRules)."""
 
     def __init__(self, queue: FolderQueue, store: Store, journal: Journal, pipelines: Pipelines, owner: str,
-                 incarnation: str, trace: bool, forgotten: Any) -> None:
+                 incarnation: str, trace: bool, forgotten: Any, faults: FaultSink, settle_s: float) -> None:
         self.queue = queue
+        self.faults = faults
+        self.settle_s = settle_s
         self.store = store
         self.journal = journal
         self.pipelines = pipelines
@@ -43,6 +58,7 @@ class Ledger:
         self.by_id: dict[int, str] = {}
         self.redispatch: list[str] = []  # claimed, waiting for a job
         self.parked: set[str] = set()  # waiting out the backoff of a failed attempt
+        self.unsettled: dict[str, Unsettled] = {}  # caught being written after their claim: waiting to be stable
         self.events: list[dict[str, Any]] = []
         self.seq = 0  # the last job's number
 
@@ -62,6 +78,9 @@ class Ledger:
 
     def names(self) -> set[str]:
         return set(self.flights)
+
+    def ids(self) -> set[int]:
+        return set(self.by_id)
 
     def count(self) -> int:
         return len(self.flights)
@@ -90,7 +109,8 @@ class Ledger:
         # A file claimed before keeps the reservations of then: checked at its dispatch.
         suffixes = frozenset(self.pipelines.side_outputs())
         for candidate, record in zip(picked, records, strict=True):
-            flight = Flight(record, candidate.size, suffixes=frozenset() if record.known else suffixes)
+            flight = Flight(record, candidate.size, mtime_ns=candidate.mtime_ns,
+                            suffixes=frozenset() if record.known else suffixes)
             self.flights[record.name] = flight
             self.by_id[record.id] = record.name
             self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
@@ -123,13 +143,51 @@ class Ledger:
             self.flush()  # as close to the state's change as possible
 
     def take_pending(self, now: float) -> list[Flight]:
-        """Flights to dispatch now: those waiting for a job, then those whose backoff ended."""
+        """Flights to dispatch now: those waiting for a job, then those whose backoff
+        ended, then those that were being written and are stable now."""
         pending = [self.flights[n] for n in self.redispatch if n in self.flights]
         self.redispatch = []
         for name in [n for n in self.parked if self.flights[n].not_before <= now]:
             self.parked.discard(name)
             pending.append(self.flights[name])
+        for name, wait in list(self.unsettled.items()):
+            flight = self.flights[name]
+            seen = self.changed_since_claim(flight)
+            if seen is not None:  # still changing: its time starts again
+                flight.size, flight.mtime_ns = seen
+                wait.since = now
+            elif now - wait.since >= wait.stable_s:
+                del self.unsettled[name]
+                pending.append(flight)
         return pending
+
+    # -- inputs still being written -----------------------------------------------------
+
+    def changed_since_claim(self, flight: Flight) -> tuple[int, int] | None:
+        """(size, mtime) of its input if they changed since it was claimed (it is still
+        being written), else None (a file gone from underprocess/ too: its move says so)."""
+        try:
+            now = self.queue.stat_claimed(flight.record.name)
+        except FileNotFoundError:
+            return None
+        return None if (now.size, now.mtime_ns) == (flight.size, flight.mtime_ns) else (now.size, now.mtime_ns)
+
+    def unstable(self, flight: Flight, seen: tuple[int, int]) -> None:
+        """Its input changed between its claim and its commit: it was still being
+        written (a writer foldermill could not see, pausing longer than ``settle``).
+        Nothing is committed and no attempt charged: it waits, claimed, until its size
+        and mtime have been stable for twice as long as the last time (up to
+        ``UNSTABLE_WAIT_MAX_S``), then is processed again."""
+        name = flight.record.name
+        caught = self.unsettled.get(name, Unsettled(0.0, self.settle_s)).caught + 1
+        stable_s = max(self.settle_s, min(UNSTABLE_WAIT_MAX_S, self.settle_s * 2 ** caught))
+        self.unsettled[name] = Unsettled(time.monotonic(), stable_s, caught)
+        before = (flight.size, flight.mtime_ns)
+        flight.seq, (flight.size, flight.mtime_ns) = 0, seen
+        why = (f"it changed while it was processed (size {before[0]} -> {seen[0]} bytes): still being written; "
+               f"nothing committed, no attempt charged; processed again once stable for {stable_s:g}s")
+        self.journal_event("changed", flight, reason=why)
+        log.warning("%s: %s", shown(name), why)
 
     def assign(self, batch: list[Flight], pipeline: str) -> Job:
         """A new job for these flights."""
@@ -170,6 +228,7 @@ class Ledger:
         if flight is not None:
             self.by_id.pop(flight.record.id, None)
         self.parked.discard(name)
+        self.unsettled.pop(name, None)
         self.forgotten(name)
 
     # -- giving files back -----------------------------------------------------------------
@@ -219,28 +278,6 @@ class Ledger:
                 self.events.append(event_entry("recovered", name, supervisor=self.owner,
                                                reason="its owner died; back to unprocessed/"))
 
-    def forget_vanished(self) -> None:
-        """Live records whose file is in neither unprocessed/ nor underprocess/ (removed
-        by hand while waiting, or by a dead owner's operator): they reserve no name."""
-        gone = []
-        q = self.queue
-        for file_id, name, ino, final in self.store.live_rows():
-            if file_id in self.by_id:
-                continue  # in flight here
-            index = q.lock_index(name)
-            if not q.locks.try_acquire(index):
-                continue  # a live owner's: only the lock holder moves a file
-            try:
-                present = (any(_inode(folder, name) == ino for folder in (q.unprocessed, q.underprocess))
-                           or any(_inode(folder, final) == ino for folder in (q.processed, q.failed)))
-            finally:
-                q.locks.release(index)
-            if not present:
-                gone.append((file_id, "vanished"))
-                self.events.append(event_entry("vanished", name, reason="no longer in unprocessed/ or underprocess/"))
-        if gone:
-            self.store.finished(gone)
-
     # -- the journal ---------------------------------------------------------------------------
 
     def journal_event(self, event: str, flight: Flight, **fields: Any) -> None:
@@ -256,9 +293,18 @@ class Ledger:
         self.events.append(entry)
 
     def flush(self) -> None:
-        if self.events:
-            events, self.events = self.events, []
+        """Write the journal entries so far. On a full disk the journal keeps them and
+        writes them first next time; the fault pauses intake."""
+        if not self.events and not self.journal.owes():
+            return
+        events, self.events = self.events, []
+        try:
             self.journal.write(events)
+        except OSError as exc:
+            fault = fault_of(exc, str(self.journal.path))
+            if fault is None:
+                raise
+            self.faults.hit(fault)
 
     # -- the store's NameRules (workers/store.py) --
 
@@ -282,10 +328,3 @@ class Ledger:
         short = {s: shown(output_name(final, s)) for s in self.pipelines.side_outputs()
                  if output_name(final, s) != f"{strip_suffix(final)}.{s}"}
         return {"outputs_shortened": short} if short else {}
-
-
-def _inode(folder: Path, name: str) -> int:
-    try:
-        return os.lstat(folder / name).st_ino
-    except OSError:
-        return -1

@@ -18,13 +18,16 @@ from workers.config import Config, load_config, pipeline_version, reloaded
 from workers.daemon.backend import Backend
 from workers.daemon.commit import Commit
 from workers.daemon.dashboard import Dashboard
+from workers.daemon.faults import Faults
 from workers.daemon.inbox import Inbox
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.publisher import Publisher
+from workers.daemon.reconcile import Reconcile
 from workers.daemon.retention import Retention
-from workers.daemon.types import Flight, OpenShared, Options, Report, Shared, transient
+from workers.daemon.types import Flight, OpenShared, Options, Report, Shared, database_fault
 from workers.errors import ConfigError
+from workers.faults import fault_of
 from workers.names import shown, unshown
 from workers.pipelines import Pipelines, compile_pipelines
 from workers.queue import Candidate
@@ -49,6 +52,8 @@ class Parts:
     shared: Shared
     dashboard: Dashboard | None
     retention: Retention
+    faults: Faults
+    reconcile: Reconcile
 
 
 class Loop:
@@ -66,6 +71,8 @@ class Loop:
         self.shared = parts.shared
         self.dashboard = parts.dashboard
         self.retention = parts.retention
+        self.faults = parts.faults
+        self.reconcile = parts.reconcile
         self.config = config
         self.pipelines = pipelines
         self.options = options
@@ -75,6 +82,7 @@ class Loop:
         self.stopping = stopping  # a signal asked us to stop: no new claims
         self.pipeline = pipeline_version(config.raw)
         self.paused = False
+        self.db_path = str(config.watch.dir / ".foldermill" / "state.db")
 
     def in_flight(self) -> int:
         return self.ledger.count()
@@ -95,17 +103,23 @@ class Loop:
         """One turn: what came in, what to commit, how the workers are, what to claim,
         what to publish."""
         self._take_in()
-        self.commit.run()
+        if self.faults.cleared(now):  # a fault of the machine is over: intake resumes
+            self.intake.wake()
+        machine_ok = not self.faults.paused()
+        if machine_ok:
+            self.commit.run()
         self._check_workers(now)
         self.publisher.beat()
-        if not self.stopping() and not self.paused:
-            self._claim_and_dispatch(now)
-        else:  # stopping or paused: what waits for a worker waits in unprocessed/
+        if self.stopping() or self.paused:  # stopping or paused: what waits for a worker waits in unprocessed/
             self.ledger.return_undispatched()
             self.intake.refresh(now)
-        if self.intake.recover_due(now):
+        elif machine_ok:
+            self._claim_and_dispatch(now)
+        # else a fault of the machine: claimed files wait where they are, claimed; nothing new comes in
+        if self.reconcile.recover_due(now):
             self.recover(now)
-            self.commit.retry_moves()
+            if machine_ok:
+                self.commit.retry_moves()
         self.ledger.flush()
         self.retention.step(now)
         self.publisher.tick(now, lambda: self._report(now), self.ledger.count())
@@ -226,6 +240,8 @@ class Loop:
             idle = not self.ledger.count()
             claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
                                        idle and self.commit.idle() and self.backend.idle())
+            if claims.fault is not None:
+                self.faults.hit(claims.fault)
             for candidate, reason in claims.rejects:
                 self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
             pending += self.commit.admitted(self._admit(claims.files, "claimed"))
@@ -233,13 +249,17 @@ class Loop:
             self._dispatch(pending)
 
     def _admit(self, picked: list[Candidate], event: str) -> list[Flight]:
-        """Claims into the ledger; if it cannot record them, they go back where they were."""
+        """Claims into the ledger; if it cannot record them, they go back where they were
+        (a fault of the machine, a full disk say, pauses intake too)."""
         try:
             return self.ledger.admit(picked, event)
-        except (sqlite3.DatabaseError, StateError):
-            raise
         except Exception as exc:
-            self.intake.give_back(picked, exc)
+            fault = database_fault(exc, self.db_path) or fault_of(exc)
+            if fault is None and isinstance(exc, (sqlite3.DatabaseError, StateError)):
+                raise
+            if fault is not None:
+                self.faults.hit(fault)
+            self.intake.give_back(picked, None if fault else exc)
             return []
 
     def _dispatch(self, flights: list[Flight]) -> None:
@@ -248,9 +268,11 @@ class Loop:
         try:
             self.ledger.reserve_anew(routed)
         except sqlite3.OperationalError as exc:
-            if not transient(exc):
+            fault = database_fault(exc, self.db_path)
+            if fault is None:
                 raise
-            self.ledger.hold(routed)  # the database is busy: they wait for the next dispatch
+            self.faults.hit(fault)
+            self.ledger.hold(routed)  # the database is busy or full: they wait, claimed
             return
         jobs = pack(routed, w.batch_files, w.batch_bytes)
         for k, batch in enumerate(jobs):
@@ -277,19 +299,23 @@ class Loop:
 
     def recover(self, now: float) -> None:
         """Dead owners' files (the intake finds them; the ledger records them)."""
-        found = self.intake.recover(now, self.ledger.names())
+        found = self.reconcile.recover(now, self.ledger.names())
+        if found.requeued:
+            self.intake.wake()
         self.ledger.recovered(found.requeued)
         for candidate, reason in found.rejects:
             self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
         self.ledger.hold(self.commit.admitted(self._admit(found.adopted, "adopted")))
-        self.ledger.forget_vanished()
+        for entry in self.reconcile.reconcile(self.ledger.ids()):
+            self.ledger.note(entry)
 
     # -- what to publish --
 
     def _report(self, now: float) -> Report:
         p = self.pipelines
         return Report(self.paused, self.ledger.count(), self.intake.counts(), self.intake.oldest_waiting_mtime(),
-                      self.backend.workers(now), self.backend.describe(), p.describe(), p.layout(), list(p.graphs))
+                      self.backend.workers(now), self.backend.describe(), p.describe(), p.layout(), list(p.graphs),
+                      self.faults.describe(), self.faults.counts())
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""

@@ -38,6 +38,7 @@ class Publisher:
         self.last_publish = 0.0
         self.last_summary = time.monotonic()
         self.view: Progress | None = None
+        self.writers: dict[str, Any] = {}
 
     def attach(self, state: Any) -> None:
         """The manager dict to publish into (again after the manager was rebuilt)."""
@@ -45,6 +46,10 @@ class Publisher:
 
     def serving(self, url: str) -> None:
         self.url = url
+
+    def writers_seen(self, sight: dict[str, Any]) -> None:
+        """How this daemon sees writers (``workers/readiness.py`` ``Sight``), found at start."""
+        self.writers = sight
 
     def beat(self) -> None:
         """The loop is alive (its last tick is in every snapshot, for /health)."""
@@ -67,7 +72,8 @@ class Publisher:
             "oldest_unprocessed_age_s": max(0.0, wall - oldest) if oldest is not None else None,
             "workers": report.workers, "graph": report.graph,
             "graph_layout": report.layout, "pipeline_names": report.pipelines, **report.backend,
-            "tracing": self.trace, "url": self.url, **self.stats.snapshot_part(wall),
+            "tracing": self.trace, "url": self.url, "machine_fault": report.machine, "faults": report.faults,
+            "writers": self.writers, **self.stats.snapshot_part(wall),
         }
         with contextlib.suppress(Exception):  # the manager may be gone while stopping
             self.state["snapshot"] = snapshot

@@ -22,18 +22,22 @@ from workers.daemon.backend import Backend
 from workers.daemon.celery_pool import CeleryPool
 from workers.daemon.commit import Commit
 from workers.daemon.dashboard import Dashboard
+from workers.daemon.faults import Faults
 from workers.daemon.inbox import Inbox
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.local_pool import LocalPool
 from workers.daemon.loop import Loop, Parts
 from workers.daemon.publisher import Publisher
+from workers.daemon.reconcile import Reconcile
 from workers.daemon.retention import Retention
-from workers.daemon.types import SYSTEM_ERRNOS, OpenShared, Options, Shared, StartDashboard, Tally, transient
+from workers.daemon.types import SYSTEM_ERRNOS, OpenShared, Options, Shared, StartDashboard, Tally, database_fault
 from workers.errors import SystemFailure
+from workers.faults import fault_of
 from workers.ops import announce
 from workers.pipelines import Pipelines
 from workers.queue import FolderQueue
+from workers.readiness import see_writers
 from workers.state import Stats, errors_from_journal
 from workers.store import Journal, StateError, Store, tail_journal
 
@@ -62,6 +66,7 @@ class Daemon:
         w = config.watch
         self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
         self.intake = Intake(self.queue, w.settle, w.poll_interval, options.once, w.backlog_window)
+        self.faults = Faults([self.queue.output, self.queue.state_dir, self.queue.underprocess, self.queue.failed])
         self.inbox = Inbox()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # as people see it
         # As the state database sees it: unique to this start, even for a pid 1 in a container.
@@ -119,13 +124,15 @@ class Daemon:
         tally = Tally()
         publisher = Publisher(stats, tally, self.owner, self.options.trace)
         publisher.attach(shared.state)
+        faults = self.faults
         ledger = Ledger(self.queue, store, self.journal, self.pipelines, self.owner, self.incarnation,
-                        self.options.trace, self.intake.forget)
-        commit = Commit(ledger, store, self.queue, config.workers, stats, tally)
+                        self.options.trace, self.intake.forget, faults, w.settle)
+        commit = Commit(ledger, store, self.queue, config.workers, stats, tally, faults)
+        reconcile = Reconcile(self.queue, store, self.owner, self.incarnation)
         self.backend = self._make_backend(shared, stats)
         retention = Retention(store, w.state_retention_days, w.dedupe_retention_days, self.queue.holds_failed)
         parts = Parts(self.intake, ledger, commit, self.backend, publisher, stats, self.inbox, shared,
-                      self.dashboard, retention)
+                      self.dashboard, retention, faults, reconcile)
         self.loop = Loop(parts, config, self.pipelines, self.options, self.owner, self.open_shared, self.ctx,
                          lambda: self.signals > 0)
         self.backend.start(self.inbox.items)
@@ -134,13 +141,21 @@ class Daemon:
             self.dashboard.wait_ready(20, self._starting)
         self._starting()
         self.intake.watch(self.inbox.items)
+        sight = see_writers(str(self.queue.unprocessed), True, w.settle)  # said once: what settle alone covers
+        log.info("writers are seen by: %s", "; ".join(sight.describe()))
+        publisher.writers_seen(sight.as_dict())
+        reconcile.sweep_debris()
         self.loop.recover(time.monotonic())
         url = ""
         if self.dashboard is not None:
             url = self.dashboard.url()
             publisher.serving(url)
             log.info("dashboard at %s (JSON: stats, trace, errors, health; Prometheus: metrics)", url)
-        self.announced = announce(self.queue.state_dir, os.getpid(), url, self.owner)
+        try:
+            self.announced = announce(self.queue.state_dir, os.getpid(), url, self.owner)
+        except OSError as exc:  # a full disk, say: `status` reads the folders instead
+            log.warning("cannot announce this supervisor in %s (%s): `status` will not find it",
+                        self.queue.state_dir, exc.strerror or exc)
         log.info("foldermill started: watching %s with %d workers (supervisor %s)",
                  self.queue.unprocessed, self.options.workers, self.owner)
 
@@ -190,8 +205,9 @@ class Daemon:
         except SystemFailure:
             raise
         except sqlite3.DatabaseError as exc:
-            if transient(exc):
-                self._step_failed(exc)
+            fault = database_fault(exc, str(self.queue.state_dir / "state.db"))
+            if fault is not None:  # full, busy: the machine's, intake waits for it
+                self.faults.hit(fault)
                 return
             raise SystemFailure(f"the state database {self.queue.state_dir / 'state.db'} failed: {exc}") from None
         except StateError as exc:
@@ -199,6 +215,10 @@ class Daemon:
         except OSError as exc:
             if exc.errno in SYSTEM_ERRNOS:
                 raise SystemFailure(f"{exc.strerror} ({exc.filename}): the watch dir cannot be written") from None
+            fault = fault_of(exc)
+            if fault is not None:
+                self.faults.hit(fault)
+                return
             self._step_failed(exc)
         except Exception as exc:
             self._step_failed(exc)

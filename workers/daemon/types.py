@@ -5,23 +5,34 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from workers.faults import Fault, fault_of
+from workers.names import shown
 from workers.queue import Candidate
 from workers.store import FileRecord
 from workers.worker import ItemResult, JobItem
 
-# The errors that say the whole system is unusable, not one file (exit status 3).
-SYSTEM_ERRNOS = frozenset({errno.EROFS, errno.EIO})
+# The errors that say the whole system is unusable, not one file (exit status 3). A
+# full disk, a read-only remount, no descriptors... are faults of the machine instead
+# (workers/faults.py): intake pauses until they clear.
+SYSTEM_ERRNOS = frozenset({errno.EIO})
 RECOVER_EVERY_S = 5.0  # recovery, and the retry of moves that failed
 
 
-def transient(exc: sqlite3.DatabaseError) -> bool:
-    """A busy or locked database (another supervisor holds it long): not a corruption."""
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+class FaultSink(Protocol):
+    """Where a part says it met a fault of the machine (``workers/daemon/faults.py``)."""
+
+    def hit(self, fault: Fault, now: float | None = None) -> None:
+        """Intake pauses until ``fault`` clears; the part keeps its file where it is."""
+
+
+def database_fault(exc: BaseException, db_path: str) -> Fault | None:
+    """A fault of the machine behind an error of the state database (full, busy...)."""
+    return fault_of(exc, db_path) if isinstance(exc, sqlite3.DatabaseError) else None
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class Flight:
     size: int
     seq: int = 0  # the job carrying it, 0 while waiting for dispatch
     not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
+    mtime_ns: int = 0  # as it was claimed: a change before its commit means it is still being written
     pipeline: str = ""  # the pipeline its name routes it to, set when it is dispatched
     suffixes: frozenset[str] = frozenset()  # the side outputs its final name reserves
 
@@ -78,6 +90,7 @@ class Claims:
 
     files: list[Candidate] = field(default_factory=list)
     rejects: list[tuple[Candidate, str]] = field(default_factory=list)  # not regular files, with the reason
+    fault: Fault | None = None  # a fault of the machine stopped the round
 
 
 @dataclass
@@ -102,6 +115,8 @@ class Report:
     graph: list[str]
     layout: list[dict[str, Any]]  # each pipeline's nodes and edges, for the dashboard's drawing
     pipelines: list[str]  # their names, in the order configured
+    machine: dict[str, Any] | None = None  # the fault of the machine that pauses intake
+    faults: dict[str, Any] = field(default_factory=dict)  # episodes by kind
 
 
 class Tally:
@@ -166,3 +181,17 @@ class Shared(Protocol):
 # dashboard's process (workers/ never imports web/).
 OpenShared = Callable[[Any], Shared]  # (multiprocessing context) -> Shared
 StartDashboard = Callable[..., tuple[Any, Any]]  # (ctx, config, port, shared) -> (process, ready event)
+
+
+def not_regular(candidate: Candidate) -> str:
+    """Why a symlink, a directory, a FIFO... is rejected (never opened)."""
+    return (f"{shown(candidate.name)} is {_kind_of(candidate.mode)}, not a regular file: not processed "
+            "(symlinks are never followed)")
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"

@@ -1,0 +1,211 @@
+"""What a file's failure costs, in one place for the commit part: the per-file error
+policy (``Outcomes.per_file``: a file's own problem costs it an attempt, a fault of the
+machine costs nothing, an error of the whole system stops the daemon), attempts and
+their backoff, the move to failed/, moves that must be tried again, and the state
+writes that follow moves already made (held back by a fault, written later, in order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from workers.config import WorkersConfig
+from workers.daemon.ledger import Ledger
+from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, FaultSink, Flight, Tally
+from workers.errors import SystemFailure
+from workers.faults import fault_of
+from workers.names import reason_name, shown
+from workers.outputs import remove_staged
+from workers.queue import FolderQueue
+from workers.state import Stats
+from workers.store import StateError, Store, retry_delay_s
+
+log = logging.getLogger("foldermill")
+
+
+class Step(Enum):
+    """How one file's step went: done, charged to the file, or held by a machine fault."""
+
+    DONE = "done"
+    CHARGED = "charged"
+    HELD = "held"
+
+
+class Outcomes:
+    """Attempts, failed/, moves to try again, and state writes owed."""
+
+    def __init__(self, ledger: Ledger, store: Store, queue: FolderQueue, workers: WorkersConfig, stats: Stats,
+                 tally: Tally, faults: FaultSink) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.queue = queue
+        self.workers = workers
+        self.stats = stats
+        self.tally = tally
+        self.faults = faults
+        self.db_path = str(store.path)
+        self.unmoved: dict[str, tuple[str, tuple]] = {}  # claimed files whose last move failed: retried
+        self.owed: list[tuple[str, Any]] = []  # state writes a fault held back, in order
+
+    def reload(self, workers: WorkersConfig) -> None:
+        self.workers = workers
+
+    # -- the per-file error policy -----------------------------------------------------------
+
+    def per_file(self, flight: Flight, what: str, fn: Callable[..., Any], *args: Any) -> tuple[Step, Any]:
+        """Run one file's step. What goes wrong with it costs that file (an attempt, with
+        the reason), never the loop; a fault of the machine costs nothing (HELD: the
+        caller keeps the file where it is). Errors of the whole system still stop it."""
+        try:
+            return Step.DONE, fn(*args)
+        except (SystemFailure, StateError):
+            raise
+        except Exception as exc:
+            if self.held(exc):
+                return Step.HELD, None
+            if isinstance(exc, sqlite3.DatabaseError) or (isinstance(exc, OSError) and exc.errno in SYSTEM_ERRNOS):
+                raise
+            self._file_broke(flight, what, exc)
+        return Step.CHARGED, None
+
+    def held(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a fault of the machine (then it is said, and nothing charged)."""
+        fault = fault_of(exc, self.db_path if isinstance(exc, sqlite3.DatabaseError) else "")
+        if fault is not None:
+            self.faults.hit(fault)
+        return fault is not None
+
+    def _file_broke(self, flight: Flight, what: str, exc: BaseException) -> None:
+        name = flight.record.name
+        log.error("%s: %s failed (%s: %s); it costs this file an attempt", shown(name), what,
+                  type(exc).__name__, exc, exc_info=exc)
+        if not self.ledger.in_flight(name) or name in self.unmoved:
+            return
+        try:
+            self.attempt_failed(flight, f"{what} failed: {type(exc).__name__}: {exc}", False, 0, "error")
+        except Exception as again:  # the state itself refuses: it waits, claimed, for a later try
+            log.error("%s: could not record the failed attempt either (%s)", shown(name), again)
+            self.held(again)
+            self.ledger.park(flight, RECOVER_EVERY_S)
+
+    # -- state writes that follow moves -------------------------------------------------------
+
+    def write_state(self, what: str, rows: Any) -> None:
+        """A state write that follows moves already made ("digests", "finished",
+        "totals"): held back by a fault, it is written later, in order, never lost and
+        never redone."""
+        if rows:
+            self.owed.append((what, rows))
+            self.pay_owed()
+
+    def pay_owed(self) -> None:
+        writes: dict[str, Callable[[Any], None]] = {"digests": self.store.add_digests, "finished": self.store.finished,
+                                                    "totals": self.store.add_totals}
+        while self.owed:
+            what, rows = self.owed[0]
+            try:
+                writes[what](rows)
+            except Exception as exc:
+                if not self.held(exc):
+                    raise
+                return
+            self.owed.pop(0)
+
+    # -- moves tried again -----------------------------------------------------------------------
+
+    def cannot_move(self, flight: Flight, folder: str, exc: OSError, retry: tuple) -> None:
+        """A claimed file that cannot be moved to ``folder`` now (a full disk, a
+        permission changed...): it stays claimed where it is; said once, tried again."""
+        name = flight.record.name
+        if not self.held(exc) and name not in self.unmoved:
+            log.error("cannot move %s to %s/ (%s); it stays in underprocess/ and is tried again every %.0fs",
+                      shown(name), folder, exc.strerror or exc, RECOVER_EVERY_S)
+        flight.seq = 0
+        self.unmoved[name] = (folder, retry)
+
+    def moved(self, name: str) -> None:
+        self.unmoved.pop(name, None)
+
+    def to_move_again(self) -> list[tuple[Flight, str, tuple]]:
+        """(flight, folder, what its move needs) of each move to try again; those whose
+        file left our hands are forgotten."""
+        again = []
+        for name, (folder, retry) in list(self.unmoved.items()):
+            flight = self.ledger.flight(name)
+            if flight is None:
+                self.unmoved.pop(name, None)
+            else:
+                again.append((flight, folder, retry))
+        return again
+
+    # -- attempts ----------------------------------------------------------------------------------
+
+    def attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
+                       node: str = "", line: int | None = None, seconds: float | None = None) -> None:
+        """One attempt failed: the file waits out a backoff where it is (claimed, in
+        underprocess/, so no new delivery of its name can be replaced by it), or, after
+        its last attempt, goes to failed/. ``seconds``: how long the attempt ran, when
+        its worker said (the journal's timeline shows it)."""
+        timing = {"seconds": round(seconds, 6)} if seconds is not None else {}
+        record = flight.record
+        w = self.workers
+        attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
+        remove_staged(self.queue.output, str(record.id))
+        name = record.name
+        self.stats.attempt_failed(shown(name), attempts, reason, cause, final, worker, node, line,
+                                  pipeline=flight.pipeline)
+        if not final:
+            delay = retry_delay_s(w.retry_backoff, attempts)
+            self.ledger.park(flight, delay)
+            self.tally.retried()
+            self.write_state("totals", {"files_retried": 1})
+            self.ledger.journal_event("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
+                                      node=node, line=line, retry_in=delay, **timing)
+            log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(name), reason, delay)
+            return
+        why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
+        self.finish_failed(flight, why, dict(attempt=attempts, worker=worker, cause=cause, reason=reason,
+                                             node=node, line=line, **timing))
+
+    def reject(self, flights: list[Flight], reason: str) -> None:
+        """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
+        for flight in flights:
+            self.per_file(flight, "rejecting it", self.attempt_failed, flight, reason, True, 0, "input")
+
+    def finish_failed(self, flight: Flight, why: str, fields: dict[str, Any]) -> None:
+        """After its last attempt: to failed/, with its reason beside it."""
+        record, name = flight.record, flight.record.name
+        try:
+            flight.record = dataclasses.replace(record, final_name=self.queue.finish(
+                name, record.final_name, "failed", reason=why, durable=self.workers.durable))
+        except FileNotFoundError:
+            self.ledger.journal_event("vanished", flight,
+                                      reason=f"removed from underprocess/ by hand; it had failed: {why}")
+            self.write_state("finished", [(record.id, "vanished")])
+            self.ledger.forget(name)
+            return
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS:
+                raise
+            self.cannot_move(flight, "failed", exc, (why, fields))
+            return
+        self.moved(name)
+        self.tally.failed(flight.size)
+        self.write_state("totals", {"files_failed": 1})
+        self.write_state("finished", [(record.id, "failed")])
+        self.ledger.journal_event("failed", flight, **fields, **_reason_field(flight))
+        self.ledger.flush()  # as close to the move as possible
+        log.warning("failed %s for good after %d attempt(s): %s", shown(name), fields["attempt"], fields["reason"])
+        self.ledger.forget(name)
+
+
+def _reason_field(flight: Flight) -> dict[str, str]:
+    """The reason file's name in the journal, where it is not simply <final>.reason."""
+    final = flight.record.final_name
+    derived = reason_name(final)
+    return {} if derived == final + ".reason" else {"reason_file": shown(derived)}
