@@ -64,16 +64,18 @@ def write_config(directory: Path, text: str = BASE_CONFIG, extra: str = "") -> P
     return path
 
 
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, PR_CAPBSET_DROP = 1, 2, 19, 24
 
 
 def drop_file_override() -> None:
-    """In the child before exec: take CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of the
-    bounding set, so that the root process exec'd next gets neither and file permission
-    bits bind it as they bind any user. (Not ``user="nobody"``: the interpreter may live
-    where only root can reach it, as under /root/.pyenv.)"""
+    """In the child before exec: take CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and
+    CAP_SYS_PTRACE out of the bounding set, so that the root process exec'd next gets
+    none of them: file permission bits bind it as they bind any user, and it cannot read
+    the descriptors of a non-dumpable process (a server's session) in /proc. (The
+    deployed tests run it as a real service user; this is the quick way, for the
+    interpreter may live where only root can reach it, as under /root/.pyenv.)"""
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
 

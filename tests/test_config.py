@@ -168,3 +168,16 @@ def test_a_reload_must_not_outlast_the_running_visibility_timeout(tmp_path: Path
     assert info.value.key == "celery.visibility_timeout"
     same, _ = load(tmp_path, "[workers]\nbackend = 'celery'\nfile_timeout = 10\nbatch_files = 4\n" + START)
     assert reloaded(running, same)[1] == []  # a derived timeout is no change of [celery]
+
+
+@pytest.mark.parametrize("name", ["report.csv.filepart", "a.log.partial", "big.iso.crdownload", "x.pdf.download",
+                                  "data.!sync", "~$budget.xlsx", "a.log.part", "a.tmp", ".hidden", "a.swp", "a~"])
+def test_upload_temporary_names_are_never_work_by_default(tmp_path: Path, name: str) -> None:
+    """WinSCP uploads to NAME.filepart and renames at the end; browsers, sync tools and
+    Office write under names of their own: none of them is ever claimed half-written."""
+    from workers.queue import FolderQueue
+
+    config, _ = load(tmp_path, START)
+    q = FolderQueue(tmp_path, config.watch.include, config.watch.exclude, "")
+    assert not q.is_candidate_name(name)
+    assert q.is_candidate_name("report.csv") and q.is_candidate_name("a.log")

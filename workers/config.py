@@ -41,7 +41,11 @@ class WatchConfig:
     poll_interval: float = 1.0  # seconds between full rescans (events wake it sooner)
     settle: float = 0.5  # seconds a file's size and mtime must stay unchanged
     include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.swp", "*~")
+    # Hidden names, and the temporary names uploads and downloads are written under before
+    # their rename: WinSCP's .filepart, .partial, Chrome's .crdownload, Safari's .download,
+    # Resilio/BitTorrent Sync's .!sync, Office's ~$ lock files, editors' .swp and ~.
+    exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*.crdownload", "*.download",
+                                "*.!sync", "~$*", "*.swp", "*~")
     ready_marker: str = ""  # e.g. "{name}.ready"
     journal_max_mb: float = 64.0  # input.log is rotated past this size
     journal_keep: int = 5  # rotated journals kept: input.log.1 ... input.log.N

@@ -7,6 +7,7 @@ parts, runs the steps and stops them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -82,6 +83,7 @@ class Loop:
         self.stopping = stopping  # a signal asked us to stop: no new claims
         self.pipeline = pipeline_version(config.raw)
         self.paused = False
+        self.last_report: Report | None = None
         self.db_path = str(config.watch.dir / ".foldermill" / "state.db")
 
     def in_flight(self) -> int:
@@ -312,10 +314,19 @@ class Loop:
     # -- what to publish --
 
     def _report(self, now: float) -> Report:
+        """The figures to publish. Gathering them needs descriptors (a recount, /proc):
+        with none left, the last ones are published again, with the fault that says so."""
         p = self.pipelines
-        return Report(self.paused, self.ledger.count(), self.intake.counts(), self.intake.oldest_waiting_mtime(),
-                      self.backend.workers(now), self.backend.describe(), p.describe(), p.layout(), list(p.graphs),
-                      self.faults.describe(), self.faults.counts())
+        try:
+            self.last_report = Report(self.paused, self.ledger.count(), self.intake.counts(),
+                                      self.intake.oldest_waiting_mtime(), self.backend.workers(now),
+                                      self.backend.describe(), p.describe(), p.layout(), list(p.graphs))
+        except OSError as exc:
+            fault = fault_of(exc)
+            if fault is None or self.last_report is None:
+                raise
+            self.faults.hit(fault)
+        return dataclasses.replace(self.last_report, machine=self.faults.describe(), faults=self.faults.counts())
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""
