@@ -11,12 +11,13 @@ RUNTIME_VENV ?= .venv-runtime
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
 # (and under CI=true they fail rather than skip). The network servers (sshd, vsftpd,
-# smbd) and their clients are for the "as deployed" tests, which run an instance of their
-# own on a loopback port: so the install runs with an "exit 101" /usr/sbin/policy-rc.d,
-# which keeps every package from starting its system service (removed afterwards if
-# make created it).
+# smbd) and their clients are for the "as deployed" tests, which run instances of their
+# own on loopback ports, so the install runs with an "exit 101" /usr/sbin/policy-rc.d:
+# no package starts its system service (the file is removed afterwards if make created
+# it). python3-venv: the deployed daemon's venv is built from Debian's python3, which a
+# service user can run (root's own interpreter may be out of its reach).
 SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd \
-	openssh-server openssh-client vsftpd samba smbclient curl
+	openssh-server openssh-client vsftpd samba smbclient curl python3-venv
 
 .PHONY: run test lint check bench clean system-deps smoke-runtime
 
@@ -60,6 +61,7 @@ system-deps:
 	test -x /usr/sbin/smbd || missing="$$missing samba"; \
 	command -v smbclient >/dev/null 2>&1 || missing="$$missing smbclient"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
