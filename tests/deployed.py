@@ -23,6 +23,7 @@ truncated file then gets an IN_CLOSE_WRITE like a whole one).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -74,6 +75,19 @@ def _run(argv: Sequence[str], timeout_s: float = 60, stdin: str | None = None) -
 
 # --- users --------------------------------------------------------------------------------
 
+def _admin(argv: Sequence[str], stdin: str | None = None, timeout_s: float = 30) -> None:
+    """A user-database tool (useradd, chpasswd...). Another session on the machine may hold
+    /etc/passwd's lock for a moment ("cannot lock ... try again later"): try again then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _run(argv, stdin=stdin)
+            return
+        except RuntimeError as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+        threading.Event().wait(0.2)
+
 @dataclass(frozen=True)
 class Group:
     """A system group, created by ``groupadd -r`` and removed by ``remove()``."""
@@ -84,11 +98,11 @@ class Group:
     @classmethod
     def create(cls, prefix: str = "fmsh") -> Group:
         name = f"{prefix}{secrets.token_hex(4)}"
-        _run(["groupadd", "-r", name])
+        _admin(["groupadd", "-r", name])
         return cls(name, _gid_of(name))
 
     def remove(self) -> None:
-        _run(["groupdel", self.name])
+        _admin(["groupdel", self.name])
 
 
 def _gid_of(name: str) -> int:
@@ -125,12 +139,12 @@ class ServiceUser:
         extra = ",".join(g.name for g in groups)
         if extra:
             argv += ["-G", extra]
-        _run([*argv, name])
+        _admin([*argv, name])
         entry = pwd.getpwnam(name)
         user = cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir, password)
         try:
             if password is not None:
-                _run(["chpasswd"], stdin=f"{name}:{password}\n")
+                _admin(["chpasswd"], stdin=f"{name}:{password}\n")
             if home is not None:
                 home.mkdir(parents=True, exist_ok=True)
                 os.chown(home, user.uid, user.gid)
@@ -141,7 +155,7 @@ class ServiceUser:
 
     def remove(self) -> None:
         """``userdel`` (it removes the user's own group too); the user's processes must be gone."""
-        _run(["userdel", self.name])
+        _admin(["userdel", self.name])
 
     def groups(self) -> list[int]:
         return os.getgrouplist(self.name, self.gid)
@@ -191,6 +205,7 @@ def can_run(user: ServiceUser, interpreter: str) -> bool:
     return mine.returncode == theirs.returncode == 0 and mine.stdout == theirs.stdout
 
 
+@functools.cache
 def python_for(user: ServiceUser) -> str:
     """An interpreter ``user`` can run: this one's base if it can reach it, else
     Debian's (root's pyenv under /root, mode 0700, is out of its reach)."""
