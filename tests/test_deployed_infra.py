@@ -32,7 +32,7 @@ from tests.deployed import (
 pytestmark = pytest.mark.timeout(60)
 
 SETTLE_S = 0.5  # the daemon's default [watch] settle: the pauses must be longer
-PAUSE_S = 0.7
+PAUSE_S = 0.8  # longer than the settle by a margin for a loaded machine
 CHUNK = {"sshd": 32768, "vsftpd": 65536, "smbd": 65536}  # smbd: a multiple of its smb2 max write
 SERVERS = ["sshd", "vsftpd", "smbd"]
 
