@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -922,16 +922,4 @@ def fd_listing(user: ServiceUser, python: str | Path, pid: int) -> str:
               "except OSError as e:\n    print(type(e).__name__, e.errno)\n")
     done = check_as(user, [str(python), "-c", script, f"/proc/{pid}/fd"])
     return done.stdout.strip() or done.stderr.strip()
-
-
-def stop_all(stoppers: Iterable[Callable[[], None]]) -> None:
-    """Run every teardown step even if one fails; re-raise the first failure."""
-    first: BaseException | None = None
-    for stop in stoppers:
-        try:
-            stop()
-        except BaseException as exc:  # the rest must still run
-            first = first or exc
-    if first is not None:
-        raise first
 
