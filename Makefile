@@ -10,8 +10,14 @@ RUNTIME_VENV ?= .venv-runtime
 
 # System packages the tests drive for real (Debian names). make test installs them with
 # apt-get when it runs as root; otherwise the tests that need them say how to get them
-# (and under CI=true they fail rather than skip).
-SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd
+# (and under CI=true they fail rather than skip). The network servers (sshd, vsftpd,
+# smbd) and their clients are for the "as deployed" tests, which run instances of their
+# own on loopback ports, so the install runs with an "exit 101" /usr/sbin/policy-rc.d:
+# no package starts its system service (the file is removed afterwards if make created
+# it). python3-venv: the deployed daemon's venv is built from Debian's python3, which a
+# service user can run (root's own interpreter may be out of its reach).
+SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd \
+	openssh-server openssh-client vsftpd samba smbclient curl python3-venv
 
 .PHONY: run test lint check bench clean system-deps smoke-runtime
 
@@ -49,10 +55,24 @@ system-deps:
 	command -v faketime >/dev/null 2>&1 || missing="$$missing faketime"; \
 	for tool in gzip bzip2 zstd; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	command -v xz >/dev/null 2>&1 || missing="$$missing xz-utils"; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v sftp >/dev/null 2>&1 || missing="$$missing openssh-client"; \
+	test -x /usr/sbin/vsftpd || missing="$$missing vsftpd"; \
+	test -x /usr/sbin/smbd || missing="$$missing samba"; \
+	command -v smbclient >/dev/null 2>&1 || missing="$$missing smbclient"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      trap 'rm -f /usr/sbin/policy-rc.d' EXIT; trap 'exit 130' INT TERM; \
+	      printf '#!/bin/sh\n# make system-deps: no service starts during the install\nexit 101\n' >/usr/sbin/policy-rc.d; \
+	      chmod 755 /usr/sbin/policy-rc.d; \
+	    fi; \
+	    apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
+	        $$missing; \
 	  else \
 	    echo "note: missing system packages:$$missing (sudo apt-get install$$missing); their tests will skip"; \
 	  fi; \

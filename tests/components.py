@@ -1,4 +1,4 @@
-"""System components the tests drive for real: Prometheus, Chromium, Redis.
+"""System components the tests drive for real: Prometheus, Chromium, Redis, sshd, vsftpd, smbd.
 
 ``make test`` installs them (Debian packages) when it runs as root. Under ``CI=true`` a
 missing component fails the test; elsewhere the test skips and says how to get it.
@@ -17,12 +17,20 @@ __all__ = ["free_port", "require", "require_root", "unavailable"]
 
 PACKAGES = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium",
             "redis-server": "redis-server", "chattr": "e2fsprogs", "faketime": "faketime",
-            "gzip": "gzip", "bzip2": "bzip2", "xz": "xz-utils", "zstd": "zstd"}
+            "gzip": "gzip", "bzip2": "bzip2", "xz": "xz-utils", "zstd": "zstd",
+            # the network servers of the "as deployed" tests (tests/deployed.py) and their clients
+            "sshd": "openssh-server", "sftp": "openssh-client", "ssh-keygen": "openssh-client",
+            "vsftpd": "vsftpd", "smbd": "samba", "smbpasswd": "samba", "smbclient": "smbclient",
+            "curl": "curl", "setpriv": "util-linux", "runuser": "util-linux", "useradd": "passwd",
+            "userdel": "passwd", "groupadd": "passwd", "groupdel": "passwd"}
+
+# Servers live in sbin, which a non-login PATH may lack.
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 def require(binary: str) -> str:
     """The path of ``binary``, or fail (CI) / skip (elsewhere) with the install command."""
-    path = shutil.which(binary)
+    path = shutil.which(binary) or shutil.which(binary, path=SBIN)
     if path:
         return path
     how = f"install it with: sudo apt-get install {PACKAGES.get(binary, binary)} (make test does it as root)"
