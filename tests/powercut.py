@@ -151,6 +151,14 @@ def thread_states(pid: int) -> dict[int, str]:
     return states
 
 
+def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, state: Callable[[], object]) -> None:
+    """``wait_for`` with a tight interval; on timeout, PowerCutError with ``state()`` then."""
+    try:
+        wait_for(predicate, timeout_s, what, interval_s=0.0002)
+    except AssertionError:
+        raise PowerCutError(f"timed out after {timeout_s}s waiting for {what}: threads' states {state()}") from None
+
+
 def _stopped(pid: int) -> bool:
     return all(state in STOPPED for state in thread_states(pid).values())
 
@@ -202,9 +210,8 @@ def freeze(pids: Iterable[int], timeout_s: float = FREEZE_TIMEOUT_S) -> Frozen:
                 os.kill(pid, signal.SIGSTOP)
                 frozen.append(pid)
         times.append(time.monotonic() - started)
-        wait_for(lambda: all(_stopped(p) for p in frozen), timeout_s,
-                 f"every thread of the processes to stop: {[p for p in frozen if not _stopped(p)]}",
-                 interval_s=0.0002)
+        _wait_until(lambda: all(_stopped(p) for p in frozen), timeout_s, "every thread of the processes to stop",
+                    lambda: {p: thread_states(p) for p in frozen if not _stopped(p)})
         times.append(time.monotonic() - started)
         # Only a stopped process cannot fork any more: its children are known now.
         todo = [c for c in _children(frozen) if c not in frozen]
@@ -235,8 +242,8 @@ def kill_frozen(pids: Iterable[int], timeout_s: float = KILL_TIMEOUT_S) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: all(_gone(p) for p in pids), timeout_s,
-             f"the killed processes to exit: {[p for p in pids if not _gone(p)]}")
+    _wait_until(lambda: all(_gone(p) for p in pids), timeout_s, "the killed processes to exit",
+                lambda: {p: thread_states(p) for p in pids if not _gone(p)})
 
 
 @dataclass
@@ -362,7 +369,8 @@ class LoopFs:
                 break
             except PowerCutError as exc:
                 if time.monotonic() >= deadline:
-                    self.notes.append(f"umount {self.mountpoint} failed ({exc}); lazy unmount")
+                    self.notes.append(f"umount {self.mountpoint} failed ({exc}; processes using it: "
+                                      f"{holders(self.mountpoint)}); lazy unmount")
                     run("umount", "-l", str(self.mountpoint))
                     break
                 pace(0.1)
@@ -402,7 +410,7 @@ class LoopFs:
 
 
 def holders(mountpoint: Path) -> list[int]:
-    """Processes with a file, a cwd or a mapping under ``mountpoint`` (for messages)."""
+    """Processes with an open file or their cwd under ``mountpoint`` (for messages)."""
     prefix = str(mountpoint.resolve()) + os.sep
     found = []
     for proc in psutil.process_iter(["pid"]):

@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,7 +64,7 @@ STAGED_BIG_BYTES = 1 << 20  # a staged file this big is a large input's (small o
 NAME = re.compile(r"^(?P<kind>small|large|fail)-(?P<index>\d{5})\.log$")
 SECOND_NAME = re.compile(r"^(?P<stem>(?:small|large|fail)-\d{5})-(?P<n>\d+)\.log(?P<suffix>.*)$")
 MAX_FILES, MAX_LARGE = 2000, 8  # the producer's limits: the disk never fills (8 x 2 x 4.5 MiB)
-QUIET_S = 1.0  # the quiet producer's pause after a large file (it takes ~0.3 s to process)
+QUIET_S = (0.5, 1.0)  # the quiet producer's pauses before a large file and after it (it takes ~0.3 s)
 WARMUP = 12  # an aimed phase is armed after 0..WARMUP files are finished
 AIM_TIMEOUT_S = 8.0  # the phase not seen by then: the cut happens anyway (not landed)
 RANDOM_CUT_S = (0.2, 3.0)  # the random mode's cut times, after the producer starts
@@ -132,8 +133,9 @@ def kinds(failing: bool) -> list[str]:
 def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool) -> None:
     """Drop files into ``watch/unprocessed`` forever (until killed or MAX_FILES), in
     bursts; append ``name<TAB>monotonic`` to ``acks`` once a delivery is durable.
-    ``quiet``: nothing else for QUIET_S after a large file, so that it is claimed,
-    processed and committed with no other file's group commit (``syncfs``) between."""
+    ``quiet``: a pause before a large file (every earlier file is finished) and after
+    it (QUIET_S), so that it is claimed, processed and committed with no other file's
+    group commit (``syncfs``) between."""
     rng = random.Random(seed)
     unprocessed = watch / "unprocessed"
     ack_fd = os.open(acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -141,6 +143,8 @@ def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool) -> N
     burst = 0
     for i, kind in enumerate(kinds(failing)):
         name = f"{kind}-{i:05d}.log"
+        if quiet and kind == "large":
+            pace(QUIET_S[0])
         tmp = watch / f".producing-{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -153,7 +157,7 @@ def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool) -> N
         os.write(ack_fd, f"{name}\t{time.monotonic():.6f}\n".encode())
         burst -= 1
         if quiet and kind == "large":
-            pace(QUIET_S)
+            pace(QUIET_S[1])
             burst = 0
         if burst <= 0:  # a burst of 1-6 files, then a pause: batches of several files
             burst = rng.randint(1, 6)
@@ -228,12 +232,13 @@ def seen_moved_after(watch: Path, before: set[str]) -> str:
     return ""
 
 
-def live_rows(db_path: Path, timeout_s: float = 0.5) -> list[tuple[int, str, int, str, str, int]]:
+def live_rows(db_path: Path, timeout_s: float = 0.5, mode: str = "ro") -> list[tuple[int, str, int, str, str, int]]:
     """(id, name, inode, status, final name, attempts) of every live row (claimed,
-    waiting, committing), read-only."""
+    waiting, committing). ``mode="ro"`` while the daemon is frozen; once it has
+    stopped, "rw" (a read-only connection cannot open a WAL database whose -shm is gone)."""
     if not db_path.exists():
         return []
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=timeout_s)
+    db = sqlite3.connect(f"file:{db_path}?mode={mode}", uri=True, timeout=timeout_s)
     try:
         return db.execute("SELECT id, name, ino, status, final_name, attempts FROM files "
                           f"WHERE status IN {LIVE!r} ORDER BY id").fetchall()
@@ -415,7 +420,7 @@ def check_state(watch: Path) -> list[Violation]:
     not waiting in unprocessed/ or underprocess/."""
     out = []
     try:
-        rows = live_rows(watch / ".foldermill" / "state.db", timeout_s=5)
+        rows = live_rows(watch / ".foldermill" / "state.db", timeout_s=5, mode="rw")
     except sqlite3.Error as exc:
         return [Violation("state-row", "state.db", f"cannot be read: {exc}")]
     for file_id, name, ino, status, final, attempts in rows:
@@ -514,8 +519,9 @@ class CycleReport:
 
     def describe(self) -> str:
         cut = self.cut
-        lines = [f"power cut aimed at {self.aim} (seed {self.seed}): "
-                 f"{'landed' if self.landed else 'did NOT land'} there; condition seen: {self.trigger or 'never'}",
+        where = ("" if self.aim.phase == "random" else
+                 f"{'landed' if self.landed else 'did NOT land'} there; condition seen: ")
+        lines = [f"power cut aimed at {self.aim} (seed {self.seed}): {where}{self.trigger or 'never'}",
                  f"  frozen view: {self.landed_in or 'no phase'}",
                  f"  durably delivered before the cut: {len(self.acked)} {self.counts()}"]
         if cut is not None:
@@ -621,8 +627,8 @@ def _end(daemons: list[Daemon], producer: subprocess.Popen[bytes] | None) -> Non
         else:
             d.wait(10)  # reaps it and closes its log (again: harmless)
         if _wait_quietly(lambda ch=children: not alive(ch), 10, "the supervisor's children to exit"):
-            for pid in alive(children):
-                os.kill(pid, 9)
+            for pid in alive(children):  # the supervisor's own children, by pid
+                os.kill(pid, signal.SIGKILL)
             wait_for(lambda ch=children: not alive(ch), 10, "the supervisor's children to die")
 
 
@@ -666,6 +672,9 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         lap("aim")
         report.cut = fs.cut(pids, inspect=lambda: classify(watch))
         report.landed_in = report.cut.inspected
+        if not report.cut.stable:
+            report.notes.append("the image kept changing while it was copied (kernel writeback): the copy may "
+                                "mix two instants")
         lap("cut")
         first.wait(10)
         producer.wait(timeout=10)
