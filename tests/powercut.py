@@ -89,6 +89,7 @@ Stricter or harsher variants
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import signal
@@ -103,7 +104,8 @@ import psutil
 
 from tests.daemon import pace, wait_for
 
-__all__ = ["Cut", "Frozen", "LoopFs", "PowerCutError", "freeze", "kill_frozen", "process_tree", "thread_states"]
+__all__ = ["Cut", "Frozen", "LoopFs", "PowerCutError", "freeze", "kill_frozen", "process_tree", "syncfs",
+           "thread_states"]
 
 SHM = Path("/dev/shm")
 MOUNT_OPTIONS = "commit=60,noatime"  # noatime: the test's own polling adds no metadata writes
@@ -130,6 +132,16 @@ def run(*cmd: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
     if done.returncode != 0:
         raise PowerCutError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
     return done.stdout
+
+
+def syncfs(path: Path) -> None:
+    """syncfs(2) of the filesystem holding ``path`` (only that one, unlike sync(1))."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs {path}")
+    finally:
+        os.close(fd)
 
 
 def thread_states(pid: int) -> dict[int, str]:

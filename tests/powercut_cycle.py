@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.daemon import BEHAVE, ROOT, Daemon, alive, folder, pace, wait_for
-from tests.powercut import Cut, LoopFs, process_tree, run
+from tests.powercut import Cut, LoopFs, process_tree, syncfs
 
 __all__ = ["PHASES", "Aim", "CycleReport", "Violation", "check_invariants", "classify", "content_for",
            "run_cycle", "table", "table_row"]
@@ -621,15 +621,19 @@ def _end(daemons: list[Daemon], producer: subprocess.Popen[bytes] | None) -> Non
             producer.kill()
         producer.wait(timeout=10)
     for d in daemons:
-        children = [c.pid for c in d.children()]
-        if d.alive():
-            d.kill()
-        else:
-            d.wait(10)  # reaps it and closes its log (again: harmless)
-        if _wait_quietly(lambda ch=children: not alive(ch), 10, "the supervisor's children to exit"):
-            for pid in alive(children):  # the supervisor's own children, by pid
-                os.kill(pid, signal.SIGKILL)
-            wait_for(lambda ch=children: not alive(ch), 10, "the supervisor's children to die")
+        _end_daemon(d)
+
+
+def _end_daemon(d: Daemon) -> None:
+    children = [c.pid for c in d.children()]
+    if d.alive():
+        d.kill()
+    else:
+        d.wait(10)  # reaps it and closes its log (again: harmless)
+    if _wait_quietly(lambda: not alive(children), 10, "the supervisor's children to exit"):
+        for pid in alive(children):  # the supervisor's own children, by pid
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(children), 10, "the supervisor's children to die")
 
 
 def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: int = 384) -> CycleReport:
@@ -658,7 +662,7 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         watch.mkdir()
         first, why = start_daemon(mine, config, "before-cut")
         assert not why, f"the supervisor did not start on a fresh filesystem: {why}"
-        run("sync", "-f", str(watch))  # the installed daemon's folders and database are on disk
+        syncfs(watch)  # the installed daemon's folders and database are on disk
         lap("setup")
         producer = start_producer(watch, acks, seed, aim, work / "producer.log")
         # Known before the aim, so the cut wastes no time on it (the freeze also takes
