@@ -26,7 +26,9 @@ Phases aimed at (``PHASES``):
 Whether the cut *landed* in the phase is judged on the frozen processes' view (after
 the copy is taken): for ``moves``, a file in ``processed/``/``failed/`` whose state row
 is still live (claimed, waiting, committing), i.e. between the moves and the
-transaction that records them.
+transaction that records them, or a move done in memory that the disk does not hold
+yet (the file is still in ``underprocess/`` on the copy: the move was not synced).
+Every report also says what the processes had done that the disk did not hold.
 
 Run as a module, it is the producer: ``python -m tests.powercut_cycle produce WATCH
 ACKS SEED FAILING QUIET``.
@@ -244,6 +246,26 @@ def live_rows(db_path: Path, timeout_s: float = 0.5, mode: str = "ro") -> list[t
                           f"WHERE status IN {LIVE!r} ORDER BY id").fetchall()
     finally:
         db.close()
+
+
+QUEUE = ("unprocessed", "underprocess", "processed", "failed", "output")
+
+
+def folders(watch: Path) -> dict[str, set[str]]:
+    """The visible names of each queue folder."""
+    return {f: set(folder(watch, f)) for f in QUEUE}
+
+
+def unsynced(memory: dict[str, set[str]], disk: dict[str, set[str]]) -> dict[str, list[str]]:
+    """What the frozen processes had done that the disk did not hold: claims, outputs
+    and moves made in memory (the page cache) but not synced when the power went."""
+    def lacking(source: str, back: tuple[str, ...]) -> list[str]:
+        return sorted(n for n in memory[source] if n not in disk[source] and any(n in disk[b] for b in back))
+    found = {"claims": lacking("underprocess", ("unprocessed",)),
+             "moves": lacking("processed", ("underprocess", "unprocessed")) + lacking("failed", ("underprocess",
+                                                                                                 "unprocessed")),
+             "outputs": sorted(memory["output"] - disk["output"])}
+    return {k: v for k, v in found.items() if v}
 
 
 def classify(watch: Path) -> dict[str, str]:
@@ -500,6 +522,7 @@ class CycleReport:
     seed: int
     trigger: str = ""  # the condition as seen when the cut was ordered ("" if never)
     landed_in: dict[str, str] = field(default_factory=dict)  # phase -> evidence, on the frozen view
+    unsynced: dict[str, list[str]] = field(default_factory=dict)  # done in memory, not on the disk (see unsynced)
     cut: Cut | None = None
     acked: dict[str, float] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
@@ -508,7 +531,10 @@ class CycleReport:
 
     @property
     def landed(self) -> bool:
-        return self.aim.phase == "random" or self.aim.key in self.landed_in
+        # moves: also a cut after a move and before it was synced (the disk still has the file
+        # in underprocess/), the window a power cut in the moves really hits.
+        return (self.aim.phase == "random" or self.aim.key in self.landed_in
+                or (self.aim.phase == "moves" and "moves" in self.unsynced))
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -523,6 +549,7 @@ class CycleReport:
                  f"{'landed' if self.landed else 'did NOT land'} there; condition seen: ")
         lines = [f"power cut aimed at {self.aim} (seed {self.seed}): {where}{self.trigger or 'never'}",
                  f"  frozen view: {self.landed_in or 'no phase'}",
+                 f"  done in memory, not on the disk: {self.unsynced or 'nothing'}",
                  f"  durably delivered before the cut: {len(self.acked)} {self.counts()}"]
         if cut is not None:
             f = cut.frozen
@@ -674,8 +701,8 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         except AssertionError as exc:
             report.notes.append(f"cut anyway: {exc}")
         lap("aim")
-        report.cut = fs.cut(pids, inspect=lambda: classify(watch))
-        report.landed_in = report.cut.inspected
+        report.cut = fs.cut(pids, inspect=lambda: (classify(watch), folders(watch)))
+        report.landed_in, memory = report.cut.inspected
         if not report.cut.stable:
             report.notes.append("the image kept changing while it was copied (kernel writeback): the copy may "
                                 "mix two instants")
@@ -684,6 +711,7 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         producer.wait(timeout=10)
         report.acked = read_acks(acks)
         fs.remount(report.cut.copy)
+        report.unsynced = unsynced(memory, folders(watch))
         lap("remount")
         second, why = start_daemon(mine, config, "after-cut")
         if why:

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({"aim": str(aim), "seed": report.seed, "landed": report.landed,
                                         "landed_in": report.landed_in, "trigger": report.trigger,
+                                        "unsynced": report.unsynced,
                                         "acked": len(report.acked), "timings": report.timings,
                                         "stopped_ms": report.cut.frozen.stopped_s * 1000 if report.cut else None,
                                         "notes": report.notes,
