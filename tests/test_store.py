@@ -205,3 +205,69 @@ def test_a_replay_stays_one_until_it_is_processed(tmp_path: Path) -> None:
     store.replaying("gone.log", 99)  # no record left (pruned): a new one, marked
     fresh = store.claim([Candidate("gone.log", 1, 1, 99, 0o100644)], "me", folders)[0]
     assert fresh.replay_of == "gone.log" and fresh.replay_begins
+
+
+def test_a_journal_whose_end_a_power_cut_damaged_gets_its_next_entry_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """A power cut can keep a journal's new size but not its data: a run of NUL bytes
+    where its last lines were. The next entry starts on a new line, and readers (the
+    daemon's tail, ``history``) skip the damage, not the entries around it."""
+    from workers.ops import history
+    from workers.store import Journal, journal_entry, tail_journal
+
+    path = tmp_path / "input.log"
+    path.write_bytes(b'{"event":"claimed","file":"a.log"}\n' + b"\0" * 700)
+    journal = Journal(path, 1 << 20, 2, tmp_path / "journal.lock")
+    journal.write([journal_entry("processed", "a.log")])
+    journal.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[1] == b"\0" * 700 and lines[2].startswith(b'{"ts"'), lines  # not glued to the damage
+    assert [e["event"] for e in tail_journal(path)] == ["claimed", "processed"]
+    glued = tmp_path / "old.log"  # as a journal written before this fix may be
+    glued.write_bytes(b"\0" * 50 + b'{"event":"processed","file":"b.log"}\n{broken\n')
+    assert [e["file"] for e in tail_journal(glued)] == ["b.log"]
+
+    class Watch:
+        dir = tmp_path
+        journal_keep = 2
+
+    class Config:
+        watch = Watch
+
+    assert [e["event"] for e in history(Config, "a.log")] == ["claimed", "processed"]  # type: ignore[arg-type]
+
+
+def test_journal_lines_a_full_disk_refused_are_written_first_once_it_takes_them(tmp_path: Path) -> None:
+    """On a real full disk (a tmpfs of 1 MiB, filled): the kernel writes what fits of a
+    batch, then ENOSPC. What was not written (half a line, here) is kept and raised; the
+    next write puts it first, so no line is lost or cut in two."""
+    import errno
+    import subprocess
+
+    import pytest
+
+    from tests.components import require_root
+    from workers.store import Journal, journal_entry, tail_journal
+
+    require_root("mounting a tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True, timeout=30)
+    try:
+        journal = Journal(disk / "input.log", 1 << 20, 2, disk / "journal.lock")
+        journal.write([journal_entry("claimed", "a.log")])
+        with open(disk / "filler", "wb", buffering=0) as filler, pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"x" * 4096)
+        assert full.value.errno == errno.ENOSPC
+        long = journal_entry("processed", "a.log", reason="r" * 9000)  # more than the page the journal ends in
+        with pytest.raises(OSError) as refused:
+            journal.write([long])
+        assert refused.value.errno == errno.ENOSPC and journal.owes()
+        (disk / "filler").unlink()
+        journal.write([journal_entry("claimed", "b.log")])
+        journal.close()
+        assert not journal.owes()
+        assert [(e["event"], e["file"]) for e in tail_journal(disk / "input.log")] == [
+            ("claimed", "a.log"), ("processed", "a.log"), ("claimed", "b.log")]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=30)
