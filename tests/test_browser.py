@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.components import require
+from tests.components import require, require_root
 from tests.daemon import behave_config, drop, folder, journal, start, wait_for
 from tests.test_console import call
 
@@ -254,3 +255,41 @@ def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(tmp_path: Pat
             browser.close()
     audit = [json.loads(line) for line in (tmp_path / "watch_dir" / "audit.log").read_text().splitlines()]
     assert [(e["action"], e["outcome"], e["auth"]) for e in audit] == [("intake-pause", "accepted", "token")]
+
+
+def test_the_dashboard_says_a_fault_of_the_machine_and_how_writers_are_seen(tmp_path: Path, daemons) -> None:
+    """A real fault (the watch dir remounted read-only), shown as a banner until it
+    clears, and the line that says what the daemon sees of writers."""
+    chromium = require("chromium")
+    require_root("a read-only bind mount")
+    from playwright.sync_api import expect, sync_playwright
+
+    config = behave_config(tmp_path)
+    watch = tmp_path / "watch_dir"
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            expect(page.locator("#writers")).to_contain_text("inotify open/close events", timeout=15_000)
+            expect(page.locator("#fault")).to_be_hidden()
+            # A new mount of the watch dir over itself, read-only (files the daemon has
+            # open stay on the old one, so nothing keeps it from going read-only).
+            subprocess.run(["mount", "--bind", str(watch), str(watch)], check=True, timeout=30)
+            try:
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(watch)], check=True, timeout=30)
+                # Nothing is written meanwhile: the daemon looks at its filesystem by itself.
+                expect(page.locator("#fault")).to_contain_text("the filesystem is read-only", timeout=20_000)
+                expect(page.locator("#intake")).to_have_text("intake paused: read only")
+                page.screenshot(path=str(ARTIFACTS / "dashboard-fault.png"), full_page=True)
+                subprocess.run(["mount", "-o", "remount,bind,rw", str(watch)], check=True, timeout=30)
+                expect(page.locator("#fault")).to_be_hidden(timeout=20_000)
+                expect(page.locator("#intake")).to_have_text("intake running")
+            finally:
+                subprocess.run(["umount", "-l", str(watch)], check=True, timeout=30)
+        finally:
+            browser.close()
+    assert d.alive()

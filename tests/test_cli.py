@@ -33,6 +33,8 @@ def test_check_prints_the_routing_graph_of_the_shipped_config() -> None:
     assert "start -> replace -> levels" in proc.stdout
     assert "triage -> regex_route -> errors, end" in proc.stdout
     assert "errors -> write -> end" in proc.stdout
+    # How a daemon of this user would see writers (root here: every process in /proc).
+    assert "writers, as user root sees them:" in proc.stdout and "inotify open/close events" in proc.stdout
 
 
 def test_check_reports_a_bad_key_with_exit_status_2_and_no_traceback(tmp_path: Path) -> None:
@@ -180,8 +182,10 @@ def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp
                        "status to show the failed file (the API's snapshot is up to 0.75 s old)")
     assert running["source"].startswith("running supervisor")
     assert running["workers"] and running["recent_failures"][0]["file"] == "flaky.log"
+    assert running["machine_fault"] is None and running["writers"]["proc"] == "all"
     text = cli("-c", config, "status").stdout
     assert "source: running supervisor" in text and "failed 1" in text
+    assert "writers are seen by:" in text and "INTAKE PAUSED" not in text
     history = cli("-c", config, "history", "ok.log")
     assert history.returncode == 0 and "claimed" in history.stdout and "processed" in history.stdout
     assert cli("-c", config, "history", "nope.log").returncode == 1

@@ -20,6 +20,7 @@ import pytest
 from tests.components import require, require_root
 from tests.daemon import (
     BASE_CONFIG,
+    ROOT,
     Daemon,
     alive,
     dashboard_url,
@@ -444,6 +445,9 @@ def test_a_read_only_remount_pauses_intake_and_it_resumes_when_writable_again(tm
         assert health["machine_fault"]["kind"] == "read_only"
         assert metric_value(url, "foldermill_machine_fault", kind="read_only") == 1
         assert "intake paused: the filesystem is read-only" in d.log()
+        status = subprocess.run([sys.executable, str(ROOT / "supervisor.py"), "-c", str(config), "status"],
+                                capture_output=True, text=True, timeout=60).stdout
+        assert "INTAKE PAUSED by a fault of the machine: the filesystem is read-only" in status, status
         assert d.alive() and outcome_of(watch, "r.log") == "unprocessed"
         subprocess.run(["mount", "-o", "remount,bind,rw", str(watch)], check=True)
         wait_for(lambda: folder(watch, "processed") == ["r.log"], 30, "r.log processed once writable again")

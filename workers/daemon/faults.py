@@ -53,6 +53,17 @@ class Faults:
         log.error("intake paused: %s; no file is charged for it, claimed files wait where they are; "
                   "it resumes by itself when this clears", fault.describe())
 
+    def look(self) -> None:
+        """Without waiting for a write to fail: a filesystem remounted read-only, or with
+        no byte or no inode left, pauses intake at once (an idle daemon says so too)."""
+        if self.active is not None:
+            return
+        for folder in self.folders:
+            kind = filesystem_state(str(folder), low_bytes=1, low_inodes=1)
+            if kind:
+                self.hit(Fault(kind, str(folder), "seen on the filesystem itself (statvfs)"))
+                return
+
     def paused(self) -> bool:
         return self.active is not None
 

@@ -119,6 +119,7 @@ class Loop:
             self._claim_and_dispatch(now)
         # else a fault of the machine: claimed files wait where they are, claimed; nothing new comes in
         if self.reconcile.recover_due(now):
+            self.faults.look()
             self.recover(now)
             if machine_ok:
                 self.commit.retry_moves()
