@@ -257,3 +257,41 @@ def test_the_celery_pool_runs_jobs_of_the_pipeline_version_they_need(tmp_path: P
         for node in nodes:
             node.terminate()
             node.wait(timeout=15)
+
+
+# -- faults of the machine -----------------------------------------------------------------------
+
+
+def test_a_fault_pauses_until_its_probe_passes_and_one_that_comes_back_is_looked_at_less_often(
+        tmp_path: Path) -> None:
+    from workers.faults import DATABASE_BUSY, Fault
+
+    faults = Faults([tmp_path])
+    assert not faults.paused() and faults.describe() is None
+    faults.hit(Fault(DATABASE_BUSY, str(tmp_path / "state.db"), "database is locked"), now=100.0)
+    assert faults.paused() and faults.describe()["kind"] == DATABASE_BUSY
+    faults.hit(Fault("disk_full", "x", "another"), now=100.1)  # the first one met is the one shown
+    assert faults.describe()["kind"] == DATABASE_BUSY and faults.counts()["episodes"]["disk_full"] == 0
+    assert not faults.cleared(100.5)  # not due yet
+    assert faults.cleared(101.0) and not faults.paused()
+    faults.hit(Fault(DATABASE_BUSY, "", "database is locked"), now=105.0)  # back soon: looked at in 2 s
+    assert not faults.cleared(106.0) and faults.cleared(107.0)
+    faults.hit(Fault(DATABASE_BUSY, "", "database is locked"), now=108.0)  # and again: 4 s
+    assert not faults.cleared(111.0) and faults.cleared(112.0)
+    assert faults.counts() == {"active": None, "episodes": {**dict.fromkeys(
+        ("disk_full", "quota", "descriptors", "memory", "read_only"), 0), DATABASE_BUSY: 3}}
+    faults.hit(Fault(DATABASE_BUSY, "", "database is locked"), now=200.0)  # long after: 1 s again
+    assert faults.cleared(201.0)
+
+
+def test_a_full_disk_is_over_only_when_every_folder_takes_a_probe_write(tmp_path: Path) -> None:
+    from workers.faults import DISK_FULL, Fault
+
+    writable, gone = tmp_path / "a", tmp_path / "missing"
+    writable.mkdir()
+    faults = Faults([writable, gone])
+    faults.hit(Fault(DISK_FULL, str(writable), "No space left on device"), now=0.0)
+    assert not faults.cleared(1.0)  # a folder where nothing can be written
+    gone.mkdir()
+    assert faults.cleared(2.0)
+    assert not [p for p in (*writable.iterdir(), *gone.iterdir())]  # the probes went

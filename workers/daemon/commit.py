@@ -57,6 +57,7 @@ class Commit:
         self.per_file, self.held = self.outcomes.per_file, self.outcomes.held
         self.to_commit: list[Item] = []
         self.marked: list[Item] = []  # state says committing; their renames are still to do
+        self.rolling: list[Flight] = []  # roll-forwards a fault of the machine held back
         self.db_apart = _device(store.path.parent) != _device(queue.output)  # syncfs(output/) does not cover it
 
     def reload(self, workers: WorkersConfig) -> None:
@@ -115,8 +116,8 @@ class Commit:
         if returned.culprit is not None:
             flight = self.ledger.current(returned.culprit.file_id, returned.seq)
             if flight is not None:
-                self.per_file(flight, "recording its failed attempt", self.outcomes.attempt_failed, flight,
-                              returned.reason, False, returned.pid, returned.cause)
+                self.outcomes.charge(flight, "recording its failed attempt", returned.reason, False, returned.pid,
+                                     returned.cause)
         self.ledger.requeue_returned(returned)
 
     def discard_staged(self, res: ItemResult) -> None:
@@ -135,7 +136,9 @@ class Commit:
             record = flight.record
             if record.committed:
                 step, rolled = self.per_file(flight, "rolling its commit forward", self._roll_forward, flight)
-                if rolled or step is Step.CHARGED:  # done, or it failed and cost the file an attempt
+                if step is Step.HELD:  # a fault of the machine: rolled forward once it clears, not redone
+                    self.rolling.append(flight)
+                if rolled or step is not Step.DONE:  # done, held, or it failed and cost the file an attempt
                     continue
             if record.known:  # an earlier execution's leftovers
                 remove_staged(self.queue.output, str(record.id))
@@ -166,6 +169,9 @@ class Commit:
         place only once the state says it is being committed, so an owner that dies from
         here on is rolled forward, not redone."""
         self.outcomes.pay_owed()
+        if self.rolling:
+            rolling, self.rolling = self.rolling, []
+            self.ledger.hold(self.admitted(rolling))  # back: an output was gone, it is processed again
         batch, self.to_commit = self.to_commit, []
         if batch:
             self._mark(batch)
@@ -200,8 +206,8 @@ class Commit:
         out = self.queue.output
         missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
         if missing:  # another execution removed it, or a person did: this attempt is void
-            self.per_file(flight, "committing", self.outcomes.attempt_failed, flight,
-                          f"its staged output {missing[0]} disappeared before the commit", False, pid, "error")
+            self.outcomes.charge(flight, "committing", f"its staged output {missing[0]} disappeared before the commit",
+                                 False, pid, "error")
             return False
         now = self.ledger.changed_since_claim(flight)
         if now is None:

@@ -24,6 +24,8 @@ from typing import Any
 from workers.faults import DESCRIPTORS, DISK_FULL, KINDS, QUOTA, READ_ONLY, Fault, filesystem_state
 
 PROBE_EVERY_S = 1.0
+PROBE_MAX_S = 32.0  # a fault that comes back soon after it cleared is looked at less and less often
+AGAIN_WITHIN_S = 30.0
 RESERVE_BYTES = 4 << 20  # free space a disk must show again before intake resumes
 RESERVE_INODES = 64  # ... and free inodes, where the filesystem counts them
 PROBE_BYTES = 256 << 10  # written (and removed) in each folder as the proof
@@ -41,17 +43,26 @@ class Faults:
         self.active: Fault | None = None
         self.since = 0.0  # wall clock, for people
         self.next_probe = 0.0  # monotonic
+        self.probe_every_s = PROBE_EVERY_S
         self.episodes: Counter[str] = Counter()
+        self.cleared_at: dict[str, float] = {}  # kind -> monotonic time its last episode ended
+        self.streak: Counter[str] = Counter()  # episodes of a kind, each soon after the last
 
     def hit(self, fault: Fault, now: float | None = None) -> None:
-        """A part met ``fault``: intake pauses (said once)."""
+        """A part met ``fault``: intake pauses (said once). A fault that comes back
+        soon after it cleared (a busy database, memory) is looked at again later each
+        time, up to ``PROBE_MAX_S``: a flapping fault neither floods the log nor spins."""
         if self.active is not None:
             return
         now = time.monotonic() if now is None else now
-        self.active, self.since, self.next_probe = fault, time.time(), now + PROBE_EVERY_S
+        again = now - self.cleared_at.get(fault.kind, float("-inf")) < AGAIN_WITHIN_S
+        self.streak[fault.kind] = self.streak[fault.kind] + 1 if again else 0
+        self.probe_every_s = min(PROBE_MAX_S, PROBE_EVERY_S * 2 ** self.streak[fault.kind])
+        self.active, self.since, self.next_probe = fault, time.time(), now + self.probe_every_s
         self.episodes[fault.kind] += 1
-        log.error("intake paused: %s; no file is charged for it, claimed files wait where they are; "
-                  "it resumes by itself when this clears", fault.describe())
+        log.error("intake paused%s: %s; no file is charged for it, claimed files wait where they are; "
+                  "it resumes by itself when this clears (looked at every %gs)", " again" if again else "",
+                  fault.describe(), self.probe_every_s)
 
     def look(self) -> None:
         """Without waiting for a write to fail: a filesystem remounted read-only, or with
@@ -73,11 +84,12 @@ class Faults:
         fault = self.active
         if fault is None or now < self.next_probe:
             return False
-        self.next_probe = now + PROBE_EVERY_S
+        self.next_probe = now + self.probe_every_s
         if not self._probe(fault):
             return False
         log.warning("intake resumed: %s no longer (after %.0fs)", fault.describe(), time.time() - self.since)
         self.active = None
+        self.cleared_at[fault.kind] = now
         return True
 
     def _probe(self, fault: Fault) -> bool:

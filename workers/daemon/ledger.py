@@ -262,10 +262,10 @@ class Ledger:
 
     def return_undispatched(self) -> None:
         """Stopping or paused: files waiting for a worker (or for their retry) go back."""
-        if not self.redispatch and not self.parked:
+        if not self.redispatch and not self.parked and not self.unsettled:
             return
         names, self.redispatch = self.redispatch, []
-        waiting = [n for n in (*names, *self.parked) if n in self.flights and not self.flights[n].seq]
+        waiting = [n for n in (*names, *self.parked, *self.unsettled) if n in self.flights and not self.flights[n].seq]
         self.return_flights(list(dict.fromkeys(waiting)), "supervisor stopping")
 
     # -- recovery ----------------------------------------------------------------------------

@@ -172,10 +172,19 @@ class Outcomes:
         self.finish_failed(flight, why, dict(attempt=attempts, worker=worker, cause=cause, reason=reason,
                                              node=node, line=line, **timing))
 
+    def charge(self, flight: Flight, what: str, *args: Any) -> None:
+        """``attempt_failed(flight, *args)`` as a file's step; a fault of the machine that
+        keeps it from being recorded holds the file, to be sent out again once it clears
+        (the failure, if it is one, comes again then)."""
+        step, _ = self.per_file(flight, what, self.attempt_failed, flight, *args)
+        if step is Step.HELD:
+            remove_staged(self.queue.output, str(flight.record.id))
+            self.ledger.hold([flight])
+
     def reject(self, flights: list[Flight], reason: str) -> None:
         """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
         for flight in flights:
-            self.per_file(flight, "rejecting it", self.attempt_failed, flight, reason, True, 0, "input")
+            self.charge(flight, "rejecting it", reason, True, 0, "input")
 
     def finish_failed(self, flight: Flight, why: str, fields: dict[str, Any]) -> None:
         """After its last attempt: to failed/, with its reason beside it."""

@@ -270,6 +270,9 @@ class Daemon:
             log.error("could not return every file in flight (%s); the next start recovers them", exc)
         finally:
             if self.journal is not None:
+                if self.journal.owes():
+                    log.error("journal lines could not be written to %s before the stop (the disk is full); "
+                              "the folders and the state database have what they said", self.journal.path)
                 self.journal.close()
             if self.announced is not None:
                 with contextlib.suppress(OSError):
