@@ -859,6 +859,9 @@ class Soak:
         r = self.result
         if not self.threads:  # stopped before it started
             return
+        if not r.counts:  # interrupted before the accounting: the counts so far
+            with self.tally.lock:
+                r.counts = dict(self.tally.counts)
         r.seconds = round(time.monotonic() - self.started, 1)
         r.kinds = dict(self.producer.kinds)
         r.events = dict(self.follower.events)
@@ -889,6 +892,7 @@ class Soak:
                 self.daemon.wait(STOP_S)
             except subprocess.TimeoutExpired:  # it would not stop
                 self.daemon.kill()
+        self.result.exit_code = self.daemon.proc.returncode
         for pid in alive(children):
             psutil.Process(pid).kill()
 
