@@ -611,14 +611,19 @@ MEASURES: dict[str, tuple[str, float]] = {
 }
 
 
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x (0 for fewer than two distinct x)."""
-    if len(points) < 2:
-        return 0.0
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares slope of y over x, and its standard error (0, 0 for fewer than three
+    points or one x)."""
+    if len(points) < 3:
+        return 0.0, 0.0
     mx = statistics.fmean(x for x, _ in points)
     my = statistics.fmean(y for _, y in points)
     var = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+    if not var:
+        return 0.0, 0.0
+    b = sum((x - mx) * (y - my) for x, y in points) / var
+    residuals = sum((y - my - b * (x - mx)) ** 2 for x, y in points)
+    return b, (residuals / (len(points) - 2) / var) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -630,29 +635,35 @@ class Growth:
     high: float
     per_100k: float  # slope over the span after the warm-up, per 100,000 files
     late_per_100k: float  # slope over its second half
-    fitted: float  # per_100k over the span's files
+    fitted: float  # the slope times the span's files: what the measure grew by, trend only
+    noise: float  # two standard errors of ``fitted``
     tolerance: float
     verdict: str
 
 
 def growth(samples: list[Sample], measure: str, floor: float) -> Growth | None:
+    """The trend of one measure over the samples, and its verdict: "flat" when the fitted
+    growth is within the tolerance (10 % of the median level, at least ``floor``) or within
+    two standard errors of the fit (a measure that follows the load, such as the claim locks
+    of the files in flight, swings more than it trends); "settled" when it grew beyond both
+    but less than half the tolerance over the second half; else "grows" or "shrinks"."""
     points = [(s.done, s.values[measure]) for s in samples if measure in s.values]
     if len(points) < 3:
         return None
     span = points[-1][0] - points[0][0]
     half = points[0][0] + span / 2
-    per, late = slope(points) * 1e5, slope([p for p in points if p[0] >= half]) * 1e5
-    fitted = per * span / 1e5
-    level = statistics.median(y for _, y in points)
-    tolerance = max(0.10 * abs(level), floor)
-    if abs(fitted) <= tolerance:
+    (per, error), (late, _) = fit(points), fit([p for p in points if p[0] >= half])
+    fitted, noise = per * span, 2 * error * span
+    tolerance = max(0.10 * abs(statistics.median(y for _, y in points)), floor)
+    if abs(fitted) <= max(tolerance, noise):
         verdict = "flat"
     elif fitted < 0:
         verdict = "shrinks"
     else:
-        verdict = "settled" if late * span / 2 / 1e5 <= tolerance / 2 else "**grows**"
+        verdict = "settled" if late * span / 2 <= tolerance / 2 else "**grows**"
     ys = [y for _, y in points]
-    return Growth(measure, ys[0], ys[-1], min(ys), max(ys), per, late, fitted, tolerance, verdict)
+    return Growth(measure, ys[0], ys[-1], min(ys), max(ys), per * 1e5, late * 1e5, fitted, noise, tolerance,
+                  verdict)
 
 
 def after_warmup(samples: list[Sample], fraction: float) -> tuple[list[Sample], str]:
@@ -988,16 +999,22 @@ def print_growth(r: Run, warmup: float) -> list[Growth]:
         return []
     print(f"\nGrowth after the warm-up, from {span[0].done:,} files ({span[0].t:.0f} s) to {span[-1].done:,} "
           f"({span[-1].t:.0f} s), {len(span)} samples; slopes per 100,000 files{note}:\n")
-    print("| measure | first | last | min - max | slope | slope, 2nd half | fitted growth | tolerance | verdict |")
+    print("| measure | first | last | min - max | slope | slope, 2nd half | fitted growth ± 2 SE | tolerance "
+          "| verdict |")
     print("| --- " + "| ---: " * 7 + "| --- |")
-    found = []
+    found, zeros = [], []
     for measure, (label, floor) in MEASURES.items():
         g = growth(span, measure, floor)
         if g is None:
             continue
         found.append(g)
+        if g.low == g.high == 0:
+            zeros.append(label)
+            continue
         print(f"| {label} | {g.first:,.1f} | {g.last:,.1f} | {g.low:,.1f} - {g.high:,.1f} | {g.per_100k:+,.2f} "
-              f"| {g.late_per_100k:+,.2f} | {g.fitted:+,.2f} | {g.tolerance:,.1f} | {g.verdict} |")
+              f"| {g.late_per_100k:+,.2f} | {g.fitted:+,.2f} ± {g.noise:,.2f} | {g.tolerance:,.1f} | {g.verdict} |")
+    if zeros:
+        print(f"\nZero in every sample: {', '.join(zeros)}.")
     return found
 
 
