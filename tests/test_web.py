@@ -76,6 +76,12 @@ def test_health_is_503_with_a_reason(app_setup) -> None:
     client, _, _ = app_setup(snapshot={**SNAPSHOT, "workers": []})
     response = client.get("/health")
     assert response.status_code == 503 and "no worker is alive" in response.get_json()["problems"]
+    backoff = [{"slot": 0, "alive": False, "state": "backoff"}]  # a crash loop: an outage
+    client, _, _ = app_setup(snapshot={**SNAPSHOT, "workers": backoff})
+    assert client.get("/health").status_code == 503
+    recycled = [{"slot": 0, "alive": False, "state": "starting"}]  # between two workers: none
+    client, _, _ = app_setup(snapshot={**SNAPSHOT, "workers": recycled})
+    assert client.get("/health").status_code == 200
     client, _, _ = app_setup(snapshot={})
     assert client.get("/health").status_code == 503
 

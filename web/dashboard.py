@@ -95,7 +95,9 @@ def health() -> tuple[Response, int]:
         age = time.time() - float(s.get("loop_tick", 0))
         if age > HEALTH_MAX_AGE_S:
             problems.append(f"the supervisor loop has not ticked for {age:.1f}s")
-        if not any(w.get("alive") for w in s.get("workers", [])):
+        # A slot between two workers (recycled after max_files_per_worker, or by a reload)
+        # is "starting": that is no outage. One backing off from a crash loop is.
+        if not any(w.get("alive") or w.get("state") == "starting" for w in s.get("workers", [])):
             problems.append("no worker is alive")
         broker = s.get("broker")
         if broker and not broker.get("ok"):
