@@ -66,7 +66,10 @@ class Daemon:
         w = config.watch
         self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
         self.intake = Intake(self.queue, w.settle, w.poll_interval, options.once, w.backlog_window)
-        self.faults = Faults([self.queue.output, self.queue.state_dir, self.queue.underprocess, self.queue.failed])
+        # Probed before intake resumes: where outputs and the state database are written (the
+        # queue folders are on output/'s filesystem: prepare() checks it). Not underprocess/:
+        # recovery (another supervisor's too) takes whatever it finds there.
+        self.faults = Faults([self.queue.output, self.queue.state_dir])
         self.inbox = Inbox()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"  # as people see it
         # As the state database sees it: unique to this start, even for a pid 1 in a container.
