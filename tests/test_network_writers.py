@@ -31,7 +31,7 @@ def test_uploads_by_sftp_ftp_and_smb_are_processed_whole_once_as_a_service_user(
     site.write_config(BASE_CONFIG.replace("settle = 0.3\n", ""))  # the default settle: 0.5 s
     d = start_deployed(daemons, deployment, site)
     url = dashboard_url(d)
-    writers = http_json(url + "health")[1]["writers"]
+    writers = wait_for(lambda: http_json(url + "health")[1].get("writers"), 10, "the first snapshot's writers")
     assert (writers["user"], writers["proc"], writers["inotify"], writers["settle_s"]) == (
         site.owner.name, "own", True, 0.5), writers
     uploads, expected = [], {}
