@@ -23,9 +23,12 @@ import signal
 # daemon takes them over (Daemon.catch_signals), so a stop that arrives while modules
 # are still being imported (a few hundred milliseconds) is a clean stop, exit 0, not a
 # death by the signal. Only the interpreter's own start-up, before this line, is left.
+# Not in a process that multiprocessing spawns (the dashboard's, the workers'): they run
+# this module as __mp_main__ and set their own.
 EARLY_SIGNALS: list[int] = []
-for _sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(_sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+if __name__ == "__main__":
+    for _sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
 
 import logging
 import os
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
     daemon = Daemon(config, pipelines, options, open_shared, start_dashboard)
-    daemon.catch_signals(len(EARLY_SIGNALS))  # before anything starts: a SIGTERM during start-up stops cleanly
+    daemon.catch_signals(EARLY_SIGNALS)  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         daemon.start()
     except (QueueSetupError, SystemFailure, StateError, OSError, sqlite3.OperationalError) as exc:

@@ -251,7 +251,8 @@ def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
     workers = dataclasses.replace(new.workers, backend=running.workers.backend, count=running.workers.count)
     # The running [celery] stays: its visibility_timeout (given, or derived from the old
     # [workers]) must still outlast the new limits' longest job.
-    _check_visibility(running.celery, workers)
+    if workers.backend == "celery":
+        _check_visibility(running.celery, workers)
     # Workers parse the raw tables: give them the running [watch], [web] and [celery].
     raw = {**new.raw, **{k: running.raw[k] for k in ("watch", "web", "celery") if k in running.raw}}
     for k in ("watch", "web", "celery"):

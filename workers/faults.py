@@ -29,7 +29,8 @@ WHAT = {DISK_FULL: "the disk is full", QUOTA: "a disk quota is exceeded", DESCRI
         DATABASE_BUSY: "the state database is busy (locked by another process)"}
 
 # SQLite's primary result codes (the low byte of sqlite_errorcode).
-SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL = 5, 6, 7, 8, 10, 13
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = \
+    5, 6, 7, 8, 10, 13, 14
 SQLITE_KINDS = {SQLITE_BUSY: DATABASE_BUSY, SQLITE_LOCKED: DATABASE_BUSY, SQLITE_NOMEM: MEMORY,
                 SQLITE_FULL: DISK_FULL}
 LOW_SPACE_BYTES = 1 << 20  # below this, a database's "disk I/O error" is taken for a full disk
@@ -74,13 +75,23 @@ def _database_fault(exc: sqlite3.OperationalError, path: str) -> Fault | None:
     primary = code & 0xFF
     if primary in SQLITE_KINDS:
         return Fault(SQLITE_KINDS[primary], path, str(exc))
-    if primary in (SQLITE_IOERR, SQLITE_READONLY) and path:
+    if primary == SQLITE_CANTOPEN and not _descriptors_left():
+        return Fault(DESCRIPTORS, path, str(exc))
+    if primary in (SQLITE_IOERR, SQLITE_READONLY, SQLITE_CANTOPEN) and path:
         # SQLite names neither a remount read-only nor some writes that found no space:
         # the filesystem itself tells. Anything else is a real I/O error (exit 3).
         state = filesystem_state(os.path.dirname(path) or ".")
         if state:
             return Fault(state, path, str(exc))
     return None
+
+
+def _descriptors_left() -> bool:
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 def filesystem_state(folder: str, low_bytes: int = LOW_SPACE_BYTES, low_inodes: int = 0) -> str:

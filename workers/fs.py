@@ -97,9 +97,13 @@ def syncfs(path: Path | str) -> None:
     batch: group commit)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _LIBC.syncfs(fd) != 0:
+        syncfs_call = getattr(_LIBC, "syncfs", None)
+        if syncfs_call is None:
+            os.sync()  # no syncfs: sync everything
+        elif syncfs_call(fd) != 0:
+            code = ctypes.get_errno()
+            if code != errno.ENOSYS:  # a writeback error (EIO, ENOSPC): nothing is durable
+                raise OSError(code, os.strerror(code), os.fsdecode(path))
             os.sync()
-    except (OSError, AttributeError):
-        os.sync()
     finally:
         os.close(fd)

@@ -109,9 +109,11 @@ def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) ->
 
 
 def remove_staged(out_dir: Path, token: str) -> None:
-    """Remove what an attempt with this token left behind (a worker that died)."""
+    """Remove what an attempt with this token left behind (a worker that died). A
+    cleanup: one that fails now (no descriptors left...) is done by the file's next
+    attempt, or by a start-up's sweep; it never stops what called it."""
     prefix = staged_prefix(token)
-    with os.scandir(out_dir) as entries:
+    with contextlib.suppress(OSError), os.scandir(out_dir) as entries:
         for entry in entries:
             if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
                 Path(entry.path).unlink(missing_ok=True)

@@ -233,8 +233,11 @@ class FolderQueue:
         underprocess/ (by hand). Any other error leaves it claimed (lock held) where it
         is, a reason that cannot be written (a full disk) too."""
         target_dir = self._proc if folder == "processed" else self._fail
-        # The reason first: a file in failed/ always has its reason beside it.
-        wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason, durable)
+        # The reason first: a file in failed/ always has its reason beside it. Its name is
+        # reserved for this file: one there already is this file's, from a try whose move
+        # failed (a full disk), and is replaced.
+        wrote = bool(reason) and write_reason(Path(self._fail + reason_name(final_name)), reason, durable,
+                                              replace=True)
         for n in range(1000):
             target = final_name if n == 0 else collision_name(final_name, n)
             try:
@@ -529,9 +532,10 @@ def _used(path: str) -> bool:
         return True
 
 
-def write_reason(path: Path, reason: str, durable: bool = False) -> bool:
+def write_reason(path: Path, reason: str, durable: bool = False, replace: bool = False) -> bool:
     """Write ``path`` whole (a temporary file, synced when ``durable``, then a move that
-    replaces nothing). An OSError leaves nothing behind, and is raised."""
+    replaces nothing, or, with ``replace``, that replaces an earlier reason of the same
+    file). An OSError leaves nothing behind, and is raised."""
     tmp = path.with_name(f"{REASON_TEMP}{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
@@ -539,7 +543,10 @@ def write_reason(path: Path, reason: str, durable: bool = False) -> bool:
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        move(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            move(tmp, path)
         return True
     except OSError:
         with contextlib.suppress(OSError):

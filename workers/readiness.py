@@ -27,13 +27,17 @@ mtime changed between its claim and its commit is never committed.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from workers.names import shown
 from workers.queue import Candidate
+
+log = logging.getLogger("foldermill")
 
 WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 
@@ -92,6 +96,7 @@ class Writers:
         return Writers(frozenset(names), frozenset(inodes))
 
 
+STALE_OPEN_S = 300.0  # a file counted open but unchanged this long is taken for closed (at least 10 x settle)
 WRITERS_TTL_S = 0.25  # how long one look at /proc serves claims of files that arrived before it
 
 
@@ -160,6 +165,8 @@ class Readiness:
         self.seen: dict[str, _Seen] = {}
         self.moved_in: set[str] = set()
         self.opened: dict[str, int] = {}  # name -> opens not closed yet (IN_OPEN minus IN_CLOSE_*)
+        self.open_quiet: dict[str, _Seen] = {}  # an open file: since when it has looked the same
+        self.stale_open_s = max(STALE_OPEN_S, 10 * settle_s)
 
     def note_opened(self, name: str) -> None:
         self.opened[name] = self.opened.get(name, 0) + 1
@@ -177,6 +184,25 @@ class Readiness:
     def events_lost(self) -> None:
         """Events were lost (an inotify overflow): opens and closes no longer pair up."""
         self.opened.clear()
+        self.open_quiet.clear()
+
+    def _still_open(self, c: Candidate, now: float) -> bool:
+        """Whether inotify's count still says ``c`` is open. The kernel merges an event
+        with an identical one just before it in its queue (two closes of one file in a
+        row), so a count can stay above zero for good: a file counted open whose size and
+        mtime have not changed for ``stale_open_s`` is taken for closed (said once); the
+        check at commit still guards it."""
+        quiet = self.open_quiet.get(c.name)
+        if quiet is None or (quiet.size, quiet.mtime_ns) != (c.size, c.mtime_ns):
+            self.open_quiet[c.name] = _Seen(c.size, c.mtime_ns, now)
+            return True
+        if now - quiet.since < self.stale_open_s:
+            return True
+        log.warning("%s: counted open, but unchanged for %.0fs: taken for closed (a close event may have been "
+                    "merged with another)", shown(c.name), now - quiet.since)
+        self.opened.pop(c.name, None)
+        self.open_quiet.pop(c.name, None)
+        return False
 
     def note_moved_in(self, name: str) -> None:
         """A rename into the folder was reported for ``name`` (a finished hand-off)."""
@@ -188,7 +214,7 @@ class Readiness:
 
     def ready(self, c: Candidate, writing: set[str], now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if c.name in writing or c.name in self.opened:
+        if c.name in writing or (c.name in self.opened and self._still_open(c, now)):
             self.seen.pop(c.name, None)
             return False
         if c.name in self.moved_in:
@@ -208,17 +234,21 @@ class Readiness:
         self.moved_in.discard(name)
 
     def gone(self, name: str) -> None:
-        """``name`` left the folder (deleted, or moved out): nothing of it is open there."""
+        """``name`` left the folder (deleted, or moved out, by us too): nothing of it is
+        open there (what inotify reports of the name from now on is a new file's)."""
         self.forget(name)
         self.opened.pop(name, None)
+        self.open_quiet.pop(name, None)
 
     def bound(self, most: int) -> None:
         """Files leave without a word only when their events were lost: if that made
         what is remembered grow past ``most``, forget it all (they settle again)."""
-        if len(self.seen) + len(self.moved_in) + len(self.opened) > most:
+        if len(self.seen) + len(self.moved_in) > most:
             self.seen.clear()
             self.moved_in.clear()
+        if len(self.opened) > most:  # not the settling files' fault: opens are forgotten only so
             self.opened.clear()
+            self.open_quiet.clear()
 
     def next_check_in(self, now: float | None = None, exclude: set[str] | frozenset = frozenset()) -> float | None:
         """Seconds until some remembered, not yet ready file may have settled (None:

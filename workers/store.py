@@ -280,12 +280,13 @@ class Store:
         return attempts, final
 
     def requeued(self, file_ids: Iterable[int], not_before: dict[int, float] | None = None) -> None:
-        """Files put back in unprocessed/ (a stop): waiting, after a backoff if they have one."""
+        """Files put back in unprocessed/ (a stop): waiting, after a backoff if they have one.
+        One being committed stays so: its next claim rolls the commit forward."""
         now = time.time()
         wait = not_before or {}
         with self._tx() as db:
-            db.executemany("UPDATE files SET status = 'waiting', not_before = ?, updated = ? WHERE id = ?",
-                           [(wait.get(i, 0.0), now, i) for i in file_ids])
+            db.executemany("UPDATE files SET status = 'waiting', not_before = ?, updated = ? "
+                           "WHERE id = ? AND status != 'committing'", [(wait.get(i, 0.0), now, i) for i in file_ids])
 
     def committing(self, items: Iterable[tuple[int, list[tuple[str, str]]]]) -> None:
         """Outputs staged and durable, about to be renamed into place: from here on the

@@ -216,9 +216,16 @@ def _os_failure(item: JobItem, what: str, exc: OSError, folder: Path, started: f
     """A file that met an OSError; a fault of the machine (a full disk, no descriptors
     left...) is said as such, for the supervisor not to charge the file."""
     fault = fault_of(exc, str(folder))
+    if fault is not None and exc.filename is not None and not _within(exc.filename, folder.parent):
+        fault = None  # a processor's own file elsewhere (its /tmp...): the file's problem, charged
     return ItemResult(item.file_id, False, reason=f"{shown(item.name)}: {what}",
                       permanent=permanent and fault is None, seconds=time.monotonic() - started,
                       fault=fault.kind if fault else "", fault_path=fault.path if fault else "")
+
+
+def _within(path: str | bytes, folder: Path) -> bool:
+    real = os.path.realpath(os.fsdecode(path))
+    return real == str(folder) or real.startswith(str(folder).rstrip("/") + "/")
 
 
 def _abort(staged: StagedOutputs | None) -> None:

@@ -17,6 +17,7 @@ file: what was in progress stays at its step, and goes on from there once it cle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,7 +28,7 @@ from workers.config import WorkersConfig
 from workers.daemon.ledger import Ledger
 from workers.daemon.outcomes import Outcomes, Step
 from workers.daemon.types import SYSTEM_ERRNOS, Delivery, FaultSink, Flight, Returned, Tally
-from workers.faults import Fault
+from workers.faults import DESCRIPTORS, MEMORY, Fault
 from workers.fs import fsync_dir, syncfs
 from workers.names import shown
 from workers.outputs import remove_staged, rename_staged
@@ -38,6 +39,7 @@ from workers.worker import ItemResult
 
 log = logging.getLogger("foldermill")
 
+LOCAL_FAULTS_PER_FILE = 3
 Item = tuple[Flight, ItemResult, int]  # a file, its result, the worker's pid
 
 
@@ -67,6 +69,12 @@ class Commit:
     def idle(self) -> bool:
         return not self.to_commit and not self.marked
 
+    def committing(self) -> frozenset[int]:
+        """Files whose state says committing (a fault stopped them on the way): a stop
+        leaves them so, with their staged outputs, for their next claim to roll forward."""
+        moving = {f.record.id for f, folder, _ in self.outcomes.to_move_again() if folder == "processed"}
+        return frozenset({f.record.id for f, _, _ in self.marked} | {f.record.id for f in self.rolling} | moving)
+
     # -- results ---------------------------------------------------------------------------
 
     def deliver(self, delivery: Delivery) -> None:
@@ -86,7 +94,7 @@ class Commit:
                             shown(flight.record.name), delivery.seq)
                 self.discard_staged(res)
                 self.ledger.hold([flight])
-            elif res.fault:  # the machine's, not the file's: no attempt; it goes out again once it clears
+            elif res.fault and self._machines(flight, res):  # no attempt: it goes out again once it clears
                 self.faults.hit(Fault(res.fault, res.fault_path, res.reason))
                 self._hold(flight, res)
             else:
@@ -94,13 +102,32 @@ class Commit:
                 if step is Step.HELD:
                     self._hold(flight, res)
 
+    @staticmethod
+    def _machines(flight: Flight, res: ItemResult) -> bool:
+        """Whether a fault a worker met on this file is the machine's. A full disk, a
+        quota, a read-only filesystem always are (the probe looks at our folders). No
+        descriptors or no memory may be the worker's own doing on this file (a processor
+        that leaks, a file that needs too much): met ``LOCAL_FAULTS_PER_FILE`` times in a
+        row on one file, it is charged to the file like any failure."""
+        if res.fault not in (DESCRIPTORS, MEMORY):
+            return True
+        flight.faults += 1
+        if flight.faults < LOCAL_FAULTS_PER_FILE:
+            return True
+        flight.faults = 0
+        res.reason += f" (met {LOCAL_FAULTS_PER_FILE} times in a row on this file alone: charged to it)"
+        return False
+
     def _hold(self, flight: Flight, res: ItemResult) -> None:
-        self.discard_staged(res)
-        remove_staged(self.queue.output, str(flight.record.id))
+        """Back to wait for a dispatch (first: the cleanup may meet the fault itself)."""
         self.ledger.hold([flight])
+        with contextlib.suppress(OSError):
+            self.discard_staged(res)
+        remove_staged(self.queue.output, str(flight.record.id))
 
     def _on_item(self, flight: Flight, res: ItemResult, pid: int) -> None:
         name = flight.record.name
+        flight.faults = 0  # a result of its own: the faults in a row are over
         if res.ok:
             self.to_commit.append((flight, res, pid))
             for line_no, route in res.routes:
@@ -140,9 +167,9 @@ class Commit:
                     self.rolling.append(flight)
                 if rolled or step is not Step.DONE:  # done, held, or it failed and cost the file an attempt
                     continue
+            out.append(flight)
             if record.known:  # an earlier execution's leftovers
                 remove_staged(self.queue.output, str(record.id))
-            out.append(flight)
         return out
 
     def _roll_forward(self, flight: Flight) -> bool:
@@ -179,18 +206,27 @@ class Commit:
             self._rename_marked()
 
     def _mark(self, batch: list[Item]) -> None:
-        """Staged -> committing: duplicates found, vanished or unstable files set aside,
-        what is left made durable and marked. A fault: all of it waits, unchanged."""
+        """Staged -> committing: made durable, then files whose staged outputs vanished or
+        whose input changed since its claim set aside (looked at after the sync, the
+        slowest step: as late as can be), duplicates found among the rest, and those
+        marked. A fault of the machine: what is left waits, unchanged."""
         try:
-            find_duplicates(batch, self.store, self.queue.output)
+            self._make_durable(batch)
         except Exception as exc:
             if not self.held(exc):
                 raise
             self.to_commit = batch + self.to_commit
             return
-        ready = [item for item in batch if self._still_ready(*item)]
+        ready: list[Item] = []
+        for k, item in enumerate(batch):
+            try:
+                if self._still_ready(*item):
+                    ready.append(item)
+            except BaseException:
+                self.to_commit = ready + batch[k:] + self.to_commit  # none of them is lost
+                raise
         try:
-            self._make_durable(ready)
+            find_duplicates(ready, self.store, self.queue.output)
             self.store.committing([(f.record.id, r.staged) for f, r, _ in ready if r.staged])
         except Exception as exc:
             if not self.held(exc):
@@ -209,10 +245,17 @@ class Commit:
             self.outcomes.charge(flight, "committing", f"its staged output {missing[0]} disappeared before the commit",
                                  False, pid, "error")
             return False
-        now = self.ledger.changed_since_claim(flight)
+        try:
+            now = self.ledger.changed_since_claim(flight)
+        except OSError as exc:  # not looked at (a fault of the machine): it waits, and is done again
+            if not self.held(exc):
+                raise
+            self._hold(flight, res)
+            return False
         if now is None:
             return True
-        self.discard_staged(res)
+        with contextlib.suppress(OSError):
+            self.discard_staged(res)
         self.stats.input_changed()
         self.ledger.unstable(flight, now)
         return False
@@ -277,6 +320,7 @@ class Commit:
                                       reason="it was removed from underprocess/ before it could be moved to "
                                       "processed/ (its outputs were committed)")
             log.warning("%s vanished from underprocess/ before it was moved; its outputs are committed", shown(name))
+            self.outcomes.moved(name)
             self.ledger.forget(name)
             return "vanished"
         except OSError as exc:

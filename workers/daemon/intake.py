@@ -106,8 +106,9 @@ class Intake:
             backlog.unpark([name])  # judged again in its turn
             return
         if kind == GONE:
-            if name in self.claimed_out:
+            if name in self.claimed_out:  # our claim: an open counted before it was of that file
                 self.claimed_out.discard(name)
+                self.readiness.gone(name)
             else:
                 if self.fence.counting():
                     backlog.departed()
@@ -295,7 +296,7 @@ class Intake:
                     else:
                         claims.rejects.append((c, not_regular(c)))
                 elif self.readiness.is_open(c.name):  # open (inotify): looked at again when it is closed
-                    backlog.park(c.name, c.mtime_ns)
+                    backlog.park(c.name, c.mtime_ns, timed=True)  # (or its count has gone stale)
                 else:  # being written (/proc), or settling: looked at again when its time comes
                     backlog.park(c.name, c.mtime_ns, timed=True)
                     if c.name in writing:

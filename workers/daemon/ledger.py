@@ -31,12 +31,11 @@ UNSTABLE_WAIT_MAX_S = 60.0  # the longest a file caught being written waits to b
 
 @dataclass
 class Unsettled:
-    """A flight whose input was caught changing: since when it has looked the same,
-    how long it must, and how many times it was caught."""
+    """A flight whose input was caught changing: since when it has looked the same, and
+    how long it must (longer each time it is caught: ``Flight.caught``)."""
 
     since: float  # monotonic
     stable_s: float
-    caught: int = 0
 
 
 class Ledger:
@@ -152,7 +151,10 @@ class Ledger:
             pending.append(self.flights[name])
         for name, wait in list(self.unsettled.items()):
             flight = self.flights[name]
-            seen = self.changed_since_claim(flight)
+            try:
+                seen = self.changed_since_claim(flight)
+            except OSError:  # not looked at now (a fault of the machine): it waits on
+                continue
             if seen is not None:  # still changing: its time starts again
                 flight.size, flight.mtime_ns = seen
                 wait.since = now
@@ -179,9 +181,9 @@ class Ledger:
         and mtime have been stable for twice as long as the last time (up to
         ``UNSTABLE_WAIT_MAX_S``), then is processed again."""
         name = flight.record.name
-        caught = self.unsettled.get(name, Unsettled(0.0, self.settle_s)).caught + 1
-        stable_s = max(self.settle_s, min(UNSTABLE_WAIT_MAX_S, self.settle_s * 2 ** caught))
-        self.unsettled[name] = Unsettled(time.monotonic(), stable_s, caught)
+        flight.caught += 1
+        stable_s = max(self.settle_s, min(UNSTABLE_WAIT_MAX_S, self.settle_s * 2 ** flight.caught))
+        self.unsettled[name] = Unsettled(time.monotonic(), stable_s)
         before = (flight.size, flight.mtime_ns)
         flight.seq, (flight.size, flight.mtime_ns) = 0, seen
         why = (f"it changed while it was processed (size {before[0]} -> {seen[0]} bytes): still being written; "
@@ -233,18 +235,20 @@ class Ledger:
 
     # -- giving files back -----------------------------------------------------------------
 
-    def return_flights(self, names: list[str], why: str) -> None:
+    def return_flights(self, names: list[str], why: str, committing: frozenset[int] = frozenset()) -> None:
         """Stopping: put these claimed files back in unprocessed/ (a parked one keeps the
         rest of its backoff). One whose name a new delivery took meanwhile stays in
         underprocess/: recovery (ours at the next start, or another supervisor's)
-        adopts it; nothing replaces the new delivery."""
+        adopts it; nothing replaces the new delivery. Those being ``committing`` (their
+        ids) keep their staged outputs and that state: their next claim rolls forward."""
         ids, backoff = [], {}
         wall, mono = time.time(), time.monotonic()
         for name in names:
             flight = self.flights.get(name)
             if flight is None:
                 continue
-            remove_staged(self.queue.output, str(flight.record.id))
+            if flight.record.id not in committing:
+                remove_staged(self.queue.output, str(flight.record.id))
             outcome = self.queue.put_back(name)
             if outcome == "moved":
                 self.journal_event("requeued", flight, reason=why)
@@ -257,8 +261,8 @@ class Ledger:
             self.forget(name)
         self.store.requeued(ids, backoff)
 
-    def return_all(self, why: str) -> None:
-        self.return_flights(list(self.flights), why)
+    def return_all(self, why: str, committing: frozenset[int] = frozenset()) -> None:
+        self.return_flights(list(self.flights), why, committing)
 
     def return_undispatched(self) -> None:
         """Stopping or paused: files waiting for a worker (or for their retry) go back."""

@@ -96,7 +96,7 @@ class Loop:
             if item[0] == "result":
                 self.deliver(item[1])
         self.commit.run()
-        self.ledger.return_all("supervisor stopped before it finished")
+        self.ledger.return_all("supervisor stopped before it finished", self.commit.committing())
         self.ledger.flush()
 
     # -- one step of the loop --------------------------------------------------------------------
@@ -238,16 +238,21 @@ class Loop:
             self.intake.refresh(now)  # no room: the counts stay right all the same
             return
         room = jobs * self.config.workers.batch_files
+        self._take_in()  # the file events of the last moments (an open) before judging files
         pending = self.ledger.take_pending(now)
-        if len(pending) < room:
-            idle = not self.ledger.count()
-            claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
-                                       idle and self.commit.idle() and self.backend.idle())
-            if claims.fault is not None:
-                self.faults.hit(claims.fault)
-            for candidate, reason in claims.rejects:
-                self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
-            pending += self.commit.admitted(self._admit(claims.files, "claimed"))
+        try:
+            if len(pending) < room:
+                idle = not self.ledger.count()
+                claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
+                                           idle and self.commit.idle() and self.backend.idle())
+                if claims.fault is not None:
+                    self.faults.hit(claims.fault)
+                for candidate, reason in claims.rejects:
+                    self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
+                pending += self.commit.admitted(self._admit(claims.files, "claimed"))
+        except BaseException:
+            self.ledger.hold(pending)  # taken out of the ledger's lists: they wait for the next dispatch
+            raise
         if pending:
             self._dispatch(pending)
 
@@ -305,7 +310,13 @@ class Loop:
         found = self.reconcile.recover(now, self.ledger.names())
         if found.requeued:
             self.intake.wake()
-        self.ledger.recovered(found.requeued)
+        try:
+            self.ledger.recovered(found.requeued)
+        except Exception as exc:  # the files are back in unprocessed/ whatever the state says
+            fault = database_fault(exc, self.db_path)
+            if fault is None:
+                raise
+            self.faults.hit(fault)
         for candidate, reason in found.rejects:
             self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
         self.ledger.hold(self.commit.admitted(self._admit(found.adopted, "adopted")))

@@ -49,7 +49,7 @@ class Outcomes:
         self.tally = tally
         self.faults = faults
         self.db_path = str(store.path)
-        self.unmoved: dict[str, tuple[str, tuple]] = {}  # claimed files whose last move failed: retried
+        self.unmoved: dict[str, tuple[int, str, tuple]] = {}  # name -> (id, folder, its args): moves to retry
         self.owed: list[tuple[str, Any]] = []  # state writes a fault held back, in order
 
     def reload(self, workers: WorkersConfig) -> None:
@@ -84,7 +84,7 @@ class Outcomes:
         name = flight.record.name
         log.error("%s: %s failed (%s: %s); it costs this file an attempt", shown(name), what,
                   type(exc).__name__, exc, exc_info=exc)
-        if not self.ledger.in_flight(name) or name in self.unmoved:
+        if not self.ledger.in_flight(name) or self._unmoved(flight):
             return
         try:
             self.attempt_failed(flight, f"{what} failed: {type(exc).__name__}: {exc}", False, 0, "error")
@@ -122,11 +122,16 @@ class Outcomes:
         """A claimed file that cannot be moved to ``folder`` now (a full disk, a
         permission changed...): it stays claimed where it is; said once, tried again."""
         name = flight.record.name
-        if not self.held(exc) and name not in self.unmoved:
+        if not self.held(exc) and not self._unmoved(flight):
             log.error("cannot move %s to %s/ (%s); it stays in underprocess/ and is tried again every %.0fs",
                       shown(name), folder, exc.strerror or exc, RECOVER_EVERY_S)
         flight.seq = 0
-        self.unmoved[name] = (folder, retry)
+        self.unmoved[name] = (flight.record.id, folder, retry)
+
+    def _unmoved(self, flight: Flight) -> bool:
+        """Whether this very file (not a new delivery of its name) waits for a move."""
+        entry = self.unmoved.get(flight.record.name)
+        return entry is not None and entry[0] == flight.record.id
 
     def moved(self, name: str) -> None:
         self.unmoved.pop(name, None)
@@ -135,9 +140,9 @@ class Outcomes:
         """(flight, folder, what its move needs) of each move to try again; those whose
         file left our hands are forgotten."""
         again = []
-        for name, (folder, retry) in list(self.unmoved.items()):
+        for name, (file_id, folder, retry) in list(self.unmoved.items()):
             flight = self.ledger.flight(name)
-            if flight is None:
+            if flight is None or flight.record.id != file_id:  # gone; a new delivery of the name is another file
                 self.unmoved.pop(name, None)
             else:
                 again.append((flight, folder, retry))
@@ -178,8 +183,8 @@ class Outcomes:
         (the failure, if it is one, comes again then)."""
         step, _ = self.per_file(flight, what, self.attempt_failed, flight, *args)
         if step is Step.HELD:
-            remove_staged(self.queue.output, str(flight.record.id))
             self.ledger.hold([flight])
+            remove_staged(self.queue.output, str(flight.record.id))
 
     def reject(self, flights: list[Flight], reason: str) -> None:
         """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
@@ -196,6 +201,7 @@ class Outcomes:
             self.ledger.journal_event("vanished", flight,
                                       reason=f"removed from underprocess/ by hand; it had failed: {why}")
             self.write_state("finished", [(record.id, "vanished")])
+            self.moved(name)
             self.ledger.forget(name)
             return
         except OSError as exc:

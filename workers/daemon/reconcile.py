@@ -77,14 +77,12 @@ class Reconcile:
         if row is None:
             return ()
         name, status, committing = row
-        if status == "committing":
-            return committing
-        if status in LIVE:
+        if status in LIVE:  # committing included
             index = self.queue.lock_index(name)
             if not self.queue.locks.try_acquire(index):
-                return None  # a live owner's: its workers may be writing them
+                return None  # a live owner's: its workers may be writing them (a file redone, too)
             self.queue.locks.release(index)
-        return ()
+        return committing if status == "committing" else ()
 
     def reconcile(self, ours: set[int]) -> list[dict]:
         """Live records of files no live owner holds (``ours``: the ids this supervisor

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from workers.config import Config
@@ -88,12 +89,13 @@ class Daemon:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def catch_signals(self, early: int = 0) -> None:
-        """Signals are the loop's from now on; ``early``: how many came before (while
-        the supervisor was importing its modules)."""
-        self.signals += early
+    def catch_signals(self, early: list[int] | None = None) -> None:
+        """Signals are the loop's from now on; ``early``: those that came before (while
+        the supervisor was importing its modules), counted once the handlers are in
+        place, so that none falls between the two."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self.signals += len(early or ())
         signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -197,21 +199,32 @@ class Daemon:
         return code
 
     def _guarded_step(self, now: float) -> None:
-        """One step; whatever one file does is handled inside it. An error that escapes
-        is logged once with its traceback, and if every step fails the same way the
-        whole system is unusable: SystemFailure (exit 3), never a traceback loop."""
+        """One step; whatever one file does is handled inside it."""
         assert self.loop is not None
-        try:
+        loop = self.loop
+
+        def step() -> None:
             self.intake.check_folders()
-            self.loop.step(now)
+            loop.step(now)
+
+        if self._guarded(step):
             self.failures_in_a_row = 0
+
+    def _guarded(self, work: Callable[[], None]) -> bool:
+        """Run a step of the loop (or an inbox item handled while waiting). A fault of the
+        machine pauses intake; an error that escapes is logged once with its traceback,
+        and if every step fails the same way the whole system is unusable: SystemFailure
+        (exit 3), never a traceback loop. True if it went through."""
+        try:
+            work()
+            return True
         except SystemFailure:
             raise
         except sqlite3.DatabaseError as exc:
             fault = database_fault(exc, str(self.queue.state_dir / "state.db"))
             if fault is not None:  # full, busy: the machine's, intake waits for it
                 self.faults.hit(fault)
-                return
+                return False
             raise SystemFailure(f"the state database {self.queue.state_dir / 'state.db'} failed: {exc}") from None
         except StateError as exc:
             raise SystemFailure(str(exc)) from None
@@ -221,10 +234,11 @@ class Daemon:
             fault = fault_of(exc)
             if fault is not None:
                 self.faults.hit(fault)
-                return
+                return False
             self._step_failed(exc)
         except Exception as exc:
             self._step_failed(exc)
+        return False
 
     def _step_failed(self, exc: Exception) -> None:
         self.failures_in_a_row += 1
@@ -252,7 +266,8 @@ class Daemon:
         timeout = 0.1 if busy else min(0.25, max(0.01, self.intake.seconds_to_next_scan(now)))
         item = self.inbox.get(timeout)
         if item is not None:
-            self.loop.handle(item)
+            loop = self.loop
+            self._guarded(lambda: loop.handle(item))
 
     # -- stop ----------------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ class Flight:
     seq: int = 0  # the job carrying it, 0 while waiting for dispatch
     not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
     mtime_ns: int = 0  # as it was claimed: a change before its commit means it is still being written
+    caught: int = 0  # times it was caught changing after its claim (it waits longer each time)
+    faults: int = 0  # faults of the machine its worker met on it in a row (only its own, past a few)
     pipeline: str = ""  # the pipeline its name routes it to, set when it is dispatched
     suffixes: frozenset[str] = frozenset()  # the side outputs its final name reserves
 
