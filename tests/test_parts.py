@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import queue
 import subprocess
+import time
 from collections import Counter
 from multiprocessing import resource_tracker
 from pathlib import Path
@@ -295,3 +296,105 @@ def test_a_full_disk_is_over_only_when_every_folder_takes_a_probe_write(tmp_path
     gone.mkdir()
     assert faults.cleared(2.0)
     assert not [p for p in (*writable.iterdir(), *gone.iterdir())]  # the probes went
+
+
+def test_an_open_counted_just_before_our_claim_does_not_hold_the_next_delivery(tmp_path: Path) -> None:
+    """An open of a.log that came in while the loop was busy, then our claim: its close
+    happens in underprocess/, where nothing watches. The name is free for what comes next."""
+    from workers.daemon.events import GONE, MOVED_IN, OPENED
+
+    q = make_queue(tmp_path / "w")
+    renamed_in(q, "a.log", "first\n", 1_000_000)
+    intake = Intake(q, settle_s=0.0, poll_interval_s=60, once=False)
+    assert [c.name for c in intake.claim(1.0, 10, Nothing(), True, True).files] == ["a.log"]
+    intake.note_event(OPENED, "a.log")  # before our claim, read after it
+    intake.note_event(GONE, "a.log")  # our claim's move out
+    q.finish("a.log", "a.log", "processed")
+    renamed_in(q, "a.log", "second\n", 1_000_001)
+    intake.note_event(MOVED_IN, "a.log")
+    assert [c.name for c in intake.claim(2.0, 10, Nothing(), True, True).files] == ["a.log"]
+
+
+def test_a_count_left_open_by_a_merged_close_goes_stale() -> None:
+    """inotify merges two identical closes in a row: one open stays counted. A file that
+    looks the same for stale_open_s is taken for closed."""
+    from workers.queue import Candidate
+    from workers.readiness import Readiness
+
+    r = Readiness(settle_s=0.5)
+    c = Candidate("a.log", 10, 1_000, 7, 0o100644)
+    r.note_opened("a.log")
+    r.note_opened("a.log")
+    r.note_closed("a.log")  # the second close was merged away
+    assert not r.ready(c, set(), now=1000.0)
+    assert not r.ready(c, set(), now=1000.0 + r.stale_open_s - 1)
+    grown = Candidate("a.log", 20, 2_000, 7, 0o100644)
+    assert not r.ready(grown, set(), now=1000.0 + r.stale_open_s + 1)  # it changed: its time starts again
+    assert not r.ready(grown, set(), now=1000.0 + 2 * r.stale_open_s)
+    assert r.ready(grown, set(), now=1002.0 + 2 * r.stale_open_s) and not r.is_open("a.log")
+
+
+def test_a_file_caught_changing_waits_twice_as_long_each_time(tmp_path: Path) -> None:
+    q, _, ledger, _, _ = book(tmp_path)  # settle 0.3
+    renamed_in(q, "w.log", "x\n", 1_000_000)
+    flights = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")
+    flight = flights[0]
+    waits = []
+    for size in (3, 4, 5):
+        (q.underprocess / "w.log").write_text("x" * size)
+        seen = ledger.changed_since_claim(flight)
+        assert seen is not None
+        ledger.unstable(flight, seen)
+        waits.append(ledger.unsettled["w.log"].stable_s)
+        assert ledger.take_pending(time.monotonic() + 100) == [flight]  # stable meanwhile: out again
+    assert waits == [0.6, 1.2, 2.4]
+    ledger.flush()
+    assert [e["event"] for e in journal(q.root)].count("changed") == 3
+
+
+def test_a_fault_a_worker_meets_on_one_file_alone_is_charged_after_three(tmp_path: Path) -> None:
+    """No descriptors left in a worker, three times in a row on the same file: a leaking
+    processor, not the machine; the file is charged like any failure. A full disk never is."""
+    q, _, ledger, commit, _ = book(tmp_path)
+    renamed_in(q, "leak.log", "x\n", 1_000_000)
+    renamed_in(q, "big.log", "x\n", 1_000_001)
+    flights = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")
+    for round_ in range(1, 5):
+        job = ledger.assign([f for f in flights if ledger.in_flight(f.record.name)], "v1")
+        commit.deliver(Delivery(job.seq, 7, True, [
+            ItemResult(f.record.id, False, reason="Too many open files", fault="descriptors" if
+                       f.record.name == "leak.log" else "disk_full") for f in flights]))
+        commit.faults.cleared(float("inf"))  # the probe passes: the supervisor has descriptors
+        pending = ledger.take_pending(float("inf"))
+        if round_ < 3:
+            assert sorted(f.record.name for f in pending) == ["big.log", "leak.log"]
+    ledger.flush()
+    retried = [e for e in journal(q.root) if e["event"] in ("retried", "failed")]
+    assert [e["file"] for e in retried] == ["leak.log"] and "3 times in a row" in retried[0]["reason"]
+    assert ledger.in_flight("big.log")  # a full disk: held, never charged
+
+
+def test_a_stop_keeps_a_file_being_committed_for_its_roll_forward(tmp_path: Path) -> None:
+    q, store, ledger, _, _ = book(tmp_path)
+    renamed_in(q, "c.log", "x\n", 1_000_000)
+    flights = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")
+    file_id = flights[0].record.id
+    temp = f".fm-{file_id}.cafe.0.tmp"
+    (q.output / temp).write_text("X\n")
+    store.committing([(file_id, [(temp, "c.log")])])
+    ledger.return_all("stopping", frozenset({file_id}))
+    assert (q.output / temp).exists() and (q.unprocessed / "c.log").exists()
+    assert store.file_row(file_id)[1] == "committing"
+    q2, _, ledger2, commit2, _ = book(tmp_path)
+    again = ledger2.admit(Intake(q2, 0.0, 60, False).claim(2.0, 10, ledger2, True, True).files, "claimed")
+    assert commit2.admitted(again) == []  # rolled forward, not processed again
+    assert (q2.processed / "c.log").exists() and (q2.output / "c.log").read_text() == "X\n"
+
+
+def test_a_reason_written_by_a_try_whose_move_failed_is_replaced(tmp_path: Path) -> None:
+    q = make_queue(tmp_path / "w")
+    renamed_in(q, "r.log", "x\n", 1_000_000)
+    assert q.claim("r.log")
+    (q.failed / "r.log.reason").write_text("an earlier try\n")  # its move to failed/ failed (a full disk)
+    assert q.finish("r.log", "r.log", "failed", reason="it broke") == "r.log"
+    assert (q.failed / "r.log.reason").read_text() == "it broke\n"
