@@ -28,7 +28,7 @@ from workers.config import WorkersConfig
 from workers.daemon.ledger import Ledger
 from workers.daemon.outcomes import Outcomes, Step
 from workers.daemon.types import SYSTEM_ERRNOS, Delivery, FaultSink, Flight, Returned, Tally
-from workers.faults import DESCRIPTORS, MEMORY, Fault
+from workers.faults import Fault
 from workers.fs import fsync_dir, syncfs
 from workers.names import shown
 from workers.outputs import remove_staged, rename_staged
@@ -39,7 +39,6 @@ from workers.worker import ItemResult
 
 log = logging.getLogger("foldermill")
 
-LOCAL_FAULTS_PER_FILE = 3
 Item = tuple[Flight, ItemResult, int]  # a file, its result, the worker's pid
 
 
@@ -94,29 +93,13 @@ class Commit:
                             shown(flight.record.name), delivery.seq)
                 self.discard_staged(res)
                 self.ledger.hold([flight])
-            elif res.fault and self._machines(flight, res):  # no attempt: it goes out again once it clears
+            elif res.fault and self.outcomes.machines(flight, res):  # no attempt: it goes out again once it clears
                 self.faults.hit(Fault(res.fault, res.fault_path, res.reason))
                 self._hold(flight, res)
             else:
                 step, _ = self.per_file(flight, "handling its result", self._on_item, flight, res, delivery.pid)
                 if step is Step.HELD:
                     self._hold(flight, res)
-
-    @staticmethod
-    def _machines(flight: Flight, res: ItemResult) -> bool:
-        """Whether a fault a worker met on this file is the machine's. A full disk, a
-        quota, a read-only filesystem always are (the probe looks at our folders). No
-        descriptors or no memory may be the worker's own doing on this file (a processor
-        that leaks, a file that needs too much): met ``LOCAL_FAULTS_PER_FILE`` times in a
-        row on one file, it is charged to the file like any failure."""
-        if res.fault not in (DESCRIPTORS, MEMORY):
-            return True
-        flight.faults += 1
-        if flight.faults < LOCAL_FAULTS_PER_FILE:
-            return True
-        flight.faults = 0
-        res.reason += f" (met {LOCAL_FAULTS_PER_FILE} times in a row on this file alone: charged to it)"
-        return False
 
     def _hold(self, flight: Flight, res: ItemResult) -> None:
         """Back to wait for a dispatch (first: the cleanup may meet the fault itself)."""

@@ -18,14 +18,17 @@ from workers.config import WorkersConfig
 from workers.daemon.ledger import Ledger
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, FaultSink, Flight, Tally
 from workers.errors import SystemFailure
-from workers.faults import fault_of
+from workers.faults import DESCRIPTORS, MEMORY, fault_of
 from workers.names import reason_name, shown
 from workers.outputs import remove_staged
 from workers.queue import FolderQueue
 from workers.state import Stats
 from workers.store import StateError, Store, retry_delay_s
+from workers.worker import ItemResult
 
 log = logging.getLogger("foldermill")
+
+LOCAL_FAULTS_PER_FILE = 3  # faults a worker meets on one file alone, in a row, before the file is charged
 
 
 class Step(Enum):
@@ -92,6 +95,22 @@ class Outcomes:
             log.error("%s: could not record the failed attempt either (%s)", shown(name), again)
             self.held(again)
             self.ledger.park(flight, RECOVER_EVERY_S)
+
+    @staticmethod
+    def machines(flight: Flight, res: ItemResult) -> bool:
+        """Whether a fault a worker met on this file is the machine's. A full disk, a
+        quota, a read-only filesystem always are (the probe looks at our folders). No
+        descriptors or no memory may be the worker's own doing on this file (a processor
+        that leaks, a file that needs too much): met ``LOCAL_FAULTS_PER_FILE`` times in a
+        row on one file, it is charged to the file like any failure."""
+        if res.fault not in (DESCRIPTORS, MEMORY):
+            return True
+        flight.faults += 1
+        if flight.faults < LOCAL_FAULTS_PER_FILE:
+            return True
+        flight.faults = 0
+        res.reason += f" (met {LOCAL_FAULTS_PER_FILE} times in a row on this file alone: charged to it)"
+        return False
 
     # -- state writes that follow moves -------------------------------------------------------
 
