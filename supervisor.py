@@ -55,7 +55,7 @@ from workers.errors import ConfigError, SystemFailure
 from workers.faults import fault_of
 from workers.pipelines import compile_pipelines
 from workers.queue import QueueSetupError
-from workers.store import StateError
+from workers.store import StateError, state_db_path
 from workers.worker import manager_init
 
 log = logging.getLogger("foldermill")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon.start()
     except (QueueSetupError, SystemFailure, StateError, OSError, sqlite3.OperationalError) as exc:
-        fault = fault_of(exc, str(config.watch.dir / ".foldermill" / "state.db"))
+        fault = fault_of(exc, str(state_db_path(config.watch.dir)))
         if fault is not None:  # the machine's, for now: systemd's Restart= tries again
             log.error("cannot start now: %s; exit %d: start it again once that clears", fault.describe(),
                       EXIT_TEMPFAIL)

@@ -96,13 +96,50 @@ def test_web_never_imports_the_daemon_or_touches_processes() -> None:
         bad = {m for m in imports_of(path)
                if m.startswith(("workers.daemon", "workers.cli", "workers.queue", "workers.worker",
                                 "workers.remote", "workers.store", "supervisor"))}
+        # The state database, read-only, through its one reader: no SQL of its own.
+        if names_from(path, "workers.store") <= {"StateReader", "state_db_path"}:
+            bad.discard("workers.store")
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+        assert "sqlite3" not in imports_of(path), f"{path.relative_to(ROOT)} opens the state database itself"
+
+
+def names_from(path: Path, module: str) -> set[str]:
+    """The names ``path`` imports from ``module`` (``from module import a, b``)."""
+    return {alias.name for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module == module for alias in node.names}
+
+
+def test_only_the_store_speaks_sql() -> None:
+    """The state database's schema is the store's: no other module runs SQL on it."""
+    for path in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "web").rglob("*.py")]:
+        if path.name == "store.py":
+            continue
+        text = path.read_text()
+        assert not any(word in text for word in ("SELECT ", "UPDATE files", "INSERT INTO", "DELETE FROM")), path
 
 
 def test_supervisor_py_is_a_thin_main() -> None:
     daemon_parts = {m for m in imports_of(ROOT / "supervisor.py") if m.startswith("workers.daemon.")}
     assert daemon_parts <= {"workers.daemon.service", "workers.daemon.types"}, daemon_parts
     assert len((ROOT / "supervisor.py").read_text().splitlines()) <= 150
+
+
+def test_no_module_reads_another_objects_private_attributes() -> None:
+    """``x._name`` only on ``self`` (or ``cls``, ``super()``): what one part asks of
+    another goes through its methods (STYLE: a part never pokes another's attributes).
+    The standard library's own private names are not ours to police."""
+    allowed = {"os._exit", "zlib._Decompress"}
+    for path in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "web").rglob("*.py"), ROOT / "supervisor.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id in ("self", "cls")) or ast.unparse(node) in allowed:
+                continue
+            if isinstance(owner, ast.Call) and ast.unparse(owner.func) == "super":
+                continue
+            raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)} reads another's "
+                                 "private attribute")
 
 
 def test_the_loop_has_no_backend_branches() -> None:

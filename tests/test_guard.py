@@ -15,6 +15,7 @@ from tests.daemon import BASE_CONFIG, write_config
 from tests.test_web import SNAPSHOT
 from web import create_app
 from workers.config import load_config
+from workers.messages import Command
 
 OWN = "http://127.0.0.1:8000"
 PAGE = {"Host": "127.0.0.1:8000", "Sec-Fetch-Site": "same-origin", "Origin": OWN, "X-Foldermill-Action": "1"}
@@ -104,7 +105,7 @@ def test_the_pages_own_requests_and_scripts_may_act(tmp_path: Path) -> None:
     assert s.post("/intake/resume", {"Sec-Fetch-Site": "same-origin", "X-Foldermill-Action": "1"}).status_code == 202
     assert s.post("/intake/pause", {"Origin": OWN, "X-Foldermill-Action": "1"}).status_code == 202
     assert s.post("/failed/bad.log/retry").status_code == 202  # curl, a script: no browser headers
-    assert s.actions == [("pause",), ("resume",), ("pause",), ("retry", "bad.log")]
+    assert s.actions == [Command("pause"), Command("resume"), Command("pause"), Command("retry", "bad.log")]
     remote = {"REMOTE_ADDR": "10.1.2.3"}
     assert s.post("/intake/pause", environ_base=remote).status_code == 403  # no token: loopback only
     assert len(s.actions) == 4
@@ -121,7 +122,7 @@ def test_a_token_is_needed_from_the_page_and_from_scripts(tmp_path: Path) -> Non
     assert s.post("/intake/pause", good, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 202
     cross = {"Sec-Fetch-Site": "cross-site", "X-Foldermill-Action": "1", **good}
     assert s.post("/intake/pause", cross).status_code == 403  # even with the token: not from another page
-    assert s.actions == [("pause",), ("pause",)]
+    assert s.actions == [Command("pause"), Command("pause")]
     assert s.get("/stats").status_code == 200  # reads stay open without protect_reads
 
 
@@ -166,7 +167,7 @@ def test_retry_all_needs_the_confirmed_count_and_set(tmp_path: Path) -> None:
     assert s.actions == []
     now = s.get("/failed").get_json()["set"]
     assert s.post("/failed/retry-all", json={"count": 2, "set": now}).status_code == 202
-    assert s.actions == [("retry", "bad.log"), ("retry", "worse.log")]
+    assert s.actions == [Command("retry", "bad.log"), Command("retry", "worse.log")]
     last = s.audit()[-1]
     assert last["action"] == "retry-all" and last["targets"] == ["bad.log", "worse.log"]
     assert s.get("/audit").get_json()["entries"][0] == last  # newest first
@@ -181,7 +182,7 @@ def test_a_page_posting_in_a_loop_cannot_push_actions_out_of_the_audit_log(tmp_p
     entries = s.audit()
     refused = [e for e in entries if e["outcome"].startswith("refused")]
     assert len(refused) == 30 and entries[-1]["action"] == "intake-resume"
-    assert s.actions == [("resume",)]
+    assert s.actions == [Command("resume")]
 
 
 @pytest.mark.parametrize("path, status", [
@@ -224,12 +225,12 @@ def test_a_name_that_is_not_utf8_works_in_urls(tmp_path: Path) -> None:
     raw = {"PATH_INFO": "/failed/caf\xe9.log/retry"}
     assert s.post("/failed/x/retry", environ_overrides=raw).status_code == 202
     assert s.post("/failed/caf%5Cxe9.log/retry?shown=1").status_code == 202  # the shown form, said so
-    assert s.actions == [("retry", "caf\\xe9.log")] * 2
+    assert s.actions == [Command("retry", "caf\\xe9.log")] * 2
     # Without ?shown=1 a name is exact: a file literally named "caf\xe9.log" is another file.
     assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 404
     (s.watch / "failed" / "caf\\xe9.log").write_text("literal\n")
     assert s.post("/failed/caf%5Cxe9.log/retry").status_code == 202
-    assert s.actions[-1] == ("retry", "caf\\\\xe9.log")
+    assert s.actions[-1] == Command("retry", "caf\\\\xe9.log")
 
 
 def test_the_failed_listing_is_reused_for_a_bounded_share_of_the_time(tmp_path: Path, monkeypatch) -> None:

@@ -25,6 +25,7 @@ from workers.daemon.local_pool import LocalPool
 from workers.daemon.reconcile import Reconcile
 from workers.daemon.types import Delivery, Tally
 from workers.graph import compile_graph
+from workers.messages import JobDone
 from workers.queue import FolderQueue
 from workers.state import Stats
 from workers.store import Journal, Store
@@ -187,7 +188,7 @@ def round_trip(backend: Backend, results: queue.SimpleQueue | None, shared_resul
         try:
             if results is not None:
                 item = results.get(timeout=0.2)
-                return item[1] if item[0] == "result" else None
+                return item.result if isinstance(item, JobDone) else None
             return shared_results.get(timeout=0.2)  # type: ignore[attr-defined]
         except queue.Empty:
             return None

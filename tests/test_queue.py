@@ -12,7 +12,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tests.daemon import ROOT, wait_for
-from workers.queue import LOCK_COUNT, FolderQueue
+from workers.queue import LOCK_COUNT, FolderQueue, PutBack
 
 
 def make_queue(tmp_path: Path, marker: str = "") -> FolderQueue:
@@ -33,7 +33,7 @@ def test_claim_finish_and_put_back(tmp_path: Path) -> None:
     q.finish("a.log", "a-1.log", "processed")
     assert (q.processed / "a-1.log").exists() and not q.holds("a.log")
     put(q, "b.log")
-    assert q.claim("b.log") and q.put_back("b.log") == "moved" and (q.unprocessed / "b.log").exists()
+    assert q.claim("b.log") and q.put_back("b.log") is PutBack.MOVED and (q.unprocessed / "b.log").exists()
     assert q.claim("b.log")
     q.finish("b.log", "b.log", "failed", reason="it broke")
     assert (q.failed / "b.log.reason").read_text() == "it broke\n"

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.daemon import BASE_CONFIG, behave_config, drop, folder, journal, start, wait_for, write_config
 from web import create_app
 from workers.config import load_config
+from workers.messages import Command
 
 SNAPSHOT: dict[str, Any] = {
     "time": 0.0, "owner": "host:1", "loop_tick": 0.0, "intake_paused": False, "in_flight": 1,
@@ -123,7 +124,7 @@ def test_actions_from_loopback_without_a_token(app_setup) -> None:
     assert client.post("/failed/bad.log/retry").status_code == 202
     assert client.post("/intake/pause").status_code == 202
     assert client.post("/intake/resume").status_code == 202
-    assert actions == [("retry", "bad.log"), ("pause",), ("resume",)]
+    assert actions == [Command("retry", "bad.log"), Command("pause"), Command("resume")]
     other = {"REMOTE_ADDR": "10.1.2.3"}
     assert client.post("/intake/pause", environ_base=other).status_code == 403
     assert client.post("/failed/bad.log/retry", environ_base=other).status_code == 403
@@ -139,7 +140,7 @@ def test_actions_with_a_token(app_setup) -> None:
     good = {"Authorization": "Bearer s3cret"}
     assert client.post("/intake/pause", headers=good, environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 202
     assert client.post("/failed/bad.log/retry", headers=good).status_code == 202
-    assert actions == [("pause",), ("retry", "bad.log")]
+    assert actions == [Command("pause"), Command("retry", "bad.log")]
 
 
 @pytest.mark.parametrize("path, status", [

@@ -17,12 +17,13 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from workers.config import Config
+from workers.messages import Command
 
 
 def create_app(state: Mapping[str, Any], config: Config,
-               actions: Callable[[tuple], None] | None = None) -> Flask:
+               actions: Callable[[Command], None] | None = None) -> Flask:
     """Build the app. ``state`` is the manager dict (or any mapping holding "snapshot");
-    ``actions`` receives commands such as ("retry", name) or ("pause",)."""
+    ``actions`` receives commands (``workers.messages.Command``: "retry" of a name, "pause")."""
     from web.audit import Audit
     from web.console import bp as console
     from web.dashboard import bp as dashboard

@@ -20,6 +20,7 @@ from web.guard import audit_targets
 from web.lookup import PREVIEW_BYTES, failed_files, failed_names, names_digest, output_head, search, timeline
 from workers.actions import check
 from workers.config import Config
+from workers.messages import Command
 from workers.names import shown, unshown
 
 bp = Blueprint("console", __name__)
@@ -41,7 +42,7 @@ def path_name(segment: int, exact: bool = False) -> str:
     return unshown(name) if not exact and request.args.get("shown") == "1" else name
 
 
-def _act(command: tuple) -> None:
+def _act(command: Command) -> None:
     current_app.config["FOLDERMILL_ACTIONS"](command)
 
 
@@ -106,7 +107,7 @@ def _one(action: str) -> tuple[Response, int]:
     if problem:
         status = 404 if problem.startswith("no such file") else 409 if "already holds" in problem else 400
         return jsonify({"error": problem, "file": shown(name)}), status
-    _act((action, shown(name)))
+    _act(Command(action, shown(name)))
     return jsonify({"accepted": True, "action": action, "file": shown(name)}), 202
 
 
@@ -143,12 +144,12 @@ def retry_all() -> tuple[Response, int]:
         return jsonify({"error": "the files in failed/ changed since they were confirmed; nothing was retried",
                         "count": len(names), "set": names_digest(names)}), 409
     for name in names:
-        _act(("retry", shown(name)))
+        _act(Command("retry", shown(name)))
     return jsonify({"accepted": True, "action": "retry-all", "count": len(names)}), 202
 
 
 @bp.post("/intake/<any(pause, resume):action>", endpoint="intake")
 def intake(action: str) -> tuple[Response, int]:
     audit_targets([], f"intake-{action}")
-    _act((action,))
+    _act(Command(action))
     return jsonify({"accepted": True, "intake": "paused" if action == "pause" else "running"}), 202

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -20,6 +19,7 @@ from workers.actions import files_in
 from workers.config import Config
 from workers.names import reason_files, reason_name, shown, unshown
 from workers.ops import history
+from workers.store import StateReader, state_db_path
 
 REASON_MAX_BYTES = 4096
 PREVIEW_LINES = 200
@@ -111,7 +111,7 @@ def failed_files(config: Config, offset: int, limit: int) -> dict[str, Any]:
     folder = config.watch.dir / "failed"
     dated, digest = _LISTING.get(folder)
     page = dated[offset: offset + limit]
-    attempts = _attempts(config, [n for _, n in page])
+    attempts = _state(config).failed_attempts([n for _, n in page])
     items = []
     for when, name in page:
         head = read_head(folder / reason_name(name), REASON_MAX_BYTES) or b""
@@ -133,53 +133,15 @@ def failed_names(config: Config) -> list[str]:
     return files_in(config.watch.dir, "failed")
 
 
-def _db(config: Config) -> sqlite3.Connection | None:
-    path = config.watch.dir / ".foldermill" / "state.db"
-    if not path.is_file():
-        return None
-    try:
-        return sqlite3.connect(path, timeout=5)  # only read (ro mode trips over a WAL with no -shm yet)
-    except sqlite3.Error:
-        return None
-
-
-def _attempts(config: Config, names: list[str]) -> dict[str, int]:
-    """Failed attempts of these files in failed/ (by their final names), from the state."""
-    db = _db(config)
-    if db is None or not names:
-        return {}
-    wanted = {shown(n): n for n in names}
-    found: dict[str, int] = {}
-    try:
-        marks = ",".join("?" * len(wanted))
-        for final, attempts in db.execute(
-                f"SELECT final_name, attempts FROM files WHERE status = 'failed' AND final_name IN ({marks})",
-                list(wanted)):
-            found[wanted[final]] = attempts
-    except sqlite3.Error:
-        pass
-    finally:
-        db.close()
-    return found
+def _state(config: Config) -> StateReader:
+    return StateReader(state_db_path(config.watch.dir))
 
 
 def search(config: Config, text: str) -> list[dict[str, Any]]:
     """Files whose name (as shown) contains ``text``: the newest records in the state
     database (an index of every file claimed within ``state_retention_days``), at most
     ``SEARCH_LIMIT``."""
-    db = _db(config)
-    if db is None or not text:
-        return []
-    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    try:
-        rows = db.execute(
-            "SELECT name, final_name, status, attempts, updated FROM files "
-            "WHERE name LIKE ? ESCAPE '\\' OR final_name LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT ?",
-            (pattern, pattern, SEARCH_LIMIT)).fetchall()
-    except sqlite3.Error:
-        rows = []
-    finally:
-        db.close()
+    rows = _state(config).search(text, SEARCH_LIMIT) if text else []
     return [{"name": name, "ref": ref(unshown(name)), "final": final, "status": status, "attempts": attempts,
              "updated": updated} for name, final, status, attempts, updated in rows]
 

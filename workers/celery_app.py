@@ -47,6 +47,7 @@ from workers.config import (
 )
 from workers.names import new_execution, shown
 from workers.pipelines import Pipelines, compile_pipelines
+from workers.store import state_db_path
 from workers.worker import (
     P_BYTES,
     P_LINES,
@@ -346,7 +347,7 @@ def _run_items(task: Any, config: Config, pipelines: Pipelines, r: _Redis, job: 
     progress = _Progress(r.client, f"foldermill:worker:{name}:{pid}", {"hostname": name, "pid": pid, "files_done": 0})
     # With [watch] dedupe = "content" on the supervisor, the node hashes each file and
     # skips one whose content the shared state database says was processed before.
-    dedupe_db = str(config.watch.dir / ".foldermill" / "state.db") if payload.get("dedupe") else ""
+    dedupe_db = str(state_db_path(config.watch.dir)) if payload.get("dedupe") else ""
     args = WorkerArgs(0, os.getppid(), str(config.path), {}, payload.get("trace_every", 0), False, 0, dedupe_db)
     nodes: dict[str, list[float]] = {}
     results = []

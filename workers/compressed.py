@@ -222,29 +222,29 @@ class _Decoder:
         if lim.max_decompressed_bytes > 0:
             if produced > lim.max_decompressed_bytes:
                 mb = lim.max_decompressed_bytes / MIB
-                raise self._error(f"decompression refused: more than max_decompressed_mb = {mb:g} ({produced} bytes) "
+                raise self.error(f"decompression refused: more than max_decompressed_mb = {mb:g} ({produced} bytes) "
                                   f"from {consumed} compressed bytes (a decompression bomb?); "
                                   "raise max_decompressed_mb if the file is genuine")
             stop = lim.max_decompressed_bytes
         if lim.max_expansion > 0:
             allowed = int(lim.max_expansion * consumed)  # produced > x  <=>  produced > floor(x)
             if produced > MIB and produced > allowed:
-                raise self._error(f"decompression refused: {produced} bytes from {consumed} compressed bytes is more "
+                raise self.error(f"decompression refused: {produced} bytes from {consumed} compressed bytes is more "
                                   f"than max_expansion = {lim.max_expansion:g} times (a decompression bomb?); "
                                   "raise max_expansion if the file is genuine")
             stop = min(stop, max(MIB, allowed))
         self._stop = stop
 
-    def _error(self, message: str) -> InputError:
+    def error(self, message: str) -> InputError:
         return InputError(self._name, None, message)
 
     def _corrupt(self, offset: int, exc: Exception) -> InputError:
         reason = str(exc).removeprefix("Error -3 while decompressing data: ").removeprefix("zstd decompress error: ")
-        return self._error(f"corrupt {self.kind} data at compressed byte {offset}: {reason}")
+        return self.error(f"corrupt {self.kind} data at compressed byte {offset}: {reason}")
 
-    def _truncated(self, inside: str = "") -> InputError:
+    def truncated(self, inside: str = "") -> InputError:
         inside = inside or f"a {_PIECE_NAME[self.kind]}"
-        return self._error(f"truncated {self.kind} data: the file ends at compressed byte {self.consumed}, "
+        return self.error(f"truncated {self.kind} data: the file ends at compressed byte {self.consumed}, "
                            f"inside {inside}")
 
     def _next_start(self, rest: bytes) -> bytes | None:
@@ -260,13 +260,13 @@ class _Decoder:
                 if not rest:
                     return None
                 if _MAGIC_PREFIX[self.kind].startswith(rest[: len(_MAGIC_PREFIX[self.kind])]):
-                    raise self._truncated()
+                    raise self.truncated()
                 break
             self.consumed += len(chunk)
             rest += chunk
         if kind_of(rest[:HEAD]) != self.kind:
             at = self.consumed - len(rest)
-            raise self._error(f"corrupt {self.kind} data at compressed byte {at}: the bytes after the end of the "
+            raise self.error(f"corrupt {self.kind} data at compressed byte {at}: the bytes after the end of the "
                               f"last {_PIECE_NAME[self.kind]} are neither another one nor NUL padding")
         return rest
 
@@ -301,7 +301,7 @@ class _Gzip(_Decoder):
             if d.eof:
                 return b""  # the last member ended with no output left
             if not data:
-                raise self._truncated()
+                raise self.truncated()
 
     def _fill(self) -> bytes:
         data = self._raw.read(CHUNK)
@@ -357,7 +357,7 @@ class _Streams(_Decoder):
         while True:
             data = self._piece() if d.needs_input else b""
             if d.needs_input and not data:
-                raise self._truncated()
+                raise self.truncated()
             try:
                 out = d.decompress(data, n)
             except (OSError, lzma.LZMAError) as exc:
@@ -419,7 +419,7 @@ class _Frames:
             elif not self._next_unit():
                 return b""
         if self._pos == len(self._buf) and not self._more():
-            raise self._owner._truncated("a frame")
+            raise self._owner.truncated("a frame")
         end = min(len(self._buf), self._pos + self._left, self._pos + size if size > 0 else sys.maxsize)
         piece = memoryview(self._buf)[self._pos : end]
         self._left -= end - self._pos
@@ -445,7 +445,7 @@ class _Frames:
     def _skip(self) -> None:
         while self._left:
             if self._pos == len(self._buf) and not self._more():
-                raise self._owner._truncated("a skippable frame")
+                raise self._owner.truncated("a skippable frame")
             step = min(self._left, len(self._buf) - self._pos)
             self._pos += step
             self._left -= step
@@ -460,12 +460,12 @@ class _Frames:
             self._left, self._state = 4, "frame"
             return True
         if not self._need(3):
-            raise self._owner._truncated("a frame")
+            raise self._owner.truncated("a frame")
         b = self._buf
         header = b[self._pos] | b[self._pos + 1] << 8 | b[self._pos + 2] << 16
         block_type = (header >> 1) & 3
         if block_type == 3:
-            raise self._owner._error(f"corrupt zstd data at compressed byte {self.unit_at}: reserved block type")
+            raise self._owner.error(f"corrupt zstd data at compressed byte {self.unit_at}: reserved block type")
         self._left = 3 + (1 if block_type == 1 else header >> 3)
         if header & 1:  # the frame's last block
             self._state = "checksum" if self._checksum else "frame"
@@ -501,10 +501,10 @@ class _Frames:
         """The file ends within a frame's magic or first header bytes."""
         rest = self._buf[self._pos : self._pos + 4]
         skippable = rest[0] & 0xF0 == 0x50 and b"\x2a\x4d\x18".startswith(rest[1:])
-        return self._owner._truncated("a frame") if ZSTD_MAGIC.startswith(rest) or skippable else self._not_a_frame()
+        return self._owner.truncated("a frame") if ZSTD_MAGIC.startswith(rest) or skippable else self._not_a_frame()
 
     def _not_a_frame(self) -> InputError:
-        return self._owner._error(f"corrupt zstd data at compressed byte {self.unit_at}: "
+        return self._owner.error(f"corrupt zstd data at compressed byte {self.unit_at}: "
                                   "not a zstd frame (nor NUL padding after the last one)")
 
 
@@ -531,9 +531,9 @@ class _Zstd(_Decoder):
         self.consumed = self._frames.consumed
         return self._took(out) if out else out
 
-    def _truncated(self, inside: str = "") -> InputError:
+    def truncated(self, inside: str = "") -> InputError:
         self.consumed = self._frames.consumed
-        return super()._truncated(inside)
+        return super().truncated(inside)
 
 
 __all__ = ["COMPRESSED_SUFFIXES", "Input", "Limits", "kind_of", "open_input", "strip_suffix"]

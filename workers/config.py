@@ -369,7 +369,7 @@ def _parse_pipeline(t: _Table, name: str, key: str = "") -> PipelineConfig:
     fmt = t.get("format", str, d.format, check=_one_of(FORMATS))
     csv_only = {k: t.data[k] for k in ("delimiter", "quotechar", "header") if k in t.data}
     if fmt != "csv" and csv_only:
-        raise ConfigError(t._dotted(next(iter(csv_only))), 'only applies to format = "csv"')
+        raise ConfigError(t.dotted(next(iter(csv_only))), 'only applies to format = "csv"')
     cfg = PipelineConfig(
         name=name,
         key=key or t.key,
@@ -387,7 +387,7 @@ def _parse_pipeline(t: _Table, name: str, key: str = "") -> PipelineConfig:
         nodes=_parse_nodes(t.sub("nodes")),
     )
     if cfg.delimiter == cfg.quotechar:
-        raise ConfigError(t._dotted("quotechar"), f"must differ from delimiter, got {cfg.quotechar!r} for both")
+        raise ConfigError(t.dotted("quotechar"), f"must differ from delimiter, got {cfg.quotechar!r} for both")
     t.done()
     return cfg
 
@@ -417,16 +417,16 @@ class _Table:
         self.key = key
         self.seen: set[str] = set()
 
-    def _dotted(self, name: str) -> str:
+    def dotted(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
 
     def sub(self, name: str) -> _Table:
         self.seen.add(name)
-        return _Table(self.data.get(name, {}), self._dotted(name))
+        return _Table(self.data.get(name, {}), self.dotted(name))
 
     def get(self, name: str, kind: type, default: Any, check: Callable | None = None) -> Any:
         self.seen.add(name)
-        key = self._dotted(name)
+        key = self.dotted(name)
         if name not in self.data:
             if default is None:
                 raise ConfigError(key, "is required")
@@ -445,7 +445,7 @@ class _Table:
     def done(self) -> None:
         unknown = [k for k in self.data if k not in self.seen]
         if unknown:
-            raise ConfigError(self._dotted(unknown[0]), "unknown key")
+            raise ConfigError(self.dotted(unknown[0]), "unknown key")
 
 
 def _type_name(value: Any) -> str:

@@ -20,7 +20,7 @@ from workers.config import Config
 from workers.names import shown, unshown
 from workers.queue import FolderQueue
 from workers.readiness import see_writers
-from workers.store import Journal, Store, journal_entry, journal_lines, tail_journal
+from workers.store import Journal, Store, journal_entry, journal_lines, state_db_path, tail_journal
 
 ANNOUNCE_GLOB = "supervisor-*.json"
 
@@ -111,7 +111,7 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
     if every:
         names = files_in(q.root, SOURCE[action])
     w = config.watch
-    store = Store(q.state_dir / "state.db") if action == "replay" else None
+    store = Store(state_db_path(config.watch.dir)) if action == "replay" else None
     journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                       q.locks_dir / "journal.lock")
     done, problems = [], []

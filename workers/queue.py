@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from workers.errors import FoldermillError, SystemFailure
@@ -37,9 +38,19 @@ from workers.fs import move
 from workers.names import collision_name, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
+STATE_DIR = ".foldermill"  # in the watch dir: the state database, the supervisors' announcements
 REASON_TEMP = ".fm-reason."  # a reason file being written: .fm-reason.<pid>.<ns>.tmp in failed/
 FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
 PLACEHOLDER = ".gitkeep"
+
+
+class PutBack(Enum):
+    """What became of a claimed file given back (``FolderQueue.put_back``)."""
+
+    MOVED = "moved"  # back in unprocessed/
+    TAKEN = "taken"  # a new delivery of its name waits there: it stays in underprocess/ (recovery adopts it)
+    GONE = "gone"  # it was not in underprocess/ any more
+    STUCK = "stuck"  # it could not be moved: it stays in underprocess/, for recovery to take
 
 
 class QueueSetupError(FoldermillError):
@@ -70,7 +81,7 @@ class FolderQueue:
         self.failed = root / "failed"
         self.output = root / "output"
         self.locks_dir = root / ".locks"
-        self.state_dir = root / ".foldermill"
+        self.state_dir = root / STATE_DIR
         self.include = include
         self.exclude = exclude
         self.ready_marker = ready_marker
@@ -215,6 +226,35 @@ class FolderQueue:
                 os.unlink(self._unp + marker)
         return True
 
+    # -- our moves, for the census ----------------------------------------------------------------
+
+    def moves(self) -> dict[str, int]:
+        """Our moves per folder since the folders were last counted (``counted``)."""
+        return dict(self.moved)
+
+    def counted(self, folders: tuple[str, ...]) -> None:
+        """``folders`` were just counted: their moves start again from zero."""
+        for folder in folders:
+            self.moved[folder] = 0
+
+    def moved_by_hand(self, source: str) -> None:
+        """An operator's action took a file out of ``source`` (the census follows it)."""
+        self.moved[source] -= 1
+
+    # -- locks of files that are not ours -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock_if_free(self, name: str) -> Iterator[bool]:
+        """Hold ``name``'s lock for the block if nobody holds it (yields True; a dead
+        owner's file, then), else yield False at once (a live owner's)."""
+        index = self.lock_index(name)
+        free = self.locks.try_acquire(index)
+        try:
+            yield free
+        finally:
+            if free:
+                self.locks.release(index)
+
     def holds(self, name: str) -> bool:
         return name in self._held
 
@@ -260,21 +300,18 @@ class FolderQueue:
             return target
         raise FileExistsError(errno.EEXIST, "no free name", target_dir + final_name)
 
-    def put_back(self, name: str) -> str:
-        """Return a claimed file to unprocessed/ (a stop) and release its lock:
-        "moved"; "taken" when a new delivery of that name is waiting there, or
-        "stuck" when it cannot be moved (the file stays in underprocess/, for recovery
-        to take); "gone" when it is not there."""
+    def put_back(self, name: str) -> PutBack:
+        """Return a claimed file to unprocessed/ (a stop) and release its lock."""
         try:
             move(self._under + name, self._unp + name)
-            outcome = "moved"
+            outcome = PutBack.MOVED
             self.moved["underprocess"] -= 1
         except FileExistsError:
-            outcome = "taken"
+            outcome = PutBack.TAKEN
         except FileNotFoundError:
-            outcome = "gone"
+            outcome = PutBack.GONE
         except OSError:
-            outcome = "stuck"
+            outcome = PutBack.STUCK
         self.release(name)
         return outcome
 

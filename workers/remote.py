@@ -29,6 +29,7 @@ from workers.celery_app import (
 )
 from workers.config import Config, max_job_seconds
 from workers.errors import FoldermillError
+from workers.messages import BrokerNews, JobDone
 from workers.worker import Job
 
 PING_EVERY_S = 5.0
@@ -132,9 +133,9 @@ class CeleryBackend:
                 item = self.redis.blpop([self.reply], timeout=1)
                 if not self.broker_ok:
                     self.broker_ok, self.broker_error = True, ""
-                    inbox.put(("backend", "broker", True, ""))
+                    inbox.put(BrokerNews(True))
                 if item is not None:
-                    inbox.put(("result", result_from_json(item[1])))
+                    inbox.put(JobDone(result_from_json(item[1])))
                 if time.monotonic() - last_ping >= PING_EVERY_S:
                     last_ping = time.monotonic()
                     self._ping()
@@ -144,7 +145,7 @@ class CeleryBackend:
             except Exception as exc:  # redis.ConnectionError and friends: the broker is down
                 if self.broker_ok:
                     self._down(exc)
-                    inbox.put(("backend", "broker", False, self.broker_error))
+                    inbox.put(BrokerNews(False, self.broker_error))
                 stop.wait(1.0)
 
     def _reap(self) -> None:

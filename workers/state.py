@@ -70,6 +70,10 @@ class Stats:
             self.recent_files.appendleft({"time": now, "file": name, "lines": 0, "seconds": 0.0,
                                           "outcome": "failed", "worker": worker, "pipeline": pipeline})
 
+    def route_traced(self, name: str, line: int, route: list[str]) -> None:
+        """A traced line's route (``--trace``), for /trace."""
+        self.routes.appendleft({"file": name, "line": line, "route": route})
+
     def input_changed(self) -> None:
         """An input was caught still being written between its claim and its commit."""
         self.changed_while_processing += 1

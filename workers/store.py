@@ -25,7 +25,7 @@ from workers.errors import FoldermillError
 from workers.faults import fault_of
 from workers.names import shown, unshown
 from workers.outputs import unique_name
-from workers.queue import Candidate
+from workers.queue import STATE_DIR, Candidate
 
 SCHEMA_VERSION = 4
 FILES = """
@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS digests (digest TEXT PRIMARY KEY, final_name TEXT NOT
 CREATE INDEX IF NOT EXISTS digests_added ON digests (added);
 """
 PRUNE_ROWS = 500  # rows per pruning transaction: a few milliseconds of the write lock
+
+
+def state_db_path(watch_dir: Path) -> Path:
+    """Where a watch dir's state database is (the one rule: the daemon, the CLI, the
+    dashboard and the workers all find it here)."""
+    return watch_dir / STATE_DIR / "state.db"
 
 LIVE = ("claimed", "waiting", "committing")
 _LIVE_SQL = "('claimed', 'waiting', 'committing')"
@@ -419,6 +425,68 @@ class Store:
 def retry_delay_s(base_s: float, attempts: int) -> float:
     """The wait before the next attempt, after ``attempts`` failed ones: base x 2^(n-1)."""
     return base_s * 2 ** (attempts - 1)
+
+
+class StateReader:
+    """The state database for those who only read it: the dashboard's console (attempts
+    of failed files, a search by name) and a worker's de-duplication look-up. The only
+    SQL outside ``Store``, read-only; a query that fails (no database yet, a moment's
+    lock) answers nothing rather than raising."""
+
+    def __init__(self, path: Path, keep_open: bool = False, timeout_s: float = 5) -> None:
+        self.path = path
+        self.keep_open = keep_open  # a worker asks many times: one connection
+        self.timeout_s = timeout_s
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is not None:
+            return self._db
+        if not self.path.is_file():
+            return None
+        try:
+            # Not mode=ro: it trips over a WAL whose -shm does not exist yet.
+            db = sqlite3.connect(self.path, timeout=self.timeout_s)
+        except sqlite3.Error:
+            return None
+        if self.keep_open:
+            self._db = db
+        return db
+
+    def _rows(self, sql: str, args: Iterable[Any]) -> list[tuple[Any, ...]]:
+        db = self._connect()
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, list(args)).fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            if not self.keep_open:
+                db.close()
+
+    def failed_attempts(self, finals: list[str]) -> dict[str, int]:
+        """Failed attempts of files in failed/, by their (exact) final names."""
+        wanted = {shown(n): n for n in finals}
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self._rows(f"SELECT final_name, attempts FROM files WHERE status = 'failed' AND final_name IN ({marks})",
+                          wanted)
+        return {wanted[final]: attempts for final, attempts in rows}
+
+    def search(self, text: str, limit: int) -> list[tuple[str, str, str, int, float]]:
+        """(name, final name, status, attempts, updated) of the newest records whose name
+        or final name (shown) contains ``text``."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return self._rows("SELECT name, final_name, status, attempts, updated FROM files "
+                          "WHERE name LIKE ? ESCAPE '\\' OR final_name LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT ?",
+                          (pattern, pattern, limit))
+
+    def digest_owner(self, digest: str) -> str:
+        """The final name of the file that processed this content (shown), or ""."""
+        rows = self._rows("SELECT final_name FROM digests WHERE digest = ?", (digest,))
+        return rows[0][0] if rows else ""
 
 
 class _Transaction:

@@ -17,7 +17,6 @@ import hashlib
 import os
 import queue
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from workers.names import shown
 from workers.outputs import StagedOutputs
 from workers.pipelines import Pipelines, compile_pipelines, node_key
 from workers.queue import open_claimed
+from workers.store import StateReader
 
 # Shared-memory progress slot layout (doubles), one slot per worker.
 P_JOB, P_ITEM, P_STARTED, P_LINES, P_BYTES, P_BEAT, P_SENT, P_PID = range(8)
@@ -246,19 +246,15 @@ def file_digest(path: Path, pipeline: str = DEFAULT_PIPELINE) -> str:
     return h.hexdigest()
 
 
-_DIGEST_DBS: dict[str, Any] = {}
+_READERS: dict[str, StateReader] = {}
 
 
 def processed_digest(db_path: str, digest: str) -> str:
     """The final name of a processed file with this content, or "" (read-only look-up)."""
-    try:
-        db = _DIGEST_DBS.get(db_path)
-        if db is None:
-            db = _DIGEST_DBS[db_path] = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-        row = db.execute("SELECT final_name FROM digests WHERE digest = ?", (digest,)).fetchone()
-    except sqlite3.Error:
-        return ""
-    return row[0] if row else ""
+    reader = _READERS.get(db_path)
+    if reader is None:
+        reader = _READERS[db_path] = StateReader(Path(db_path), keep_open=True, timeout_s=10)
+    return reader.digest_owner(digest)
 
 
 def manager_init(parent_pid: int) -> None:

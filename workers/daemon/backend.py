@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from workers.config import Config
 from workers.daemon.types import Delivery, Returned, Shared
+from workers.messages import BrokerNews
 from workers.worker import Job, JobResult
 
 
@@ -39,7 +40,7 @@ class Backend(Protocol):
         """How the workers are: replace the dead (not while ``stopping``), enforce the
         limits, and give back the files of jobs that will not deliver."""
 
-    def on_message(self, message: tuple[Any, ...]) -> None:
+    def on_message(self, message: BrokerNews) -> None:
         """News from the backend's own threads (the broker went away or came back)."""
 
     def rebuild(self, shared: Shared) -> list[Returned]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from workers.config import Config
 from workers.daemon.types import Delivery, Returned, Shared
+from workers.messages import BrokerNews
 from workers.queue import QueueSetupError
 from workers.worker import Job, JobResult
 
@@ -82,13 +83,12 @@ class CeleryPool:
                            if res.ok and not all(os.path.exists(out / temp) for temp, _ in res.staged))
         return Delivery(result.seq, result.pid, True, result.items, result.nodes, resend)
 
-    def on_message(self, message: tuple[Any, ...]) -> None:
+    def on_message(self, message: BrokerNews) -> None:
         """The broker went away or came back. The jobs that were out stay out: their
         executions may still run (and their results arrive); only those the broker
         really lost are given back, by check(), once that is known."""
-        _kind, ok, error = message
-        if not ok:
-            log.error("the broker is unreachable (%s): claimed files wait; new claims stop", error)
+        if not message.ok:
+            log.error("the broker is unreachable (%s): claimed files wait; new claims stop", message.error)
             return
         log.warning("the broker is back: %d job(s) out are kept; any the broker lost go out again",
                     len(self.assigned))

@@ -35,13 +35,12 @@ class Census:
     def recount(self, now: float) -> None:
         started = time.perf_counter()
         self.listed = self.queue.counts(LISTED)
-        for folder in LISTED:
-            self.queue.moved[folder] = 0
+        self.queue.counted(LISTED)
         self.cost = time.perf_counter() - started
         self.listed_at = now
 
     def counts(self, now: float, waiting: int) -> dict[str, int]:
         if self.due(now):
             self.recount(now)
-        moved = self.queue.moved
+        moved = self.queue.moves()
         return {"unprocessed": waiting, **{f: max(0, n + moved[f]) for f, n in self.listed.items()}}

@@ -114,7 +114,7 @@ class Commit:
         if res.ok:
             self.to_commit.append((flight, res, pid))
             for line_no, route in res.routes:
-                self.stats.routes.appendleft({"file": shown(name), "line": line_no, "route": route})
+                self.stats.route_traced(shown(name), line_no, route)
                 log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
         else:
             cause = "input" if res.permanent else "error"

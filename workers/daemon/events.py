@@ -26,6 +26,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from workers.messages import FileEvent
+
 try:  # the full emitter tells a rename-in from a create; Linux only
     from watchdog.observers.inotify import InotifyObserver
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
@@ -68,14 +70,14 @@ class _Handler(FileSystemEventHandler):
         if isinstance(event, FileMovedEvent):
             gone, came = self._name(event.src_path), self._name(event.dest_path)
             if gone:
-                put(("fs", GONE, gone))
+                put(FileEvent(GONE, gone))
             if came:
-                put(("fs", MOVED_IN, came))
+                put(FileEvent(MOVED_IN, came))
             return
         kind = next((k for cls, k in KINDS if isinstance(event, cls)), None)
         name = self._name(event.src_path) if kind else None
-        if name:
-            put(("fs", kind, name))
+        if kind and name:
+            put(FileEvent(kind, name))
 
 
 class _Overflow(logging.Handler):
@@ -87,7 +89,7 @@ class _Overflow(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith(OVERFLOW_MESSAGE):
-            self.inbox.put(("fs", OVERFLOW, ""))
+            self.inbox.put(FileEvent(OVERFLOW, ""))
 
 
 class Fence:
@@ -140,7 +142,7 @@ class Fence:
 
 def start_observer(folder: Path, inbox: queue.Queue) -> object:
     """Watch ``folder`` (not recursively); events arrive in ``inbox`` as
-    ("fs", kind, name)."""
+    ``FileEvent`` messages."""
     if InotifyMoveEventGrouper is not None:
         # watchdog holds an unpaired IN_MOVED_FROM for 0.5 s to pair it with its
         # IN_MOVED_TO, in a FIFO, so every event behind it waits too. Each claim moves a

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from workers.daemon.types import Shared
+from workers.messages import JobDone, Message
 
 
 class Inbox:
@@ -19,16 +21,16 @@ class Inbox:
         self.items: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
 
-    def put(self, item: tuple[Any, ...]) -> None:
+    def put(self, item: Message) -> None:
         self.items.put(item)
 
-    def get(self, timeout_s: float) -> tuple[Any, ...] | None:
+    def get(self, timeout_s: float) -> Message | None:
         try:
             return self.items.get(timeout=timeout_s)
         except queue.Empty:
             return None
 
-    def get_nowait(self) -> tuple[Any, ...] | None:
+    def get_nowait(self) -> Message | None:
         try:
             return self.items.get_nowait()
         except queue.Empty:
@@ -38,14 +40,15 @@ class Inbox:
         """Pump ``shared``'s result and command queues (the previous pumps stop)."""
         self._stop.set()
         self._stop = stop = threading.Event()
-        for source, kind in ((shared.results, "result"), (shared.commands, "command")):
-            threading.Thread(target=self._pump, args=(source, kind, stop), name=f"{kind}-pump", daemon=True).start()
+        for source, wrap, kind in ((shared.results, JobDone, "result"), (shared.commands, None, "command")):
+            threading.Thread(target=self._pump, args=(source, wrap, stop), name=f"{kind}-pump", daemon=True).start()
 
     def stop_pumps(self) -> None:
         self._stop.set()
 
-    def _pump(self, source: Any, kind: str, stop: threading.Event) -> None:
-        """Move job results (or dashboard commands) from a manager queue to the inbox."""
+    def _pump(self, source: Any, wrap: Callable[[Any], Message] | None, stop: threading.Event) -> None:
+        """Move job results (wrapped in ``JobDone``) or dashboard commands (``Command``s
+        already) from a manager queue to the inbox."""
         while not stop.is_set():
             try:
                 item = source.get(timeout=0.5)
@@ -53,4 +56,4 @@ class Inbox:
                 continue
             except (EOFError, OSError):
                 return
-            self.items.put((kind, item))
+            self.items.put(wrap(item) if wrap is not None else item)

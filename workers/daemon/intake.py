@@ -73,7 +73,7 @@ class Intake:
     # -- what came in ------------------------------------------------------------------
 
     def watch(self, inbox: object) -> None:
-        """File events come through ``inbox`` (("fs", kind, name) items)."""
+        """File events come through ``inbox`` (``FileEvent`` messages)."""
         self.observer = start_observer(self.queue.unprocessed, inbox)  # type: ignore[arg-type]
 
     def stop(self) -> None:
@@ -345,6 +345,6 @@ class Intake:
         """An operator's action on a file (``workers/actions.py``); the counts follow it."""
         done = perform(self.queue, action, name, replays)
         if not done.problem:
-            self.queue.moved[SOURCE[action]] -= 1
+            self.queue.moved_by_hand(SOURCE[action])
             self.pass_due = True
         return done

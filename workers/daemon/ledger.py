@@ -18,7 +18,7 @@ from workers.faults import fault_of
 from workers.names import output_name, reason_name, shown, strip_suffix
 from workers.outputs import remove_staged
 from workers.pipelines import Pipelines
-from workers.queue import Candidate, FolderQueue
+from workers.queue import Candidate, FolderQueue, PutBack
 from workers.store import Journal, Store
 from workers.store import journal_entry as event_entry
 from workers.worker import Job, JobItem
@@ -250,9 +250,9 @@ class Ledger:
             if flight.record.id not in committing:
                 remove_staged(self.queue.output, str(flight.record.id))
             outcome = self.queue.put_back(name)
-            if outcome == "moved":
+            if outcome is PutBack.MOVED:
                 self.journal_event("requeued", flight, reason=why)
-            elif outcome == "taken":
+            elif outcome is PutBack.TAKEN:
                 self.journal_event("requeued", flight, reason=f"{why}; left in underprocess/: a new delivery of "
                                    "that name waits in unprocessed/ (recovered at the next start)")
             ids.append(flight.record.id)

@@ -24,6 +24,7 @@ import psutil
 
 from workers.config import Config
 from workers.daemon.types import Delivery, Returned, Shared
+from workers.messages import BrokerNews
 from workers.names import shown
 from workers.worker import (
     P_BYTES,
@@ -128,7 +129,7 @@ class LocalPool:
                 self._recycle(slot)
         return Delivery(result.seq, result.pid, True, result.items, result.nodes)
 
-    def on_message(self, message: tuple[Any, ...]) -> None:
+    def on_message(self, message: BrokerNews) -> None:
         """The local pool has no threads of its own."""
 
     # -- how the workers are ---------------------------------------------------------------------

@@ -29,11 +29,12 @@ from workers.daemon.retention import Retention
 from workers.daemon.types import Flight, OpenShared, Options, Report, Shared, database_fault
 from workers.errors import ConfigError
 from workers.faults import fault_of
+from workers.messages import BrokerNews, Command, FileEvent, JobDone, Message, Reload, StopSignal
 from workers.names import shown, unshown
 from workers.pipelines import Pipelines, compile_pipelines
 from workers.queue import Candidate
 from workers.state import Stats
-from workers.store import StateError
+from workers.store import StateError, state_db_path
 from workers.store import journal_entry as event_entry
 
 log = logging.getLogger("foldermill")
@@ -84,7 +85,7 @@ class Loop:
         self.pipeline = pipeline_version(config.raw)
         self.paused = False
         self.last_report: Report | None = None
-        self.db_path = str(config.watch.dir / ".foldermill" / "state.db")
+        self.db_path = str(state_db_path(config.watch.dir))
 
     def in_flight(self) -> int:
         return self.ledger.count()
@@ -93,8 +94,8 @@ class Loop:
         """Stopping, the workers gone: results that arrived are committed rather than
         redone, every other file in flight goes back to unprocessed/, the journal is written."""
         while (item := self.inbox.get_nowait()) is not None:
-            if item[0] == "result":
-                self.deliver(item[1])
+            if isinstance(item, JobDone):
+                self.deliver(item.result)
         self.commit.run()
         self.ledger.return_all("supervisor stopped before it finished", self.commit.committing())
         self.ledger.flush()
@@ -135,19 +136,21 @@ class Loop:
         while (item := self.inbox.get_nowait()) is not None:
             self.handle(item)
 
-    def handle(self, item: tuple) -> None:
-        """One item from the inbox."""
-        kind = item[0]
-        if kind == "result":
-            self.deliver(item[1])
-        elif kind == "command":
-            self._on_command(item[1])
-        elif kind == "backend":
-            self.backend.on_message(item[1:])
-        elif kind == "reload":
-            self._reload()
-        elif kind == "fs":
-            self.intake.note_event(item[1], item[2])
+    def handle(self, item: Message) -> None:
+        """One message from the inbox."""
+        match item:
+            case JobDone(result):
+                self.deliver(result)
+            case Command():
+                self._on_command(item)
+            case BrokerNews():
+                self.backend.on_message(item)
+            case Reload():
+                self._reload()
+            case FileEvent(kind, name):
+                self.intake.note_event(kind, name)
+            case StopSignal():
+                pass  # the service counts it (its handler); the message only wakes the loop
 
     def deliver(self, result: Any) -> None:
         """A job's result, through the backend that ran it, to the commit part."""
@@ -155,9 +158,9 @@ class Loop:
         if delivery is not None:
             self.commit.deliver(delivery)
 
-    def _on_command(self, command: tuple) -> None:
+    def _on_command(self, command: Command) -> None:
         """An action from the dashboard (already authorised and validated there)."""
-        action = command[0]
+        action = command.action
         if action == "pause":
             self.paused = True
             log.info("intake paused from the dashboard")
@@ -166,7 +169,7 @@ class Loop:
             self.intake.wake()
             log.info("intake resumed from the dashboard")
         elif action in ACTIONS:
-            name = unshown(command[1])  # the dashboard speaks in shown names
+            name = unshown(command.name)  # the dashboard speaks in shown names
             done = self.intake.act(action, name, self.ledger.replays())
             if done.problem:  # the folder changed since the dashboard checked: said where the file is looked up
                 log.warning("%s of %s refused: %s", action, shown(name), done.problem)

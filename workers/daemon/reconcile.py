@@ -78,10 +78,9 @@ class Reconcile:
             return ()
         name, status, committing = row
         if status in LIVE:  # committing included
-            index = self.queue.lock_index(name)
-            if not self.queue.locks.try_acquire(index):
-                return None  # a live owner's: its workers may be writing them (a file redone, too)
-            self.queue.locks.release(index)
+            with self.queue.lock_if_free(name) as free:
+                if not free:
+                    return None  # a live owner's: its workers may be writing them (a file redone, too)
         return committing if status == "committing" else ()
 
     def reconcile(self, ours: set[int]) -> list[dict]:
@@ -95,16 +94,13 @@ class Reconcile:
         for file_id, name, ino, final, owner in self.store.live_rows():
             if file_id in ours or self._owner_alive(owner):
                 continue  # in flight here, or a live supervisor's (finishing it now, perhaps)
-            index = q.lock_index(name)
-            if not q.locks.try_acquire(index):
-                continue  # a live owner's: only the lock holder moves a file
-            try:
+            with q.lock_if_free(name) as free:
+                if not free:
+                    continue  # a live owner's: only the lock holder moves a file
                 if any(_inode(folder, name) == ino for folder in (q.unprocessed, q.underprocess)):
                     continue
                 status = next((s for s, folder in (("processed", q.processed), ("failed", q.failed))
                                if _inode(folder, final) == ino), "vanished")
-            finally:
-                q.locks.release(index)
             closed.append((file_id, status))
             if status == "vanished":
                 events.append(event_entry("vanished", name, reason="no longer in unprocessed/ or underprocess/"))

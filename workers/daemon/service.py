@@ -35,12 +35,13 @@ from workers.daemon.retention import Retention
 from workers.daemon.types import SYSTEM_ERRNOS, OpenShared, Options, Shared, StartDashboard, Tally, database_fault
 from workers.errors import SystemFailure
 from workers.faults import fault_of
+from workers.messages import Reload, StopSignal
 from workers.ops import announce
 from workers.pipelines import Pipelines
 from workers.queue import FolderQueue
 from workers.readiness import see_writers
 from workers.state import Stats, errors_from_journal
-from workers.store import Journal, StateError, Store, tail_journal
+from workers.store import Journal, StateError, Store, state_db_path, tail_journal
 
 EXIT_OK = 0
 EXIT_FATAL = 3
@@ -96,11 +97,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.signals += len(early or ())
-        signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(("reload",)))
+        signal.signal(signal.SIGHUP, lambda *_: self.inbox.put(Reload()))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
-        self.inbox.put(("signal", signum))
+        self.inbox.put(StopSignal(signum))
 
     def _starting(self) -> None:
         if self.signals:
@@ -120,7 +121,7 @@ class Daemon:
         self._starting()
         if self.dashboard is not None:
             self.dashboard.start(self.ctx, config, shared)  # it boots while the rest starts; awaited below
-        self.store = store = Store(self.queue.state_dir / "state.db")
+        self.store = store = Store(state_db_path(config.watch.dir))
         w = config.watch
         self.journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
                                self.queue.locks_dir / "journal.lock")
@@ -171,7 +172,7 @@ class Daemon:
 
             return CeleryPool(self.config, self.owner, self.options.trace, pipeline_version(self.config.raw))
         return LocalPool(self.ctx, shared, self.config, self.options.workers, self.options.trace,
-                         self.queue.state_dir / "state.db", stats.restarts)
+                         state_db_path(self.config.watch.dir), stats.restarts)
 
     # -- run -----------------------------------------------------------------------------------
 
@@ -221,11 +222,11 @@ class Daemon:
         except SystemFailure:
             raise
         except sqlite3.DatabaseError as exc:
-            fault = database_fault(exc, str(self.queue.state_dir / "state.db"))
+            fault = database_fault(exc, str(state_db_path(self.config.watch.dir)))
             if fault is not None:  # full, busy: the machine's, intake waits for it
                 self.faults.hit(fault)
                 return False
-            raise SystemFailure(f"the state database {self.queue.state_dir / 'state.db'} failed: {exc}") from None
+            raise SystemFailure(f"the state database {state_db_path(self.config.watch.dir)} failed: {exc}") from None
         except StateError as exc:
             raise SystemFailure(str(exc)) from None
         except OSError as exc:
