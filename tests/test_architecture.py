@@ -21,9 +21,10 @@ PART_IMPORTS = {
     "backlog": set(),
     "census": set(),
     "intake": {"types", "events", "backlog", "census"},
-    "ledger": {"types"},
-    "commit": {"types", "ledger", "outcomes"},  # the commit part writes the outcomes into the ledger's book
-    "outcomes": {"types", "ledger"},
+    "flights": set(),
+    "ledger": {"types", "flights"},
+    "commit": {"types", "flights", "ledger", "outcomes"},  # the commit part writes the outcomes into the ledger's book
+    "outcomes": {"types", "flights", "ledger"},
     "faults": set(),
     "reconcile": {"types"},
     "backend": {"types"},
@@ -32,8 +33,8 @@ PART_IMPORTS = {
     "publisher": {"types"},
     "retention": set(),
     "dashboard": {"types"},
-    "loop": {"types", "backend", "commit", "dashboard", "faults", "inbox", "intake", "ledger", "publisher",
-             "reconcile", "retention"},
+    "loop": {"types", "backend", "commit", "dashboard", "faults", "flights", "inbox", "intake", "ledger",
+             "publisher", "reconcile", "retention"},
     "service": {"types", "backend", "celery_pool", "commit", "dashboard", "faults", "inbox", "intake", "ledger",
                 "local_pool", "loop", "publisher", "reconcile", "retention"},
 }
@@ -140,6 +141,51 @@ def test_no_module_reads_another_objects_private_attributes() -> None:
                 continue
             raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)} reads another's "
                                  "private attribute")
+
+
+def test_a_flight_changes_only_in_the_table_of_flights() -> None:
+    """A file in flight has one owner (``workers/daemon/flights.py``): no other daemon
+    module assigns to a flight's fields; they ask ``Flights.to`` (a state and its data)
+    or ``Flights.note`` (a fact that is not a state)."""
+    from workers.daemon.flights import Flight
+
+    fields = set(Flight.__dataclass_fields__)
+    for path in DAEMON.glob("*.py"):
+        if path.name == "flights.py" or "workers.daemon.flights" not in imports_of(path):  # those that see flights
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            for target in (t for tt in targets for t in (tt.elts if isinstance(tt, ast.Tuple) else [tt])):
+                if (isinstance(target, ast.Attribute) and target.attr in fields
+                        and not (isinstance(target.value, ast.Name) and target.value.id == "self")):
+                    raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(target)} is set "
+                                         "outside the table of flights")
+
+
+def test_every_transition_of_the_diagram_is_used_and_no_other() -> None:
+    """Each transition the table allows is asked for somewhere (a dead edge in the
+    diagram is a state nobody leaves that way), read from the calls ``to(flight,
+    State.X)`` can make: a state a part moves flights to appears in the daemon's code."""
+    from workers.daemon.flights import TRANSITIONS, State
+
+    targets = {b for _, b in TRANSITIONS}
+    code = "\n".join(p.read_text() for p in DAEMON.glob("*.py") if p.name != "flights.py")
+    for state in targets:
+        assert f"State.{state.name}" in code, f"nothing moves a flight to {state.name}"
+    assert set(State) == targets | {State.WAITING}
+
+
+def test_the_readme_describes_every_state_of_a_flight() -> None:
+    """README "A file in flight": its table has one row per state, and its diagram names each."""
+    from workers.daemon.flights import State
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### A file in flight"):text.index("## Project layout")]
+    rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert rows == [s.value for s in State]
+    for state in State:
+        assert state.name in section, f"the diagram lacks {state.name}"
 
 
 def test_the_loop_has_no_backend_branches() -> None:

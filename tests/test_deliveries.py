@@ -439,8 +439,8 @@ def test_a_read_only_remount_pauses_intake_and_it_resumes_when_writable_again(tm
     subprocess.run(["mount", "--bind", str(watch), str(watch)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(watch)], check=True)
-        _, health = wait_for(lambda: (h := http_json(url + "health"))[0] == 503 and h, 30,
-                             "/health to say the filesystem is read-only")
+        _, health = wait_for(lambda: (h := http_json(url + "health"))[0] == 503 and h[1].get("machine_fault") and h,
+                             30, "/health to say the filesystem is read-only")
         assert any("read-only" in p for p in health["problems"]), health
         assert health["machine_fault"]["kind"] == "read_only"
         assert metric_value(url, "foldermill_machine_fault", kind="read_only") == 1

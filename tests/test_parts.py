@@ -12,6 +12,8 @@ from collections import Counter
 from multiprocessing import resource_tracker
 from pathlib import Path
 
+import pytest
+
 from supervisor import open_shared
 from tests.daemon import behave_config, journal, wait_for
 from workers.config import Config, load_config, pipeline_version, reloaded
@@ -19,11 +21,12 @@ from workers.daemon.backend import Backend
 from workers.daemon.celery_pool import CeleryPool
 from workers.daemon.commit import Commit
 from workers.daemon.faults import Faults
+from workers.daemon.flights import IllegalTransition, State
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.local_pool import LocalPool
 from workers.daemon.reconcile import Reconcile
-from workers.daemon.types import Delivery, Tally
+from workers.daemon.types import Delivery, Returned, Tally
 from workers.graph import compile_graph
 from workers.messages import JobDone
 from workers.queue import FolderQueue
@@ -142,6 +145,35 @@ def test_the_commit_order_outputs_then_input_then_journal_then_state(tmp_path: P
     assert (q.output / "a.log").read_text() == "X\n" and not ledger.count()
 
 
+def test_a_job_given_back_after_its_result_came_in_keeps_the_result(tmp_path: Path) -> None:
+    """A worker dies right after sending its result: the backend gives the job back,
+    but its file is STAGED now, not the job's to give back: its staged output stays and
+    is committed, and it is not sent out again (nor anything charged)."""
+    q, _, ledger, commit, _ = book(tmp_path)
+    renamed_in(q, "a.log", "x\n", 1_000_000)
+    flights = commit.admitted(ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files,
+                                           "claimed"))
+    job = ledger.assign(flights, "v1")
+    temp = f".fm-{job.items[0].file_id}.cafe.0.tmp"
+    (q.output / temp).write_text("X\n")
+    commit.deliver(Delivery(job.seq, 7, True, [ItemResult(job.items[0].file_id, True, [(temp, "a.log")], 1, 1)]))
+    assert flights[0].state is State.STAGED
+    commit.settle(Returned(job.seq, job.items))  # its worker's death, seen after the result
+    assert flights[0].state is State.STAGED and (q.output / temp).exists()
+    assert ledger.take_pending(float("inf")) == []
+    commit.run()
+    assert (q.output / "a.log").read_text() == "X\n" and (q.processed / "a.log").exists() and not ledger.count()
+
+
+def test_a_transition_the_diagram_lacks_is_refused(tmp_path: Path) -> None:
+    q, _, ledger, _, _ = book(tmp_path)
+    renamed_in(q, "a.log", "x\n", 1_000_000)
+    flight = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")[0]
+    with pytest.raises(IllegalTransition, match="waiting -> committing"):
+        ledger.flights.to(flight, State.COMMITTING)
+    assert flight.state is State.WAITING and ledger.flights.in_state(State.WAITING) == [flight]
+
+
 def test_a_commit_cut_short_is_rolled_forward_at_the_next_claim(tmp_path: Path) -> None:
     """The owner died after marking the file committing and renaming one output: the
     next claim finishes the commit without processing the file again."""
@@ -218,9 +250,9 @@ def test_the_local_pool_runs_a_job_and_names_the_file_a_dead_worker_was_on(tmp_p
         assert pool.collect(result) is None  # the same result again is stale
         assert pool.submit(claimed_job(config, 2, "crash.log", "EXIT\n"))
         returned = wait_for(lambda: pool.check(1.0, False), 60, "the worker's death")
-        assert [(r.seq, r.culprit.name if r.culprit else None, r.cause) for r in returned] == [
-            (2, "crash.log", "crash")]
-        assert "exited with status 3 while processing it" in returned[0].reason
+        assert [(r.seq, r.culprit.name if r.culprit else None, r.failure.cause if r.failure else "")
+                for r in returned] == [(2, "crash.log", "crash")]
+        assert "exited with status 3 while processing it" in returned[0].failure.reason
     finally:
         pool.stop()
         shared.shutdown()
@@ -342,11 +374,13 @@ def test_a_file_caught_changing_waits_twice_as_long_each_time(tmp_path: Path) ->
     flight = flights[0]
     waits = []
     for size in (3, 4, 5):
+        ledger.assign([flight], "v1")  # its result is in, waiting for the commit, when it is caught
+        ledger.flights.to(flight, State.STAGED, result=ItemResult(flight.record.id, True), pid=1)
         (q.underprocess / "w.log").write_text("x" * size)
         seen = ledger.changed_since_claim(flight)
         assert seen is not None
         ledger.unstable(flight, seen)
-        waits.append(ledger.unsettled["w.log"].stable_s)
+        waits.append(ledger.flights.named("w.log").stable_s)
         assert ledger.take_pending(time.monotonic() + 100) == [flight]  # stable meanwhile: out again
     assert waits == [0.6, 1.2, 2.4]
     ledger.flush()

@@ -13,6 +13,8 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from workers.failure import Failure
+
 HISTOGRAM_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
 WINDOWS = {"1m": 60, "5m": 300, "15m": 900}
 RECENT_FILES = 10
@@ -54,21 +56,23 @@ class Stats:
         self.recent_files.appendleft({"time": now, "file": name, "lines": lines, "seconds": round(seconds, 6),
                                       "outcome": "processed", "worker": worker, "pipeline": pipeline})
 
-    def attempt_failed(self, name: str, attempt: int, reason: str, cause: str, final: bool, worker: int,
-                       node: str = "", line: int | None = None, now: float | None = None,
-                       pipeline: str = "") -> None:
+    def attempt_failed(self, name: str, attempt: int, failure: Failure, final: bool, pipeline: str = "",
+                       now: float | None = None) -> None:
+        """A failed attempt (``final``: the file's last): counted, and shown in the
+        dashboard's recent errors (and recent files, when final)."""
         now = time.time() if now is None else now
         if final and pipeline:
             self.pipelines.setdefault(pipeline, Counter())["files_failed"] += 1
-        self.attempts_failed[cause] += 1
+        self.attempts_failed[failure.cause] += 1
         key = "files_failed" if final else "files_retried"
         self.totals[key] += 1
         self.db_totals[key] += 1
-        self.recent_errors.appendleft({"time": now, "file": name, "attempt": attempt, "node": node,
-                                       "line": line, "message": reason, "cause": cause, "pipeline": pipeline})
+        self.recent_errors.appendleft({"time": now, "file": name, "attempt": attempt, "node": failure.node,
+                                       "line": failure.line, "message": failure.reason, "cause": failure.cause,
+                                       "pipeline": pipeline})
         if final:
             self.recent_files.appendleft({"time": now, "file": name, "lines": 0, "seconds": 0.0,
-                                          "outcome": "failed", "worker": worker, "pipeline": pipeline})
+                                          "outcome": "failed", "worker": failure.worker, "pipeline": pipeline})
 
     def route_traced(self, name: str, line: int, route: list[str]) -> None:
         """A traced line's route (``--trace``), for /trace."""

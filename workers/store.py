@@ -271,19 +271,20 @@ class Store:
         db.executemany("INSERT OR REPLACE INTO reserved (key, file_id) VALUES (?, ?)",
                        [(shown(k), file_id) for k in keys])
 
-    def attempt_failed(self, file_id: int, reason: str, max_attempts: int, backoff_s: float,
-                       permanent: bool = False) -> tuple[int, bool]:
-        """Count a failed attempt. Returns (attempts, whether the file is now failed)."""
+    def attempt_failed(self, file_id: int, reason: str,
+                       next_try_s: Callable[[int], float | None]) -> tuple[int, float | None]:
+        """Count a failed attempt. ``next_try_s(attempts)`` says how long the file waits
+        before its next one, or None if it has none left (``workers/failure.py``).
+        Returns (attempts, that wait)."""
         now = time.time()
         with self._tx() as db:
             (attempts,) = db.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
             attempts += 1
-            final = permanent or attempts >= max_attempts
-            delay = retry_delay_s(backoff_s, attempts)
+            delay = next_try_s(attempts)
             db.execute(
                 "UPDATE files SET attempts = ?, status = ?, reason = ?, not_before = ?, updated = ? WHERE id = ?",
-                (attempts, "failed" if final else "claimed", reason, now + delay, now, file_id))
-        return attempts, final
+                (attempts, "failed" if delay is None else "claimed", reason, now + (delay or 0.0), now, file_id))
+        return attempts, delay
 
     def requeued(self, file_ids: Iterable[int], not_before: dict[int, float] | None = None) -> None:
         """Files put back in unprocessed/ (a stop): waiting, after a backoff if they have one.
@@ -420,11 +421,6 @@ class Store:
 
     def totals(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT key, value FROM totals"))
-
-
-def retry_delay_s(base_s: float, attempts: int) -> float:
-    """The wait before the next attempt, after ``attempts`` failed ones: base x 2^(n-1)."""
-    return base_s * 2 ** (attempts - 1)
 
 
 class StateReader:

@@ -18,16 +18,17 @@ file: what was in progress stays at its step, and goes on from there once it cle
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
 from typing import Any
 
 from workers.config import WorkersConfig
+from workers.daemon.flights import Flight, State
 from workers.daemon.ledger import Ledger
 from workers.daemon.outcomes import Outcomes, Step
-from workers.daemon.types import SYSTEM_ERRNOS, Delivery, FaultSink, Flight, Returned, Tally
+from workers.daemon.types import SYSTEM_ERRNOS, Delivery, FaultSink, Returned, Tally
+from workers.failure import Failure
 from workers.faults import Fault
 from workers.fs import fsync_dir, syncfs
 from workers.names import shown
@@ -38,8 +39,6 @@ from workers.store import Store
 from workers.worker import ItemResult
 
 log = logging.getLogger("foldermill")
-
-Item = tuple[Flight, ItemResult, int]  # a file, its result, the worker's pid
 
 
 class Commit:
@@ -56,9 +55,7 @@ class Commit:
         self.faults = faults
         self.outcomes = Outcomes(ledger, store, queue, workers, stats, tally, faults)
         self.per_file, self.held = self.outcomes.per_file, self.outcomes.held
-        self.to_commit: list[Item] = []
-        self.marked: list[Item] = []  # state says committing; their renames are still to do
-        self.rolling: list[Flight] = []  # roll-forwards a fault of the machine held back
+        self.flights = ledger.flights  # STAGED, COMMITTING, ROLLING and MOVING are this part's to move on
         self.db_apart = _device(store.path.parent) != _device(queue.output)  # syncfs(output/) does not cover it
 
     def reload(self, workers: WorkersConfig) -> None:
@@ -66,13 +63,13 @@ class Commit:
         self.outcomes.reload(workers)
 
     def idle(self) -> bool:
-        return not self.to_commit and not self.marked
+        return not self.flights.any_in(State.STAGED, State.COMMITTING)
 
     def committing(self) -> frozenset[int]:
         """Files whose state says committing (a fault stopped them on the way): a stop
         leaves them so, with their staged outputs, for their next claim to roll forward."""
-        moving = {f.record.id for f, folder, _ in self.outcomes.to_move_again() if folder == "processed"}
-        return frozenset({f.record.id for f, _, _ in self.marked} | {f.record.id for f in self.rolling} | moving)
+        moving = {f.record.id for f in self.flights.in_state(State.MOVING) if f.move and f.move[0] == "processed"}
+        return frozenset({f.record.id for f in self.flights.in_state(State.COMMITTING, State.ROLLING)} | moving)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -85,7 +82,7 @@ class Commit:
             return
         self.stats.merge_nodes(delivery.nodes)
         for res in delivery.items:
-            flight = self.ledger.current(res.file_id, delivery.seq)
+            flight = self.flights.dispatched(res.file_id, delivery.seq)
             if flight is None:
                 self.discard_staged(res)  # stale: its file was sent again meanwhile
             elif res.file_id in delivery.resend:
@@ -110,28 +107,28 @@ class Commit:
 
     def _on_item(self, flight: Flight, res: ItemResult, pid: int) -> None:
         name = flight.record.name
-        flight.faults = 0  # a result of its own: the faults in a row are over
+        self.flights.note(flight, faults=0)  # a result of its own: the faults in a row are over
         if res.ok:
-            self.to_commit.append((flight, res, pid))
+            self.flights.to(flight, State.STAGED, result=res, pid=pid)
             for line_no, route in res.routes:
                 self.stats.route_traced(shown(name), line_no, route)
                 log.info("route %r line %d: %s", shown(name), line_no, " -> ".join(route))
         else:
-            cause = "input" if res.permanent else "error"
-            self.outcomes.attempt_failed(flight, res.reason, res.permanent, pid, cause, res.error_node, res.error_line,
-                                res.seconds)
+            self.outcomes.attempt_failed(flight, Failure(res.reason, "input" if res.permanent else "error",
+                                                         res.permanent, pid, res.error_node, res.error_line,
+                                                         res.seconds))
 
     def settle(self, returned: Returned) -> None:
         """A backend gave files back: the culprit costs an attempt, the rest go out again."""
-        if returned.culprit is not None:
-            flight = self.ledger.current(returned.culprit.file_id, returned.seq)
+        if returned.culprit is not None and returned.failure is not None:
+            flight = self.flights.dispatched(returned.culprit.file_id, returned.seq)
             if flight is not None:
-                self.outcomes.charge(flight, "recording its failed attempt", returned.reason, False, returned.pid,
-                                     returned.cause)
+                self.outcomes.charge(flight, "recording its failed attempt", returned.failure)
         self.ledger.requeue_returned(returned)
 
     def discard_staged(self, res: ItemResult) -> None:
-        pending = {temp for _, r, _ in (*self.to_commit, *self.marked) for temp, _ in r.staged}
+        pending = {temp for f in self.flights.in_state(State.STAGED, State.COMMITTING) if f.result is not None
+                   for temp, _ in f.result.staged}
         for temp, _ in res.staged:
             if temp not in pending:
                 (self.queue.output / temp).unlink(missing_ok=True)
@@ -147,7 +144,7 @@ class Commit:
             if record.committed:
                 step, rolled = self.per_file(flight, "rolling its commit forward", self._roll_forward, flight)
                 if step is Step.HELD:  # a fault of the machine: rolled forward once it clears, not redone
-                    self.rolling.append(flight)
+                    self.flights.to(flight, State.ROLLING)
                 if rolled or step is not Step.DONE:  # done, held, or it failed and cost the file an attempt
                     continue
             out.append(flight)
@@ -179,16 +176,16 @@ class Commit:
         place only once the state says it is being committed, so an owner that dies from
         here on is rolled forward, not redone."""
         self.outcomes.pay_owed()
-        if self.rolling:
-            rolling, self.rolling = self.rolling, []
+        rolling = self.flights.in_state(State.ROLLING)
+        if rolling:
             self.ledger.hold(self.admitted(rolling))  # back: an output was gone, it is processed again
-        batch, self.to_commit = self.to_commit, []
+        batch = self.flights.in_state(State.STAGED)
         if batch:
             self._mark(batch)
-        if self.marked:
+        if self.flights.any_in(State.COMMITTING):
             self._rename_marked()
 
-    def _mark(self, batch: list[Item]) -> None:
+    def _mark(self, batch: list[Flight]) -> None:
         """Staged -> committing: made durable, then files whose staged outputs vanished or
         whose input changed since its claim set aside (looked at after the sync, the
         slowest step: as late as can be), duplicates found among the rest, and those
@@ -198,25 +195,17 @@ class Commit:
         except Exception as exc:
             if not self.held(exc):
                 raise
-            self.to_commit = batch + self.to_commit
-            return
-        ready: list[Item] = []
-        for k, item in enumerate(batch):
-            try:
-                if self._still_ready(*item):
-                    ready.append(item)
-            except BaseException:
-                self.to_commit = ready + batch[k:] + self.to_commit  # none of them is lost
-                raise
+            return  # they stay STAGED
+        ready = [flight for flight in batch if self._still_ready(flight, _result(flight), flight.pid)]
         try:
             find_duplicates(ready, self.store, self.queue.output)
-            self.store.committing([(f.record.id, r.staged) for f, r, _ in ready if r.staged])
+            self.store.committing([(f.record.id, _result(f).staged) for f in ready if _result(f).staged])
         except Exception as exc:
             if not self.held(exc):
                 raise
-            self.to_commit = ready + self.to_commit
             return
-        self.marked += ready
+        for flight in ready:
+            self.flights.to(flight, State.COMMITTING)
 
     def _still_ready(self, flight: Flight, res: ItemResult, pid: int) -> bool:
         """Its staged outputs are all there, and its input is as it was claimed: one
@@ -225,8 +214,8 @@ class Commit:
         out = self.queue.output
         missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
         if missing:  # another execution removed it, or a person did: this attempt is void
-            self.outcomes.charge(flight, "committing", f"its staged output {missing[0]} disappeared before the commit",
-                                 False, pid, "error")
+            self.outcomes.charge(flight, "committing", Failure(
+                f"its staged output {missing[0]} disappeared before the commit", "error", worker=pid))
             return False
         try:
             now = self.ledger.changed_since_claim(flight)
@@ -237,17 +226,17 @@ class Commit:
             return False
         if now is None:
             return True
+        self.ledger.unstable(flight, now)  # first: its staged outputs are then no longer awaited
         with contextlib.suppress(OSError):
             self.discard_staged(res)
         self.stats.input_changed()
-        self.ledger.unstable(flight, now)
         return False
 
-    def _make_durable(self, ready: list[Item]) -> None:
+    def _make_durable(self, ready: list[Flight]) -> None:
         """Staged outputs and the claims' records on disk before any rename (durable)."""
         if not self.workers.durable or not ready:
             return
-        if not all(r.synced for _, r, _ in ready):
+        if not all(_result(f).synced for f in ready):
             syncfs(self.queue.output)  # the staged outputs, and the state's WAL on the same disk
             if not self.db_apart:
                 return
@@ -256,26 +245,24 @@ class Commit:
     def _rename_marked(self) -> None:
         """Committing -> outputs in place -> input in processed/. A fault stops it where
         it is; the renames are idempotent, so the next try goes on from there."""
-        marked, self.marked = self.marked, []
         out, renamed = self.queue.output, []
-        for k, item in enumerate(marked):
-            step, _ = self.per_file(item[0], "committing its outputs", rename_staged, out, item[1].staged, False)
-            if step is Step.HELD:
-                self.marked = marked[k:] + self.marked
+        for flight in self.flights.in_state(State.COMMITTING):
+            step, _ = self.per_file(flight, "committing its outputs", rename_staged, out, _result(flight).staged,
+                                    False)
+            if step is Step.HELD:  # it and those after it stay COMMITTING
                 break
             if step is Step.DONE:
-                renamed.append(item)
+                renamed.append((flight, _result(flight), flight.pid))
         if self.workers.durable and renamed:
             try:
                 fsync_dir(out)
             except OSError as exc:
                 if not self.held(exc):
                     raise
-                self.marked = renamed + self.marked
-                return
+                return  # they stay COMMITTING: renames are idempotent
         self._move_all(renamed)
 
-    def _move_all(self, renamed: list[Item]) -> None:
+    def _move_all(self, renamed: list[tuple[Flight, ItemResult, int]]) -> None:
         done, digests = [], []
         for flight, res, pid in renamed:
             status = self._move_committed(flight, res, pid)
@@ -296,23 +283,20 @@ class Commit:
         name = flight.record.name
         outputs = [shown(final) for _, final in res.staged]
         try:
-            flight.record = dataclasses.replace(flight.record, final_name=self.queue.finish(
-                name, flight.record.final_name, "processed"))
+            self.flights.note(flight, final_name=self.queue.finish(name, flight.record.final_name, "processed"))
         except FileNotFoundError:
             self.ledger.journal_event("vanished", flight, output=outputs,
                                       reason="it was removed from underprocess/ before it could be moved to "
                                       "processed/ (its outputs were committed)")
             log.warning("%s vanished from underprocess/ before it was moved; its outputs are committed", shown(name))
-            self.outcomes.moved(name)
-            self.ledger.forget(name)
+            self.ledger.forget(flight)
             return "vanished"
         except OSError as exc:
             if exc.errno in SYSTEM_ERRNOS:
                 raise
             self.outcomes.cannot_move(flight, "processed", exc, (res, pid))
             return ""
-        self.outcomes.moved(name)
-        self.ledger.forget(name)
+        self.ledger.forget(flight)
         self.stats.processed(shown(name), res.lines_in, res.seconds, pid, time.time(), flight.pipeline)
         self.tally.processed(res.lines_in, flight.size)
         if res.duplicate_of:
@@ -326,7 +310,10 @@ class Commit:
 
     def retry_moves(self) -> None:
         """Moves that failed (a full disk...), tried again."""
-        for flight, folder, retry in self.outcomes.to_move_again():
+        for flight in self.flights.in_state(State.MOVING):
+            if flight.move is None:
+                continue
+            folder, retry = flight.move
             if folder == "processed":
                 status = self._move_committed(flight, *retry)
                 if status:
@@ -340,13 +327,14 @@ class Commit:
         self.outcomes.reject(flights, reason)
 
 
-def find_duplicates(batch: list[Item], store: Store, out: Any) -> None:
+def find_duplicates(batch: list[Flight], store: Store, out: Any) -> None:
     """With dedupe on: a file whose content another file committed first (since its
     worker looked, or earlier in this batch) becomes a duplicate; its outputs go. A
     file is never a duplicate of itself (its digest kept from a commit a crash cut
     short)."""
     seen: dict[str, str] = {}
-    for flight, res, _ in batch:
+    for flight in batch:
+        res = _result(flight)
         if not res.digest or res.duplicate_of or flight.record.replay_of:
             continue
         earlier = seen.get(res.digest) or store.digest_owner(res.digest, flight.record.id)
@@ -356,6 +344,12 @@ def find_duplicates(batch: list[Item], store: Store, out: Any) -> None:
             res.staged, res.duplicate_of = [], earlier
         else:
             seen[res.digest] = shown(flight.record.final_name)
+
+
+def _result(flight: Flight) -> ItemResult:
+    """The result a STAGED or COMMITTING flight carries."""
+    assert flight.result is not None, f"{flight.record.name!r} is {flight.state.value} without a result"
+    return flight.result
 
 
 def _device(path: Any) -> int:

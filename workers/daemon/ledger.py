@@ -1,19 +1,18 @@
 """The ledger: the book of the files this supervisor holds. It owns the table of
-flights (claimed files, by name and by id), which of them wait for dispatch or for
-their backoff, the state database's records of claims, requeues and recoveries, and
-the journal (``input.log``) entries, written in batches. It decides nothing about a
-file's outcome (``commit.py`` does) and moves files only to give them back.
+flights (``flights.py``: each claimed file and its state, changed there alone), the
+state database's records of claims, requeues and recoveries, and the journal
+(``input.log``) entries, written in batches. It decides nothing about a file's outcome
+(``commit.py`` does) and moves files only to give them back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from workers.daemon.types import FaultSink, Flight, Returned
+from workers.daemon.flights import Flight, Flights, State
+from workers.daemon.types import FaultSink, Returned
 from workers.faults import fault_of
 from workers.names import output_name, reason_name, shown, strip_suffix
 from workers.outputs import remove_staged
@@ -27,15 +26,6 @@ log = logging.getLogger("foldermill")
 
 
 UNSTABLE_WAIT_MAX_S = 60.0  # the longest a file caught being written waits to be stable, each time
-
-
-@dataclass
-class Unsettled:
-    """A flight whose input was caught changing: since when it has looked the same, and
-    how long it must (longer each time it is caught: ``Flight.caught``)."""
-
-    since: float  # monotonic
-    stable_s: float
 
 
 class Ledger:
@@ -53,18 +43,14 @@ class Ledger:
         self.incarnation = incarnation  # as the state database sees it: unique to this start
         self.trace = trace
         self.forgotten = forgotten  # called with a name that left our hands (the intake's readiness)
-        self.flights: dict[str, Flight] = {}
-        self.by_id: dict[int, str] = {}
-        self.redispatch: list[str] = []  # claimed, waiting for a job
-        self.parked: set[str] = set()  # waiting out the backoff of a failed attempt
-        self.unsettled: dict[str, Unsettled] = {}  # caught being written after their claim: waiting to be stable
+        self.flights = Flights()  # the one owner of every file in flight and its state
         self.events: list[dict[str, Any]] = []
         self.seq = 0  # the last job's number
 
     # -- what the intake reads (Records) -------------------------------------------------
 
     def in_flight(self, name: str) -> bool:
-        return name in self.flights
+        return self.flights.named(name) is not None
 
     def backing_off(self) -> dict[tuple[str, int], float]:
         return self.store.waiting_until(time.time())
@@ -72,26 +58,17 @@ class Ledger:
     def seen_before(self) -> set[tuple[str, int]]:
         return self.store.live()
 
-    def flight(self, name: str) -> Flight | None:
-        return self.flights.get(name)
-
     def names(self) -> set[str]:
-        return set(self.flights)
+        return self.flights.names()
 
     def ids(self) -> set[int]:
-        return set(self.by_id)
+        return self.flights.ids()
 
     def count(self) -> int:
         return len(self.flights)
 
     def pending_bytes(self) -> int:
-        return sum(f.size for f in self.flights.values())
-
-    def current(self, file_id: int, seq: int) -> Flight | None:
-        """The flight of this file if it still waits for job ``seq``."""
-        name = self.by_id.get(file_id)
-        flight = self.flights.get(name) if name else None
-        return flight if flight is not None and flight.seq == seq else None
+        return sum(f.size for f in self.flights)
 
     # -- claims in, jobs out -------------------------------------------------------------
 
@@ -110,8 +87,7 @@ class Ledger:
         for candidate, record in zip(picked, records, strict=True):
             flight = Flight(record, candidate.size, mtime_ns=candidate.mtime_ns,
                             suffixes=frozenset() if record.known else suffixes)
-            self.flights[record.name] = flight
-            self.by_id[record.id] = record.name
+            self.flights.add(flight)
             self.journal_event(event, flight, attempt=record.attempts + 1, **self._derived_field(record.final_name))
             if record.replay_begins:  # both names: the earlier outputs stay under the old one
                 self.journal_event("replayed", flight, previous=shown(record.replay_of))
@@ -128,11 +104,11 @@ class Ledger:
             return
         changed = self.store.reserve_anew([(f.record.id, f.record.name, f.record.final_name) for f in stale], self)
         for flight in stale:
-            flight.suffixes = now
+            self.flights.note(flight, suffixes=now)
             new = changed.get(flight.record.id)
             if new is not None:
                 before = flight.record.final_name
-                flight.record = dataclasses.replace(flight.record, final_name=new)
+                self.flights.note(flight, final_name=new)
                 self.journal_event("renamed", flight, previous=shown(before),
                                    reason="a name it would use now (the pipelines changed since it was "
                                    "claimed) is in use", **self._derived_field(new))
@@ -142,26 +118,21 @@ class Ledger:
             self.flush()  # as close to the state's change as possible
 
     def take_pending(self, now: float) -> list[Flight]:
-        """Flights to dispatch now: those waiting for a job, then those whose backoff
-        ended, then those that were being written and are stable now."""
-        pending = [self.flights[n] for n in self.redispatch if n in self.flights]
-        self.redispatch = []
-        for name in [n for n in self.parked if self.flights[n].not_before <= now]:
-            self.parked.discard(name)
-            pending.append(self.flights[name])
-        for name, wait in list(self.unsettled.items()):
-            flight = self.flights[name]
+        """Flights to dispatch now, WAITING: those waiting for a job, then those whose
+        backoff ended, then those that were being written and are stable now."""
+        for flight in self.flights.in_state(State.BACKOFF):
+            if flight.not_before <= now:
+                self.flights.to(flight, State.WAITING)
+        for flight in self.flights.in_state(State.UNSETTLED):
             try:
                 seen = self.changed_since_claim(flight)
             except OSError:  # not looked at now (a fault of the machine): it waits on
                 continue
             if seen is not None:  # still changing: its time starts again
-                flight.size, flight.mtime_ns = seen
-                wait.since = now
-            elif now - wait.since >= wait.stable_s:
-                del self.unsettled[name]
-                pending.append(flight)
-        return pending
+                self.flights.to(flight, State.UNSETTLED, since=now, size=seen[0], mtime_ns=seen[1])
+            elif now - flight.since >= flight.stable_s:
+                self.flights.to(flight, State.WAITING)
+        return self.flights.in_state(State.WAITING)
 
     # -- inputs still being written -----------------------------------------------------
 
@@ -181,11 +152,11 @@ class Ledger:
         and mtime have been stable for twice as long as the last time (up to
         ``UNSTABLE_WAIT_MAX_S``), then is processed again."""
         name = flight.record.name
-        flight.caught += 1
-        stable_s = max(self.settle_s, min(UNSTABLE_WAIT_MAX_S, self.settle_s * 2 ** flight.caught))
-        self.unsettled[name] = Unsettled(time.monotonic(), stable_s)
+        caught = flight.caught + 1
+        stable_s = max(self.settle_s, min(UNSTABLE_WAIT_MAX_S, self.settle_s * 2 ** caught))
         before = (flight.size, flight.mtime_ns)
-        flight.seq, (flight.size, flight.mtime_ns) = 0, seen
+        self.flights.to(flight, State.UNSETTLED, since=time.monotonic(), stable_s=stable_s, caught=caught,
+                        size=seen[0], mtime_ns=seen[1])
         why = (f"it changed while it was processed (size {before[0]} -> {seen[0]} bytes): still being written; "
                f"nothing committed, no attempt charged; processed again once stable for {stable_s:g}s")
         self.journal_event("changed", flight, reason=why)
@@ -195,47 +166,41 @@ class Ledger:
         """A new job for these flights."""
         self.seq += 1
         for f in batch:
-            f.seq = self.seq
+            self.flights.to(f, State.DISPATCHED, seq=self.seq)
         return Job(self.seq, tuple(JobItem(f.record.id, f.record.name, f.record.final_name, f.size,
                                              bool(f.record.replay_of), f.pipeline) for f in batch),
                    pipeline)
 
     def hold(self, flights: list[Flight]) -> None:
-        """No backend has room: these wait for the next dispatch."""
+        """No backend has room, or a fault of the machine: these wait for a dispatch."""
         for f in flights:
-            f.seq = 0
-            self.redispatch.append(f.record.name)
+            self.flights.to(f, State.WAITING)
 
     def park(self, flight: Flight, delay_s: float) -> None:
         """A failed attempt: the file waits out its backoff, claimed."""
-        flight.seq, flight.not_before = 0, time.monotonic() + delay_s
-        self.parked.add(flight.record.name)
+        self.flights.to(flight, State.BACKOFF, not_before=time.monotonic() + delay_s)
 
-    def requeue(self, items: tuple[JobItem, ...]) -> None:
-        """Items of a job that will not deliver: they go out again, at no cost."""
+    def requeue(self, seq: int, items: tuple[JobItem, ...]) -> None:
+        """Items of job ``seq``, which will not deliver: they go out again, at no cost
+        (those whose result came in meanwhile are not its to give back)."""
         for it in items:
-            name = self.by_id.get(it.file_id)
-            flight = self.flights.get(name) if name else None
-            if name and flight is not None and flight.seq:
-                flight.seq = 0
+            flight = self.flights.dispatched(it.file_id, seq)
+            if flight is not None:
                 remove_staged(self.queue.output, str(it.file_id))
-                self.redispatch.append(name)
+                self.flights.to(flight, State.WAITING)
 
     def requeue_returned(self, returned: Returned) -> None:
         """What a backend gave back, but for its culprit (the commit part charges it)."""
-        self.requeue(tuple(it for it in returned.items if it is not returned.culprit))
+        self.requeue(returned.seq, tuple(it for it in returned.items if it is not returned.culprit))
 
-    def forget(self, name: str) -> None:
-        flight = self.flights.pop(name, None)
-        if flight is not None:
-            self.by_id.pop(flight.record.id, None)
-        self.parked.discard(name)
-        self.unsettled.pop(name, None)
-        self.forgotten(name)
+    def forget(self, flight: Flight) -> None:
+        """It left our hands: done, given back or gone."""
+        if self.flights.drop(flight):
+            self.forgotten(flight.record.name)
 
     # -- giving files back -----------------------------------------------------------------
 
-    def return_flights(self, names: list[str], why: str, committing: frozenset[int] = frozenset()) -> None:
+    def return_flights(self, flights: list[Flight], why: str, committing: frozenset[int] = frozenset()) -> None:
         """Stopping: put these claimed files back in unprocessed/ (a parked one keeps the
         rest of its backoff). One whose name a new delivery took meanwhile stays in
         underprocess/: recovery (ours at the next start, or another supervisor's)
@@ -243,10 +208,8 @@ class Ledger:
         ids) keep their staged outputs and that state: their next claim rolls forward."""
         ids, backoff = [], {}
         wall, mono = time.time(), time.monotonic()
-        for name in names:
-            flight = self.flights.get(name)
-            if flight is None:
-                continue
+        for flight in flights:
+            name = flight.record.name
             if flight.record.id not in committing:
                 remove_staged(self.queue.output, str(flight.record.id))
             outcome = self.queue.put_back(name)
@@ -256,9 +219,9 @@ class Ledger:
                 self.journal_event("requeued", flight, reason=f"{why}; left in underprocess/: a new delivery of "
                                    "that name waits in unprocessed/ (recovered at the next start)")
             ids.append(flight.record.id)
-            if flight.not_before > mono:
+            if flight.state is State.BACKOFF and flight.not_before > mono:
                 backoff[flight.record.id] = wall + flight.not_before - mono
-            self.forget(name)
+            self.forget(flight)
         self.store.requeued(ids, backoff)
 
     def return_all(self, why: str, committing: frozenset[int] = frozenset()) -> None:
@@ -266,11 +229,9 @@ class Ledger:
 
     def return_undispatched(self) -> None:
         """Stopping or paused: files waiting for a worker (or for their retry) go back."""
-        if not self.redispatch and not self.parked and not self.unsettled:
-            return
-        names, self.redispatch = self.redispatch, []
-        waiting = [n for n in (*names, *self.parked, *self.unsettled) if n in self.flights and not self.flights[n].seq]
-        self.return_flights(list(dict.fromkeys(waiting)), "supervisor stopping")
+        waiting = self.flights.in_state(State.WAITING, State.BACKOFF, State.UNSETTLED)
+        if waiting:
+            self.return_flights(waiting, "supervisor stopping")
 
     # -- recovery ----------------------------------------------------------------------------
 

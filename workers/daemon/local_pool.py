@@ -24,6 +24,7 @@ import psutil
 
 from workers.config import Config
 from workers.daemon.types import Delivery, Returned, Shared
+from workers.failure import Failure
 from workers.messages import BrokerNews
 from workers.names import shown
 from workers.worker import (
@@ -282,8 +283,8 @@ class LocalPool:
                 reason = f"worker {pid} {how} while processing it"
                 if cause in reasons:
                     reason = f"{reasons[cause]}: worker {pid} {how}"
-                returned.append(Returned(seq, job.items, job.items[item], reason,
-                                         cause if cause in reasons else "crash", pid))
+                returned.append(Returned(seq, job.items, job.items[item],
+                                         Failure(reason, cause if cause in reasons else "crash", worker=pid)))
             else:
                 returned.append(Returned(seq, job.items))
         return returned

@@ -20,13 +20,14 @@ from workers.daemon.backend import Backend
 from workers.daemon.commit import Commit
 from workers.daemon.dashboard import Dashboard
 from workers.daemon.faults import Faults
+from workers.daemon.flights import Flight
 from workers.daemon.inbox import Inbox
 from workers.daemon.intake import Intake
 from workers.daemon.ledger import Ledger
 from workers.daemon.publisher import Publisher
 from workers.daemon.reconcile import Reconcile
 from workers.daemon.retention import Retention
-from workers.daemon.types import Flight, OpenShared, Options, Report, Shared, database_fault
+from workers.daemon.types import OpenShared, Options, Report, Shared, database_fault
 from workers.errors import ConfigError
 from workers.faults import fault_of
 from workers.messages import BrokerNews, Command, FileEvent, JobDone, Message, Reload, StopSignal
@@ -242,20 +243,16 @@ class Loop:
             return
         room = jobs * self.config.workers.batch_files
         self._take_in()  # the file events of the last moments (an open) before judging files
-        pending = self.ledger.take_pending(now)
-        try:
-            if len(pending) < room:
-                idle = not self.ledger.count()
-                claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
-                                           idle and self.commit.idle() and self.backend.idle())
-                if claims.fault is not None:
-                    self.faults.hit(claims.fault)
-                for candidate, reason in claims.rejects:
-                    self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
-                pending += self.commit.admitted(self._admit(claims.files, "claimed"))
-        except BaseException:
-            self.ledger.hold(pending)  # taken out of the ledger's lists: they wait for the next dispatch
-            raise
+        pending = self.ledger.take_pending(now)  # they stay WAITING until a job carries them
+        if len(pending) < room:
+            idle = not self.ledger.count()
+            claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
+                                       idle and self.commit.idle() and self.backend.idle())
+            if claims.fault is not None:
+                self.faults.hit(claims.fault)
+            for candidate, reason in claims.rejects:
+                self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
+            pending += self.commit.admitted(self._admit(claims.files, "claimed"))
         if pending:
             self._dispatch(pending)
 
@@ -283,16 +280,15 @@ class Loop:
             if fault is None:
                 raise
             self.faults.hit(fault)
-            self.ledger.hold(routed)  # the database is busy or full: they wait, claimed
-            return
+            return  # the database is busy or full: they wait, claimed
+
         jobs = pack(routed, w.batch_files, w.batch_bytes)
-        for k, batch in enumerate(jobs):
-            if not self.backend.room():  # the broker went down while dispatching: these wait for it
-                self.ledger.hold([f for later in jobs[k:] for f in later])
+        for batch in jobs:
+            if not self.backend.room():  # the broker went down while dispatching: the rest wait, WAITING
                 return
             job = self.ledger.assign(batch, self.pipeline)
             if not self.backend.submit(job):  # the manager or the broker went away: they go out again
-                self.ledger.requeue(job.items)
+                self.ledger.requeue(job.seq, job.items)
 
     def _route(self, flights: list[Flight]) -> list[Flight]:
         """Each file's pipeline, by its name and the routes now; a file no route
@@ -304,7 +300,7 @@ class Loop:
             if pipeline is None:
                 self.commit.reject([flight], f"{shown(name)}: {self.pipelines.unrouted(name)}")
             else:
-                flight.pipeline = pipeline
+                self.ledger.flights.note(flight, pipeline=pipeline)
                 routed.append(flight)
         return routed
 

@@ -7,7 +7,6 @@ writes that follow moves already made (held back by a fault, written later, in o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -15,15 +14,17 @@ from enum import Enum
 from typing import Any
 
 from workers.config import WorkersConfig
+from workers.daemon.flights import Flight, State
 from workers.daemon.ledger import Ledger
-from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, FaultSink, Flight, Tally
+from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, FaultSink, Tally
 from workers.errors import SystemFailure
+from workers.failure import Failure, next_try_s
 from workers.faults import DESCRIPTORS, MEMORY, fault_of
 from workers.names import reason_name, shown
 from workers.outputs import remove_staged
 from workers.queue import FolderQueue
 from workers.state import Stats
-from workers.store import StateError, Store, retry_delay_s
+from workers.store import StateError, Store
 from workers.worker import ItemResult
 
 log = logging.getLogger("foldermill")
@@ -51,8 +52,8 @@ class Outcomes:
         self.stats = stats
         self.tally = tally
         self.faults = faults
+        self.flights = ledger.flights
         self.db_path = str(store.path)
-        self.unmoved: dict[str, tuple[int, str, tuple]] = {}  # name -> (id, folder, its args): moves to retry
         self.owed: list[tuple[str, Any]] = []  # state writes a fault held back, in order
 
     def reload(self, workers: WorkersConfig) -> None:
@@ -87,17 +88,17 @@ class Outcomes:
         name = flight.record.name
         log.error("%s: %s failed (%s: %s); it costs this file an attempt", shown(name), what,
                   type(exc).__name__, exc, exc_info=exc)
-        if not self.ledger.in_flight(name) or self._unmoved(flight):
+        if self.ledger.flights.by_id(flight.record.id) is not flight or flight.state is State.MOVING:
             return
         try:
-            self.attempt_failed(flight, f"{what} failed: {type(exc).__name__}: {exc}", False, 0, "error")
+            self.attempt_failed(flight, Failure(f"{what} failed: {type(exc).__name__}: {exc}", "error"))
         except Exception as again:  # the state itself refuses: it waits, claimed, for a later try
             log.error("%s: could not record the failed attempt either (%s)", shown(name), again)
             self.held(again)
-            self.ledger.park(flight, RECOVER_EVERY_S)
+            if self.flights.by_id(flight.record.id) is flight:
+                self.ledger.park(flight, RECOVER_EVERY_S)
 
-    @staticmethod
-    def machines(flight: Flight, res: ItemResult) -> bool:
+    def machines(self, flight: Flight, res: ItemResult) -> bool:
         """Whether a fault a worker met on this file is the machine's. A full disk, a
         quota, a read-only filesystem always are (the probe looks at our folders). No
         descriptors or no memory may be the worker's own doing on this file (a processor
@@ -105,10 +106,10 @@ class Outcomes:
         row on one file, it is charged to the file like any failure."""
         if res.fault not in (DESCRIPTORS, MEMORY):
             return True
-        flight.faults += 1
-        if flight.faults < LOCAL_FAULTS_PER_FILE:
+        if flight.faults + 1 < LOCAL_FAULTS_PER_FILE:
+            self.flights.note(flight, faults=flight.faults + 1)
             return True
-        flight.faults = 0
+        self.flights.note(flight, faults=0)
         res.reason += f" (met {LOCAL_FAULTS_PER_FILE} times in a row on this file alone: charged to it)"
         return False
 
@@ -139,68 +140,41 @@ class Outcomes:
 
     def cannot_move(self, flight: Flight, folder: str, exc: OSError, retry: tuple) -> None:
         """A claimed file that cannot be moved to ``folder`` now (a full disk, a
-        permission changed...): it stays claimed where it is; said once, tried again."""
-        name = flight.record.name
-        if not self.held(exc) and not self._unmoved(flight):
+        permission changed...): it stays claimed where it is, MOVING; said once, tried
+        again (``Commit.retry_moves``)."""
+        if not self.held(exc) and flight.state is not State.MOVING:
             log.error("cannot move %s to %s/ (%s); it stays in underprocess/ and is tried again every %.0fs",
-                      shown(name), folder, exc.strerror or exc, RECOVER_EVERY_S)
-        flight.seq = 0
-        self.unmoved[name] = (flight.record.id, folder, retry)
-
-    def _unmoved(self, flight: Flight) -> bool:
-        """Whether this very file (not a new delivery of its name) waits for a move."""
-        entry = self.unmoved.get(flight.record.name)
-        return entry is not None and entry[0] == flight.record.id
-
-    def moved(self, name: str) -> None:
-        self.unmoved.pop(name, None)
-
-    def to_move_again(self) -> list[tuple[Flight, str, tuple]]:
-        """(flight, folder, what its move needs) of each move to try again; those whose
-        file left our hands are forgotten."""
-        again = []
-        for name, (file_id, folder, retry) in list(self.unmoved.items()):
-            flight = self.ledger.flight(name)
-            if flight is None or flight.record.id != file_id:  # gone; a new delivery of the name is another file
-                self.unmoved.pop(name, None)
-            else:
-                again.append((flight, folder, retry))
-        return again
+                      shown(flight.record.name), folder, exc.strerror or exc, RECOVER_EVERY_S)
+        self.flights.to(flight, State.MOVING, move=(folder, retry))
 
     # -- attempts ----------------------------------------------------------------------------------
 
-    def attempt_failed(self, flight: Flight, reason: str, permanent: bool, worker: int, cause: str,
-                       node: str = "", line: int | None = None, seconds: float | None = None) -> None:
+    def attempt_failed(self, flight: Flight, failure: Failure) -> None:
         """One attempt failed: the file waits out a backoff where it is (claimed, in
         underprocess/, so no new delivery of its name can be replaced by it), or, after
-        its last attempt, goes to failed/. ``seconds``: how long the attempt ran, when
-        its worker said (the journal's timeline shows it)."""
-        timing = {"seconds": round(seconds, 6)} if seconds is not None else {}
+        its last attempt, goes to failed/."""
         record = flight.record
         w = self.workers
-        attempts, final = self.store.attempt_failed(record.id, reason, w.max_attempts, w.retry_backoff, permanent)
+        attempts, delay = self.store.attempt_failed(
+            record.id, failure.reason, lambda n: next_try_s(n, failure.permanent, w.max_attempts, w.retry_backoff))
         remove_staged(self.queue.output, str(record.id))
-        name = record.name
-        self.stats.attempt_failed(shown(name), attempts, reason, cause, final, worker, node, line,
-                                  pipeline=flight.pipeline)
-        if not final:
-            delay = retry_delay_s(w.retry_backoff, attempts)
+        self.stats.attempt_failed(shown(record.name), attempts, failure, delay is None, flight.pipeline)
+        if delay is not None:
             self.ledger.park(flight, delay)
             self.tally.retried()
             self.write_state("totals", {"files_retried": 1})
-            self.ledger.journal_event("retried", flight, attempt=attempts, worker=worker, cause=cause, reason=reason,
-                                      node=node, line=line, retry_in=delay, **timing)
-            log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(name), reason, delay)
+            self.ledger.journal_event("retried", flight, attempt=attempts, retry_in=delay, **failure.fields())
+            log.warning("attempt %d of %s failed (%s); retrying in %.1fs", attempts, shown(record.name),
+                        failure.reason, delay)
             return
-        why = reason if permanent else f"{reason} (attempt {attempts} of {w.max_attempts}; giving up)"
-        self.finish_failed(flight, why, dict(attempt=attempts, worker=worker, cause=cause, reason=reason,
-                                             node=node, line=line, **timing))
+        self.finish_failed(flight, failure.given_up(attempts, w.max_attempts), dict(attempt=attempts,
+                                                                                    **failure.fields()))
 
-    def charge(self, flight: Flight, what: str, *args: Any) -> None:
-        """``attempt_failed(flight, *args)`` as a file's step; a fault of the machine that
-        keeps it from being recorded holds the file, to be sent out again once it clears
-        (the failure, if it is one, comes again then)."""
-        step, _ = self.per_file(flight, what, self.attempt_failed, flight, *args)
+    def charge(self, flight: Flight, what: str, failure: Failure) -> None:
+        """``attempt_failed`` as a file's step; a fault of the machine that keeps it from
+        being recorded holds the file, to be sent out again once it clears (the failure,
+        if it is one, comes again then)."""
+        step, _ = self.per_file(flight, what, self.attempt_failed, flight, failure)
         if step is Step.HELD:
             self.ledger.hold([flight])
             remove_staged(self.queue.output, str(flight.record.id))
@@ -208,34 +182,32 @@ class Outcomes:
     def reject(self, flights: list[Flight], reason: str) -> None:
         """A symlink, a directory, a FIFO...: never opened, straight to failed/."""
         for flight in flights:
-            self.charge(flight, "rejecting it", reason, True, 0, "input")
+            self.charge(flight, "rejecting it", Failure(reason, "input", permanent=True))
 
     def finish_failed(self, flight: Flight, why: str, fields: dict[str, Any]) -> None:
         """After its last attempt: to failed/, with its reason beside it."""
         record, name = flight.record, flight.record.name
         try:
-            flight.record = dataclasses.replace(record, final_name=self.queue.finish(
-                name, record.final_name, "failed", reason=why, durable=self.workers.durable))
+            self.flights.note(flight, final_name=self.queue.finish(name, record.final_name, "failed", reason=why,
+                                                                   durable=self.workers.durable))
         except FileNotFoundError:
             self.ledger.journal_event("vanished", flight,
                                       reason=f"removed from underprocess/ by hand; it had failed: {why}")
             self.write_state("finished", [(record.id, "vanished")])
-            self.moved(name)
-            self.ledger.forget(name)
+            self.ledger.forget(flight)
             return
         except OSError as exc:
             if exc.errno in SYSTEM_ERRNOS:
                 raise
             self.cannot_move(flight, "failed", exc, (why, fields))
             return
-        self.moved(name)
         self.tally.failed(flight.size)
         self.write_state("totals", {"files_failed": 1})
         self.write_state("finished", [(record.id, "failed")])
         self.ledger.journal_event("failed", flight, **fields, **_reason_field(flight))
         self.ledger.flush()  # as close to the move as possible
         log.warning("failed %s for good after %d attempt(s): %s", shown(name), fields["attempt"], fields["reason"])
-        self.ledger.forget(name)
+        self.ledger.forget(flight)
 
 
 def _reason_field(flight: Flight) -> dict[str, str]:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from workers.failure import Failure
 from workers.faults import Fault, fault_of
 from workers.names import shown
 from workers.queue import Candidate
-from workers.store import FileRecord
 from workers.worker import ItemResult, JobItem
 
 # The errors that say the whole system is unusable, not one file (exit status 3). A
@@ -45,21 +45,6 @@ class Options:
 
 
 @dataclass
-class Flight:
-    """A claimed file: in underprocess/, its lock held by us."""
-
-    record: FileRecord
-    size: int
-    seq: int = 0  # the job carrying it, 0 while waiting for dispatch
-    not_before: float = 0.0  # monotonic: after a failed attempt, when it may run again
-    mtime_ns: int = 0  # as it was claimed: a change before its commit means it is still being written
-    caught: int = 0  # times it was caught changing after its claim (it waits longer each time)
-    faults: int = 0  # faults of the machine its worker met on it in a row (only its own, past a few)
-    pipeline: str = ""  # the pipeline its name routes it to, set when it is dispatched
-    suffixes: frozenset[str] = frozenset()  # the side outputs its final name reserves
-
-
-@dataclass
 class Delivery:
     """A job's result as its backend took it in: what the commit part handles."""
 
@@ -81,9 +66,7 @@ class Returned:
     seq: int
     items: tuple[JobItem, ...]
     culprit: JobItem | None = None
-    reason: str = ""
-    cause: str = ""
-    pid: int = 0
+    failure: Failure | None = None  # what the culprit's attempt is charged with
 
 
 @dataclass
