@@ -22,20 +22,29 @@ for flushing the copies) and times it, alternating the contenders:
 - **loop**: a hand-written one-process loop, no foldermill code: for each file, ``flock``
   a lock file, rename into underprocess/, read it line by line, tag and write each line to
   a temporary output, rename that into output/, rename the input into processed/. No fsync.
+- **loop, synced per batch**: the same loop, durable the way foldermill's group commit
+  is: batches of ``batch_files`` (64) files are claimed and written to temporary outputs,
+  then one ``syncfs`` makes the batch durable, then the outputs are renamed into place,
+  output/ is fsynced, and the inputs are moved to processed/.
 - **foldermill**: ``supervisor.py -c CONFIG --once --workers N`` in a subprocess, from its
   start to its exit (interpreter start, worker spawn and shutdown included), with
   ``durable = true`` (the default) and with ``durable = false``.
 - **foldermill, running daemon**: the way a hot folder is used, and the way the Celery
-  contender is timed: a supervisor (``durable = true``) already running on an empty
-  ``unprocessed/``; the files are renamed in, timed from the first rename to the last
-  ``processed`` entry in its journal (its start-up and shutdown excluded).
+  contender is timed: a supervisor (``durable = true``, and again with ``durable =
+  false``) already running on an empty ``unprocessed/``; the files are renamed in, timed
+  from the first rename to the last ``processed`` entry in its journal (its start-up and
+  shutdown excluded). The CPU time its processes spent meanwhile is reported per file:
+  the supervisor, the workers (the pids its journal names) and the rest (the manager
+  process, the dashboard).
 - **celery**: a real ``redis-server`` on a free loopback port, a real
   ``celery worker --pool=prefork -c N`` whose task does the loop's work for one file, and a
   watchdog observer in this process that sends each file renamed into ``unprocessed/`` to
   the task; timed from the first rename to the last task done (worker start-up excluded).
 
-Targets (issue 10), foldermill durable: small >= 1.0x the loop and >= 3x celery (files/s);
-big >= 1.5x the loop and >= 1.0x celery (lines/s). Medians over ``--runs``.
+Targets (issues 10 and 20): small files into a running daemon >= 1.0x the loop with
+``durable = false``, >= 1.0x the loop synced per batch with ``durable = true``, and >= 3x
+celery (files/s); big >= 1.5x the loop and >= 1.0x celery (lines/s). Medians over
+``--runs``; the CPU figures are medians too.
 
 **latency**: a supervisor (normal mode) watches a fresh watch dir; one small file at a
 time is written as ``<name>.tmp`` and renamed to ``<name>``; the latency is the time from
@@ -78,12 +87,15 @@ SUPERVISOR = ROOT / "supervisor.py"
 RUN_TIMEOUT_S = 1800.0  # one contender on one workload
 LATENCY_SPACING_S = 0.02
 LOOP = "hand-written loop"
+LOOP_SYNCED = "loop, synced per batch"
 DURABLE = "foldermill"
 NOT_DURABLE = "foldermill, durable=false"
 RUNNING = "foldermill, running daemon"
+RUNNING_NOT_DURABLE = "running daemon, durable=false"
 CELERY = "celery + redis, prefork"
 CELERY_BACKEND = "foldermill, celery backend"
-CONTENDERS: tuple[str, ...] = (LOOP, DURABLE, NOT_DURABLE, RUNNING, CELERY)
+CONTENDERS: tuple[str, ...] = (LOOP, LOOP_SYNCED, DURABLE, NOT_DURABLE, RUNNING, RUNNING_NOT_DURABLE, CELERY)
+SYNC_BATCH = 64  # the loop's batch, as foldermill's default batch_files
 BACKEND_CONFIG = """
 [workers]
 backend = "celery"
@@ -132,9 +144,10 @@ def tag(lines):
 
 # ... and inline, for the loop and the Celery task (which imports this module).
 INLINE = '''
-import fcntl, os, re
+import ctypes, fcntl, os, re
 
 LEVEL = re.compile(r" (ERROR|WARN|INFO|DEBUG) ")
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def process_file(watch, name):
@@ -142,22 +155,58 @@ def process_file(watch, name):
     lock = os.open(os.path.join(watch, ".bench-locks", str(hash(name) % 1024)), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        src = os.path.join(watch, "underprocess", name)
-        os.rename(os.path.join(watch, "unprocessed", name), src)
-        tmp = os.path.join(watch, "output", "." + name + ".tmp")
-        search = LEVEL.search
-        lines = 0
-        with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8", buffering=1 << 16) as out:
-            write = out.write
-            for line in f:
-                m = search(line)
-                write(f"{m[1] if m else 'OTHER'}\\t{line}")
-                lines += 1
+        src, tmp, lines = stage(watch, name)
         os.rename(tmp, os.path.join(watch, "output", name))
         os.rename(src, os.path.join(watch, "processed", name))
         return lines
     finally:
         os.close(lock)
+
+
+def stage(watch, name):
+    """Claim the file (rename into underprocess/), tag and write its lines to a temporary output."""
+    src = os.path.join(watch, "underprocess", name)
+    os.rename(os.path.join(watch, "unprocessed", name), src)
+    tmp = os.path.join(watch, "output", "." + name + ".tmp")
+    search = LEVEL.search
+    lines = 0
+    with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8", buffering=1 << 16) as out:
+        write = out.write
+        for line in f:
+            m = search(line)
+            write(f"{m[1] if m else 'OTHER'}\\t{line}")
+            lines += 1
+    return src, tmp, lines
+
+
+def process_batch(watch, names):
+    """A batch made durable at once: each file locked and staged, one syncfs, the
+    outputs renamed into place and output/ fsynced, then the inputs moved."""
+    locks, staged, lines = [], [], 0
+    try:
+        for name in names:
+            lock = os.open(os.path.join(watch, ".bench-locks", str(hash(name) % 1024)), os.O_RDWR | os.O_CREAT,
+                           0o644)
+            locks.append(lock)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            src, tmp, n = stage(watch, name)
+            staged.append((name, src, tmp))
+            lines += n
+        out = os.open(os.path.join(watch, "output"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if LIBC.syncfs(out) != 0:
+                raise OSError(ctypes.get_errno(), "syncfs failed")
+            for name, _, tmp in staged:
+                os.rename(tmp, os.path.join(watch, "output", name))
+            os.fsync(out)
+        finally:
+            os.close(out)
+        for name, src, _ in staged:
+            os.rename(src, os.path.join(watch, "processed", name))
+        return lines
+    finally:
+        for lock in locks:
+            os.close(lock)
 '''
 
 CELERY_TASKS = '''
@@ -201,6 +250,7 @@ class Measure:
     startup: float | None = None  # foldermill: process start -> first "claimed"
     tail: float | None = None  # foldermill: last "processed" -> process exit
     warnings: int = 0  # foldermill: WARNING/ERROR lines in its log
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by role (supervisor, workers, other; loop)
 
 
 @dataclass
@@ -211,6 +261,10 @@ class Results:
         values = [getattr(m, attr) for m in self.runs[contender]]
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
+
+    def median_cpu(self, contender: str) -> dict[str, float]:
+        roles = {r for m in self.runs[contender] for r in m.cpu}
+        return {r: statistics.median(m.cpu.get(r, 0.0) for m in self.runs[contender]) for r in sorted(roles)}
 
 
 # -- inputs and configs ------------------------------------------------------------------------
@@ -289,20 +343,23 @@ def inline_module(directory: Path) -> Any:
     return module
 
 
-def run_loop(config_path: Path, workload: Workload) -> Measure:
+def run_loop(config_path: Path, workload: Workload, synced: bool = False) -> Measure:
     watch = config_path.parent / "watch_dir"
     for d in ("underprocess", "processed", "output", ".bench-locks"):
         (watch / d).mkdir(exist_ok=True)
-    process_file = inline_module(config_path.parent).process_file
-    started = time.perf_counter()
+    inline = inline_module(config_path.parent)
+    started, cpu = time.perf_counter(), time.process_time()
     with os.scandir(watch / "unprocessed") as entries:
         names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
-    lines = sum(process_file(str(watch), name) for name in names)
-    seconds = time.perf_counter() - started
+    if synced:
+        lines = sum(inline.process_batch(str(watch), names[k:k + SYNC_BATCH]) for k in range(0, len(names), SYNC_BATCH))
+    else:
+        lines = sum(inline.process_file(str(watch), name) for name in names)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     if lines != workload.lines:
         raise BenchError(f"loop: read {lines} lines, expected {workload.lines}")
     check_done(watch, workload, "loop")
-    return Measure(seconds)
+    return Measure(seconds, cpu={"loop": cpu})
 
 
 def same_outputs(run_dir: Path, workload: Workload) -> None:
@@ -425,14 +482,14 @@ def measure_workload(tmp: Path, workload: Workload, args: argparse.Namespace) ->
 
 
 def run_contender(name: str, cdir: Path, workload: Workload, workers: int) -> Measure:
-    config = write_config(cdir, workers, durable=name != NOT_DURABLE)
-    if name == LOOP:
-        return run_loop(config, workload)
+    config = write_config(cdir, workers, durable=name not in (NOT_DURABLE, RUNNING_NOT_DURABLE))
+    if name in (LOOP, LOOP_SYNCED):
+        return run_loop(config, workload, synced=name == LOOP_SYNCED)
     if name == CELERY:
         return run_celery(cdir, workload, workers)
     if name == CELERY_BACKEND:
         return run_celery_backend(config, workload, workers)
-    if name == RUNNING:
+    if name in (RUNNING, RUNNING_NOT_DURABLE):
         return run_running(config, workload, workers)
     return run_foldermill(config, workload, workers)
 
@@ -446,20 +503,44 @@ def run_running(config: Path, workload: Workload, workers: int) -> Measure:
     total = len(workload.names)
     with running_daemon(config, workers, "running") as daemon:
         wait_for(lambda: "dashboard at" in daemon.log(), 30, "the supervisor's dashboard (its start complete)")
+        before = cpu_by_pid(daemon.pid)
         started = time.time()
         for name in workload.names:
             os.rename(staging / name, watch / "unprocessed" / name)
         wait_for(lambda: len(os.listdir(watch / "processed")) >= total, RUN_TIMEOUT_S,
                  "the running daemon to process every file", interval_s=0.1)
+        after = cpu_by_pid(daemon.pid)
     check_done(watch, workload, "running daemon", daemon.log())
     done = [e for e in journal(watch) if e["event"] == "processed"]
+    cpu = cpu_by_role(daemon.pid, before, after, {e["worker"] for e in done})
     lines = sum(e["lines_in"] for e in done)
     if len(done) != total or lines != workload.lines:
         raise BenchError(f"running daemon: journal has {len(done)} processed files, {lines} lines; "
                          f"expected {total}, {workload.lines}")
     last = max(parse_ts(e["ts"]) for e in done)
     warnings = sum(1 for line in daemon.log().splitlines() if " WARNING " in line or " ERROR " in line)
-    return Measure(last - started, warnings=warnings)
+    return Measure(last - started, warnings=warnings, cpu=cpu)
+
+
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of a process and all its descendants."""
+    top = psutil.Process(root)
+    found = {}
+    for p in [top, *top.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            found[p.pid] = t.user + t.system
+    return found
+
+
+def cpu_by_role(supervisor: int, before: dict[int, float], after: dict[int, float],
+                workers: set[int]) -> dict[str, float]:
+    """CPU seconds spent between two samples: the supervisor, the workers, the rest."""
+    roles = {"supervisor": 0.0, "workers": 0.0, "other": 0.0}
+    for pid, seconds in after.items():
+        role = "supervisor" if pid == supervisor else "workers" if pid in workers else "other"
+        roles[role] += seconds - before.get(pid, 0.0)
+    return roles
 
 
 # -- Celery + Redis + watchdog: the contender -----------------------------------------------------
@@ -680,16 +761,25 @@ def report_workload(workload: Workload, results: Results, args: argparse.Namespa
         print(f"  {c:<34} {s:8.2f} {files / s:10,.0f} {workload.lines / s:12,.0f}")
     unit, vs_loop, vs_celery = TARGETS[workload.name]
     print(f"  ratios of {unit}:")
-    for c in (DURABLE, NOT_DURABLE, RUNNING, CELERY_BACKEND):
+    # The pairs with a target: like for like (durable against the loop that syncs per batch).
+    targeted = {(RUNNING, LOOP_SYNCED): vs_loop, (RUNNING_NOT_DURABLE, LOOP): vs_loop, (RUNNING, CELERY): vs_celery,
+                (DURABLE, LOOP): vs_loop, (DURABLE, CELERY): vs_celery}
+    for c in (DURABLE, NOT_DURABLE, RUNNING, RUNNING_NOT_DURABLE, CELERY_BACKEND):
         if c not in CONTENDERS:
             continue
-        for base, target in ((LOOP, vs_loop), (CELERY, vs_celery)):
+        for base in (LOOP, LOOP_SYNCED, CELERY):
             if base not in CONTENDERS:
                 continue
             ratio = seconds[base] / seconds[c]  # same work: the rate ratio is the inverse time ratio
-            met = "met" if ratio >= target else "NOT met"
-            verdict = f"   (target >= {target}: {met})" if c in (DURABLE, RUNNING) else ""
-            print(f"  {f'ratio {c} / {base}':<56} {ratio:8.2f}{verdict}")
+            target = targeted.get((c, base))
+            verdict = "" if target is None else f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
+            print(f"  {f'ratio {c} / {base}':<60} {ratio:8.2f}{verdict}")
+    print("  CPU per file (medians, all cores), µs:")
+    for c in (LOOP, LOOP_SYNCED, RUNNING, RUNNING_NOT_DURABLE):
+        cpu = results.median_cpu(c) if c in CONTENDERS else {}
+        if cpu:
+            parts = "   ".join(f"{role} {seconds * 1e6 / files:8,.0f}" for role, seconds in cpu.items())
+            print(f"  {c:<34} {parts}   total {sum(cpu.values()) * 1e6 / files:8,.0f}")
     startup, tail = results.median(DURABLE, "startup"), results.median(DURABLE, "tail")
     print(f"  foldermill fixed costs: start -> first claim {startup:.2f} s, last commit -> exit {tail:.2f} s")
     warnings = sum(m.warnings for c in CONTENDERS if c.startswith("foldermill") for m in results.runs[c])
@@ -740,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {CELERY} if args.no_celery else set()
     if args.backend != "celery":
         skipped.add(CELERY_BACKEND)
-    CONTENDERS = tuple(c for c in (LOOP, DURABLE, NOT_DURABLE, RUNNING, CELERY, CELERY_BACKEND) if c not in skipped)
+    CONTENDERS = tuple(c for c in (LOOP, LOOP_SYNCED, DURABLE, NOT_DURABLE, RUNNING, RUNNING_NOT_DURABLE, CELERY,
+                                   CELERY_BACKEND) if c not in skipped)
     if CELERY in CONTENDERS or CELERY_BACKEND in CONTENDERS:
         start_redis()
     parts = [args.only] if args.only else ["small", "big", "latency"]

@@ -64,18 +64,7 @@ class Loop:
 
     def __init__(self, parts: Parts, config: Config, pipelines: Pipelines, options: Options, owner: str,
                  open_shared: OpenShared, ctx: Any, stopping: Callable[[], bool]) -> None:
-        self.intake = parts.intake
-        self.ledger = parts.ledger
-        self.commit = parts.commit
-        self.backend = parts.backend
-        self.publisher = parts.publisher
-        self.stats = parts.stats
-        self.inbox = parts.inbox
-        self.shared = parts.shared
-        self.dashboard = parts.dashboard
-        self.retention = parts.retention
-        self.faults = parts.faults
-        self.reconcile = parts.reconcile
+        self.parts = parts
         self.config = config
         self.pipelines = pipelines
         self.options = options
@@ -89,17 +78,17 @@ class Loop:
         self.db_path = str(state_db_path(config.watch.dir))
 
     def in_flight(self) -> int:
-        return self.ledger.count()
+        return self.parts.ledger.count()
 
     def finish(self) -> None:
         """Stopping, the workers gone: results that arrived are committed rather than
         redone, every other file in flight goes back to unprocessed/, the journal is written."""
-        while (item := self.inbox.get_nowait()) is not None:
+        while (item := self.parts.inbox.get_nowait()) is not None:
             if isinstance(item, JobDone):
                 self.deliver(item.result)
-        self.commit.run()
-        self.ledger.return_all("supervisor stopped before it finished", self.commit.committing())
-        self.ledger.flush()
+        self.parts.commit.run()
+        self.parts.ledger.return_all("supervisor stopped before it finished", self.parts.commit.committing())
+        self.parts.ledger.flush()
 
     # -- one step of the loop --------------------------------------------------------------------
 
@@ -107,34 +96,34 @@ class Loop:
         """One turn: what came in, what to commit, how the workers are, what to claim,
         what to publish."""
         self._take_in()
-        if self.faults.cleared(now):  # a fault of the machine is over: intake resumes
-            self.intake.wake()
-        machine_ok = not self.faults.paused()
+        if self.parts.faults.cleared(now):  # a fault of the machine is over: intake resumes
+            self.parts.intake.wake()
+        machine_ok = not self.parts.faults.paused()
         if machine_ok:
-            self.commit.run()
+            self.parts.commit.run()
         self._check_workers(now)
-        self.publisher.beat()
+        self.parts.publisher.beat()
         if self.stopping() or self.paused:  # stopping or paused: what waits for a worker waits in unprocessed/
-            self.ledger.return_undispatched()
-            self.intake.refresh(now)
+            self.parts.ledger.return_undispatched()
+            self.parts.intake.refresh(now)
         elif machine_ok:
             self._claim_and_dispatch(now)
         # else a fault of the machine: claimed files wait where they are, claimed; nothing new comes in
-        if self.reconcile.recover_due(now):
-            self.faults.look()
+        if self.parts.reconcile.recover_due(now):
+            self.parts.faults.look()
             self.recover(now)
             if machine_ok:
-                self.commit.retry_moves()
-        self.ledger.flush()
-        self.retention.step(now)
-        self.publisher.tick(now, lambda: self._report(now), self.ledger.count())
+                self.parts.commit.retry_moves()
+        self.parts.ledger.flush()
+        self.parts.retention.step(now)
+        self.parts.publisher.tick(now, lambda: self._report(now), self.parts.ledger.count())
         if self.options.once:
             self.show_progress()
 
     # -- what came in --
 
     def _take_in(self) -> None:
-        while (item := self.inbox.get_nowait()) is not None:
+        while (item := self.parts.inbox.get_nowait()) is not None:
             self.handle(item)
 
     def handle(self, item: Message) -> None:
@@ -145,19 +134,19 @@ class Loop:
             case Command():
                 self._on_command(item)
             case BrokerNews():
-                self.backend.on_message(item)
+                self.parts.backend.on_message(item)
             case Reload():
                 self._reload()
             case FileEvent(kind, name):
-                self.intake.note_event(kind, name)
+                self.parts.intake.note_event(kind, name)
             case StopSignal():
                 pass  # the service counts it (its handler); the message only wakes the loop
 
     def deliver(self, result: Any) -> None:
         """A job's result, through the backend that ran it, to the commit part."""
-        delivery = self.backend.collect(result)
+        delivery = self.parts.backend.collect(result)
         if delivery is not None:
-            self.commit.deliver(delivery)
+            self.parts.commit.deliver(delivery)
 
     def _on_command(self, command: Command) -> None:
         """An action from the dashboard (already authorised and validated there)."""
@@ -167,18 +156,18 @@ class Loop:
             log.info("intake paused from the dashboard")
         elif action == "resume":
             self.paused = False
-            self.intake.wake()
+            self.parts.intake.wake()
             log.info("intake resumed from the dashboard")
         elif action in ACTIONS:
             name = unshown(command.name)  # the dashboard speaks in shown names
-            done = self.intake.act(action, name, self.ledger.replays())
+            done = self.parts.intake.act(action, name, self.parts.ledger.replays())
             if done.problem:  # the folder changed since the dashboard checked: said where the file is looked up
                 log.warning("%s of %s refused: %s", action, shown(name), done.problem)
-                self.ledger.note(event_entry("action-refused", name, action=action, reason=done.problem,
+                self.parts.ledger.note(event_entry("action-refused", name, action=action, reason=done.problem,
                                              supervisor=self.owner, by="dashboard"))
                 return
             event, fields = journal_fields(done)
-            self.ledger.note(event_entry(event, name, supervisor=self.owner, by="dashboard", **fields))
+            self.parts.ledger.note(event_entry(event, name, supervisor=self.owner, by="dashboard", **fields))
             log.info("%s of %s done from the dashboard", action, shown(name))
 
     def _reload(self) -> None:
@@ -197,9 +186,9 @@ class Loop:
             log.warning("reload: changes to %s need a restart and are ignored", ", ".join(kept))
         self.pipelines = pipelines
         self.pipeline = pipeline_version(self.config.raw)
-        self.ledger.reload(pipelines)
-        self.commit.reload(self.config.workers)
-        self.backend.reload(self.config, self.pipeline)
+        self.parts.ledger.reload(pipelines)
+        self.parts.commit.reload(self.config.workers)
+        self.parts.backend.reload(self.config, self.pipeline)
         log.info("configuration reloaded: files dispatched from now on get the new pipelines (%s: %d nodes) "
                  "and %d routes; workers recycled", ", ".join(pipelines.graphs), pipelines.node_count(),
                  len(pipelines.routes))
@@ -207,52 +196,52 @@ class Loop:
     # -- how the workers are --
 
     def _check_workers(self, now: float) -> None:
-        if self.shared.died() is not None and not self.stopping():
+        if self.parts.shared.died() is not None and not self.stopping():
             self._rebuild_shared()
-        for returned in self.backend.check(now, self.stopping()):
-            self.commit.settle(returned)
-        if self.dashboard is not None and not self.stopping():
-            self.dashboard.check(now, self.ctx, self.config, self.shared)
+        for returned in self.parts.backend.check(now, self.stopping()):
+            self.parts.commit.settle(returned)
+        if self.parts.dashboard is not None and not self.stopping():
+            self.parts.dashboard.check(now, self.ctx, self.config, self.parts.shared)
 
     def _rebuild_shared(self) -> None:
         """The manager process died: every queue and the state dict went with it. Start a
         new one (spawned: this process now holds locks and threads), and the workers
         and the dashboard that used the old one; their files go out again at no cost."""
         log.error("the manager process died (exit %s): restarting it, the workers and the dashboard",
-                  self.shared.died())
-        self.inbox.stop_pumps()
-        if self.dashboard is not None:
-            self.dashboard.kill()
-        self.stats.restarts["manager"] += 1
-        self.shared = self.open_shared(self.ctx)
-        for returned in self.backend.rebuild(self.shared):
-            self.commit.settle(returned)
-        self.publisher.attach(self.shared.state)
-        self.inbox.pump_from(self.shared)
-        if self.dashboard is not None:
-            self.dashboard.start(self.ctx, self.config, self.shared)
+                  self.parts.shared.died())
+        self.parts.inbox.stop_pumps()
+        if self.parts.dashboard is not None:
+            self.parts.dashboard.kill()
+        self.parts.stats.restarts["manager"] += 1
+        self.parts.shared = self.open_shared(self.ctx)
+        for returned in self.parts.backend.rebuild(self.parts.shared):
+            self.parts.commit.settle(returned)
+        self.parts.publisher.attach(self.parts.shared.state)
+        self.parts.inbox.pump_from(self.parts.shared)
+        if self.parts.dashboard is not None:
+            self.parts.dashboard.start(self.ctx, self.config, self.parts.shared)
 
     # -- what to claim --
 
     def _claim_and_dispatch(self, now: float) -> None:
         """Retries due and files waiting for a job first, then new claims, as many as the
         backend has room for; packed into jobs (small files travel together)."""
-        jobs = self.backend.room()
+        jobs = self.parts.backend.room()
         if not jobs:
-            self.intake.refresh(now)  # no room: the counts stay right all the same
+            self.parts.intake.refresh(now)  # no room: the counts stay right all the same
             return
         room = jobs * self.config.workers.batch_files
         self._take_in()  # the file events of the last moments (an open) before judging files
-        pending = self.ledger.take_pending(now)  # they stay WAITING until a job carries them
+        pending = self.parts.ledger.take_pending(now)  # they stay WAITING until a job carries them
         if len(pending) < room:
-            idle = not self.ledger.count()
-            claims = self.intake.claim(now, room - len(pending), self.ledger, idle,
-                                       idle and self.commit.idle() and self.backend.idle())
+            idle = not self.parts.ledger.count()
+            claims = self.parts.intake.claim(now, room - len(pending), self.parts.ledger, idle,
+                                       idle and self.parts.commit.idle() and self.parts.backend.idle())
             if claims.fault is not None:
-                self.faults.hit(claims.fault)
+                self.parts.faults.hit(claims.fault)
             for candidate, reason in claims.rejects:
-                self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
-            pending += self.commit.admitted(self._admit(claims.files, "claimed"))
+                self.parts.commit.reject(self.parts.commit.admitted(self._admit([candidate], "claimed")), reason)
+            pending += self.parts.commit.admitted(self._admit(claims.files, "claimed"))
         if pending:
             self._dispatch(pending)
 
@@ -260,35 +249,35 @@ class Loop:
         """Claims into the ledger; if it cannot record them, they go back where they were
         (a fault of the machine, a full disk say, pauses intake too)."""
         try:
-            return self.ledger.admit(picked, event)
+            return self.parts.ledger.admit(picked, event)
         except Exception as exc:
             fault = database_fault(exc, self.db_path) or fault_of(exc)
             if fault is None and isinstance(exc, (sqlite3.DatabaseError, StateError)):
                 raise
             if fault is not None:
-                self.faults.hit(fault)
-            self.intake.give_back(picked, None if fault else exc)
+                self.parts.faults.hit(fault)
+            self.parts.intake.give_back(picked, None if fault else exc)
             return []
 
     def _dispatch(self, flights: list[Flight]) -> None:
         w = self.config.workers
         routed = self._route(flights)
         try:
-            self.ledger.reserve_anew(routed)
+            self.parts.ledger.reserve_anew(routed)
         except sqlite3.OperationalError as exc:
             fault = database_fault(exc, self.db_path)
             if fault is None:
                 raise
-            self.faults.hit(fault)
+            self.parts.faults.hit(fault)
             return  # the database is busy or full: they wait, claimed
 
         jobs = pack(routed, w.batch_files, w.batch_bytes)
         for batch in jobs:
-            if not self.backend.room():  # the broker went down while dispatching: the rest wait, WAITING
+            if not self.parts.backend.room():  # the broker went down while dispatching: the rest wait, WAITING
                 return
-            job = self.ledger.assign(batch, self.pipeline)
-            if not self.backend.submit(job):  # the manager or the broker went away: they go out again
-                self.ledger.requeue(job.seq, job.items)
+            job = self.parts.ledger.assign(batch, self.pipeline)
+            if not self.parts.backend.submit(job):  # the manager or the broker went away: they go out again
+                self.parts.ledger.requeue(job.seq, job.items)
 
     def _route(self, flights: list[Flight]) -> list[Flight]:
         """Each file's pipeline, by its name and the routes now; a file no route
@@ -298,29 +287,29 @@ class Loop:
             name = flight.record.name
             pipeline = self.pipelines.route(name)
             if pipeline is None:
-                self.commit.reject([flight], f"{shown(name)}: {self.pipelines.unrouted(name)}")
+                self.parts.commit.reject([flight], f"{shown(name)}: {self.pipelines.unrouted(name)}")
             else:
-                self.ledger.flights.note(flight, pipeline=pipeline)
+                self.parts.ledger.flights.note(flight, pipeline=pipeline)
                 routed.append(flight)
         return routed
 
     def recover(self, now: float) -> None:
         """Dead owners' files (the intake finds them; the ledger records them)."""
-        found = self.reconcile.recover(now, self.ledger.names())
+        found = self.parts.reconcile.recover(now, self.parts.ledger.names())
         if found.requeued:
-            self.intake.wake()
+            self.parts.intake.wake()
         try:
-            self.ledger.recovered(found.requeued)
+            self.parts.ledger.recovered(found.requeued)
         except Exception as exc:  # the files are back in unprocessed/ whatever the state says
             fault = database_fault(exc, self.db_path)
             if fault is None:
                 raise
-            self.faults.hit(fault)
+            self.parts.faults.hit(fault)
         for candidate, reason in found.rejects:
-            self.commit.reject(self.commit.admitted(self._admit([candidate], "claimed")), reason)
-        self.ledger.hold(self.commit.admitted(self._admit(found.adopted, "adopted")))
-        for entry in self.reconcile.reconcile(self.ledger.ids()):
-            self.ledger.note(entry)
+            self.parts.commit.reject(self.parts.commit.admitted(self._admit([candidate], "claimed")), reason)
+        self.parts.ledger.hold(self.parts.commit.admitted(self._admit(found.adopted, "adopted")))
+        for entry in self.parts.reconcile.reconcile(self.parts.ledger.ids()):
+            self.parts.ledger.note(entry)
 
     # -- what to publish --
 
@@ -329,21 +318,22 @@ class Loop:
         with none left, the last ones are published again, with the fault that says so."""
         p = self.pipelines
         try:
-            self.last_report = Report(self.paused, self.ledger.count(), self.intake.counts(),
-                                      self.intake.oldest_waiting_mtime(), self.backend.workers(now),
-                                      self.backend.describe(), p.describe(), p.layout(), list(p.graphs))
+            self.last_report = Report(self.paused, self.parts.ledger.count(), self.parts.intake.counts(),
+                                      self.parts.intake.oldest_waiting_mtime(), self.parts.backend.workers(now),
+                                      self.parts.backend.describe(), p.describe(), p.layout(), list(p.graphs))
         except OSError as exc:
             fault = fault_of(exc)
             if fault is None or self.last_report is None:
                 raise
-            self.faults.hit(fault)
-        return dataclasses.replace(self.last_report, machine=self.faults.describe(), faults=self.faults.counts())
+            self.parts.faults.hit(fault)
+        faults = self.parts.faults
+        return dataclasses.replace(self.last_report, machine=faults.describe(), faults=faults.counts())
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""
-        files, size = self.intake.backlog_size()
-        self.publisher.progress(self.backend.in_progress(), self.ledger.count() + files,
-                                self.ledger.pending_bytes() + size, final)
+        files, size = self.parts.intake.backlog_size()
+        self.parts.publisher.progress(self.parts.backend.in_progress(), self.parts.ledger.count() + files,
+                                self.parts.ledger.pending_bytes() + size, final)
 
 
 def pack(flights: list[Flight], batch_files: int, batch_bytes: int) -> list[list[Flight]]:
