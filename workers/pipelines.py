@@ -30,6 +30,9 @@ class Pipelines:
         compiled = [re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in r.match), re.DOTALL)
                     for r in self.routes]
         object.__setattr__(self, "_compiled", compiled)
+        # Asked for every name the daemon chooses: computed once (the graphs never change).
+        suffixes = tuple(dict.fromkeys(s for g in self.graphs.values() for s in g.side_outputs()))
+        object.__setattr__(self, "_side_outputs", suffixes)
 
     def route(self, name: str) -> str | None:
         """The pipeline for a file of this name, or None when no route matches."""
@@ -46,10 +49,10 @@ class Pipelines:
         matched_as = f" (matched as {shown(stem)!r})" if stem != name else ""
         return f"no route matches this name{matched_as}: tried {tried}"
 
-    def side_outputs(self) -> list[str]:
+    def side_outputs(self) -> tuple[str, ...]:
         """The side-output suffixes of every pipeline: a final name reserves them all, so
         a file keeps its names whatever a reload does to the routes."""
-        return list(dict.fromkeys(s for g in self.graphs.values() for s in g.side_outputs()))
+        return self._side_outputs  # type: ignore[attr-defined]
 
     def describe(self) -> list[str]:
         """``check``'s listing: the routes, then each pipeline's settings and graph."""

@@ -28,7 +28,7 @@ import re
 import stat
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -397,16 +397,15 @@ class FolderQueue:
         self.finish(candidate.name, final_name, "failed", reason)
         return True
 
-    def taken(self, name: str, suffixes: list[str]) -> bool:
+    def taken(self, name: str, suffixes: Sequence[str]) -> bool:
         """Whether ``name``, or a name derived from it (its outputs, its reason file),
         is already used in processed/, failed/ or output/."""
         lexists = _used
-        if lexists(self._proc + name) or lexists(self._fail + name) or lexists(self._out + name):
+        if lexists(self._proc + name) or lexists(self._fail + name) or lexists(self._fail + reason_name(name)):
             return True
-        if lexists(self._fail + reason_name(name)):
-            return True
-        # The main output too: without a compression suffix it is not ``name``.
-        return any(lexists(self._out + output_name(name, s)) for s in ("", *suffixes))
+        # ``name`` itself in output/ too: the main output drops a compression suffix.
+        return any(lexists(self._out + n) for n in dict.fromkeys((name, *(output_name(name, s)
+                                                                           for s in ("", *suffixes)))))
 
     def forget_reason(self, final_name: str) -> None:
         """The reason file of a failed file that was moved back by hand (not a failed

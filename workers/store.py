@@ -66,6 +66,7 @@ def state_db_path(watch_dir: Path) -> Path:
 
 LIVE = ("claimed", "waiting", "committing")
 _LIVE_SQL = "('claimed', 'waiting', 'committing')"
+NO_FILE = 0  # a file id no row has (SQLite ids start at 1): for a name chosen before its row exists
 
 
 class NameRules(Protocol):
@@ -197,14 +198,15 @@ class Store:
                 row = db.execute(
                     "SELECT id, final_name, attempts, status, commit_pairs, replay_of FROM files "
                     "WHERE name = ? AND ino = ? ORDER BY id DESC LIMIT 1", (name, c.ino)).fetchone()
-                if row is None:
+                if row is None:  # new: its name chosen first (it reserves nothing yet), then one INSERT
+                    final, keys = self._free_name(db, NO_FILE, c.name, taken, derived)
                     cur = db.execute(
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
-                        "VALUES (?, ?, ?, ?, '', 'claimed', ?, ?)", (name, c.ino, c.size, c.mtime_ns, owner, now))
+                        "VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?)",
+                        (name, c.ino, c.size, c.mtime_ns, shown(final), owner, now))
                     file_id = cur.lastrowid
                     assert file_id is not None  # an INSERT gives its row's id
-                    final = self._reserve_free_name(db, file_id, c.name, taken, derived)
-                    db.execute("UPDATE files SET final_name = ? WHERE id = ?", (shown(final), file_id))
+                    self._reserve(db, file_id, keys, fresh=True)
                     records.append(FileRecord(file_id, c.name, final, 0))
                     continue
                 file_id, final_shown, attempts, status, pairs, replay_shown = row
@@ -251,12 +253,23 @@ class Store:
 
     def _reserve_free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
                            derived: Callable[[str], list[str]]) -> str:
+        """The first free name from ``name`` on, reserved for ``file_id``."""
+        final, keys = self._free_name(db, file_id, name, taken, derived)
+        self._reserve(db, file_id, keys)
+        return final
+
+    def _free_name(self, db: sqlite3.Connection, file_id: int, name: str, taken: Callable[[str], bool],
+                   derived: Callable[[str], list[str]]) -> tuple[str, list[str]]:
+        """The first free name from ``name`` on: free on disk, and none of its derived
+        names reserved by a live file other than ``file_id``; with those names."""
+        keys: dict[str, list[str]] = {}
+
         def used(candidate: str) -> bool:
-            return taken(candidate) or self._reserved_by_other(db, file_id, derived(candidate))
+            keys[candidate] = derived(candidate)
+            return taken(candidate) or self._reserved_by_other(db, file_id, keys[candidate])
 
         final = unique_name(name, used)
-        self._reserve(db, file_id, derived(final))
-        return final
+        return final, keys[final]
 
     @staticmethod
     def _reserved_by_other(db: sqlite3.Connection, file_id: int, keys: list[str]) -> bool:
@@ -266,8 +279,9 @@ class Store:
         return row is not None
 
     @staticmethod
-    def _reserve(db: sqlite3.Connection, file_id: int, keys: list[str]) -> None:
-        db.execute("DELETE FROM reserved WHERE file_id = ?", (file_id,))
+    def _reserve(db: sqlite3.Connection, file_id: int, keys: list[str], fresh: bool = False) -> None:
+        if not fresh:
+            db.execute("DELETE FROM reserved WHERE file_id = ?", (file_id,))
         db.executemany("INSERT OR REPLACE INTO reserved (key, file_id) VALUES (?, ?)",
                        [(shown(k), file_id) for k in keys])
 
