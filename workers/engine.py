@@ -37,7 +37,7 @@ import codecs
 import csv
 import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -93,6 +93,17 @@ class FileResult:
     errors: list[dict[str, Any]] = field(default_factory=list)  # skip_line reports
     error_count: int = 0
     routes: list[tuple[int, list[str]]] = field(default_factory=list)  # traced lines
+
+    def add_error(self, line: int | None, node: str, message: str) -> None:
+        """A skipped line: counted, and reported while fewer than MAX_REPORTED_ERRORS are."""
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"line": line, "node": node, "message": message})
+
+    def add_routes(self, routes: Iterable[tuple[int, list[str]]]) -> None:
+        """Traced routes: only the most recent MAX_TRACED_ROUTES are kept."""
+        self.routes.extend(routes)
+        del self.routes[:-MAX_TRACED_ROUTES]
 
 
 Progress = Callable[[int, int], None]  # (bytes done, lines done) after each batch
@@ -659,9 +670,7 @@ class _FileRun:
         error = ProcessingError(self.name, line_no, what, node.tag)
         if not self.skip:
             raise error from exc
-        self.result.error_count += 1
-        if len(self.result.errors) < MAX_REPORTED_ERRORS:
-            self.result.errors.append({"line": line_no, "node": node.tag, "message": what})
+        self.result.add_error(line_no, node.tag, what)
 
     def _write_end(self) -> None:
         segs, self.end = self.end, []
@@ -692,11 +701,9 @@ class _FileRun:
 
     def _collect_routes(self) -> None:
         """Keep the routes of the most recent sampled lines (bounded)."""
-        routes = self.result.routes
         first = self.first_lines
-        routes.extend((self.base + i + 1 if first is None else first[i], route)
-                      for i, route in sorted(self.traced.items()))
-        del routes[:-MAX_TRACED_ROUTES]
+        self.result.add_routes((self.base + i + 1 if first is None else first[i], route)
+                               for i, route in sorted(self.traced.items()))
         self.traced = {}
 
 
