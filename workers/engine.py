@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +43,8 @@ from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
+from workers.engine_parts import ErrorPolicy, Node, Place, Segment, Tracer
 from workers.errors import InputError, ProcessingError
-from workers.faults import ERRNO_KINDS
 from workers.graph import END, START, Graph
 from workers.records import RecordError, RecordFormat
 
@@ -56,12 +55,6 @@ from workers.records import RecordError, RecordFormat
 CHUNK_BYTES = 64 * 1024
 MAX_REPORTED_ERRORS = 100
 MAX_TRACED_ROUTES = 50
-
-# A segment: lines pending at one node, emitted by one node call.
-# keys: ints (input line index) or tuples (index, sibling positions...);
-# hops: an int shared by all lines, or one int per line.
-Segment = tuple[Any, list[str], Any]
-
 
 class OutputSink:
     """Where a file's outputs go: ``main`` for ``end``, ``side_output`` for sinks."""
@@ -119,25 +112,6 @@ def run_file(
 ) -> FileResult:
     """Process one file. Raises InputError/ProcessingError when the file fails."""
     return _FileRun(graph, name, sink, trace_every).run(source, progress)
-
-
-class _Node:
-    """A processor instance plus how the engine calls it."""
-
-    __slots__ = ("batch", "finish", "instance", "process", "stats", "streaming", "tag", "trusted")
-
-    def __init__(self, tag: str, instance: Any, builtin: bool, stats: NodeStats) -> None:
-        self.tag = tag
-        self.instance = instance
-        method = getattr(instance, "process", None)
-        self.process = method if callable(method) else instance
-        self.batch = getattr(instance, "process_batch", None) if builtin else None
-        # A generator is fed whole batches: its outputs are attributed to the line it
-        # was reading when it yielded. Anything else gets one line per call.
-        self.streaming = inspect.isgeneratorfunction(self.process) and getattr(instance, "batch", True)
-        self.finish = getattr(instance, "finish", None)
-        self.trusted = builtin
-        self.stats = stats
 
 
 class _Lines(list):
@@ -246,7 +220,7 @@ class _FileRun:
         self.sink = sink
         self.result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
         self.nodes = {
-            tag: _Node(tag, spec.instantiate(), spec.builtin, self.result.nodes[tag])
+            tag: Node(tag, spec.instantiate(), spec.builtin, self.result.nodes[tag])
             for tag, spec in graph.nodes.items()
         }
         self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
@@ -254,16 +228,12 @@ class _FileRun:
         self.end: list[Segment] = []
         self.end_lines = 0  # lines in self.end and self.end_first
         self.end_first: list[str] = []  # lines for end before any segment (_run_alone)
-        self.base = 0  # key of the current batch's first line
         self.width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
-        self.input_lines = 0  # input lines read so far, the current batch included
-        self.skip = self.settings.on_error == "skip_line"
-        self.trace_every = trace_every
-        self.alone = len(graph.nodes) == 1 and not self.skip and not trace_every
-        self.traced: dict[int, list[str]] = {}
-        # Record mode: the first physical line of each record of the current batch
-        # (None: record i is line base + i + 1), and the header each output gets.
-        self.first_lines: Sequence[int] | None = None
+        self.place = Place()
+        self.errors = ErrorPolicy(graph, name, self.place, self.result)
+        self.tracer = Tracer(trace_every, self.place, self.result)
+        self.alone = len(graph.nodes) == 1 and not self.errors.skips_lines() and not trace_every
+        # Record mode: the header each output gets.
         self.fmt: RecordFormat | None = None
         self.records_started = False
         self.end_header: str | None = None  # the main output's header line ...
@@ -285,16 +255,14 @@ class _FileRun:
             for texts, first_lines in records:
                 if not self.records_started:  # the header (if any) is read before the first record
                     self._start_records(records.columns)
-                self.first_lines = first_lines
-                self._run_batch(texts)
+                self._run_batch(texts, first_lines)
                 if progress is not None:
                     progress(result.bytes_in, result.lines_in)
             if not self.records_started:
                 self._start_records(records.columns)  # no record: the hooks run all the same
-            self.first_lines = None
         else:
             for lines in _read_batches(reader, self.name, s, result):
-                self._run_batch(lines)
+                self._run_batch(lines, None)
                 if progress is not None:
                     progress(result.bytes_in, result.lines_in)
         self._finish()
@@ -358,21 +326,17 @@ class _FileRun:
                              "them: send them to outputs of their own", second)
         return self.fmt.join(next(iter(shapes))) if shapes else None
 
-    def _run_batch(self, lines: list[str]) -> None:
+    def _run_batch(self, lines: list[str], first_lines: Sequence[int] | None) -> None:
         # Keys are local to the batch (0..n-1): a fast path's positions are then the
         # keys of the lines it selected, with nothing to compute per line.
         n = len(lines)
-        self.input_lines += n
-        if self.trace_every:
-            first = -self.base % self.trace_every
-            for i in range(first, n, self.trace_every):
-                self.traced[i] = [START]
+        self.place.begin(n, first_lines)
+        self.tracer.begin(n)
         self.width = n
         self.pending[START] = [(range(n), lines, 0)]
         self._drain()
-        if self.traced:
-            self._collect_routes()
-        self.base += n
+        self.tracer.collect()
+        self.place.advance(n)
         self.result.lines_in += n
 
     def _finish(self) -> None:
@@ -381,10 +345,10 @@ class _FileRun:
             node = self.nodes[tag]
             if node.finish is None:
                 continue
-            outputs = [(0, pair) for pair in self._call_checked(node, node.finish, 0)]
+            outputs = [(0, pair) for pair in self.errors.call_checked(node, node.finish, 0)]
             self._route(node, [0], outputs, 0)
             self.width = 1
-            self.base += 1  # the next node's finish() lines get keys after these
+            self.place.advance(1)  # the next node's finish() lines get keys after these
             self._drain()
 
     # -- one batch -------------------------------------------------------------------
@@ -397,8 +361,8 @@ class _FileRun:
             self._run_node(self.nodes[tag], keys, lines, hops)
         self._write_end()
 
-    def _run_node(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        keys, lines, hops = self._check_hops(node, keys, lines, hops)
+    def _run_node(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
+        keys, lines, hops = self.errors.check_hops(node, keys, lines, hops)
         if not lines:
             return
         stats = node.stats
@@ -415,28 +379,28 @@ class _FileRun:
             self._run_per_line(node, keys, lines, hops)
         stats.seconds += time.perf_counter() - started
 
-    def _run_batch_path(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+    def _run_batch_path(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         """A built-in's fast path: disjoint (tag, positions, texts) entries, no fan-out."""
         batch = node.batch
         assert batch is not None  # only nodes with a fast path come here
         try:
             routes = batch(lines)
         except Exception as exc:
-            if not self.skip:
-                self._fail(node, keys[0], exc)
+            if not self.errors.skips_lines():
+                self.errors.fail(node, keys[0], exc)
             # Built-in fast paths are stateless or count once per line: retrying one
             # line at a time isolates the failing ones; the others go on as routed.
             for i, line in enumerate(lines):
                 try:
                     routes = batch([line])
                 except Exception as line_exc:
-                    self._fail(node, keys[i], line_exc)
+                    self.errors.fail(node, keys[i], line_exc)
                     continue
                 self._emit_routes(node, [keys[i]], [line], hops if type(hops) is int else [hops[i]], routes)
             return
         self._emit_routes(node, keys, lines, hops, routes)
 
-    def _emit_routes(self, node: _Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
+    def _emit_routes(self, node: Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
         """Turn (tag, positions or None for all, texts or None for unchanged) entries
         into segments: positions are the keys' indexes, so nothing is done per line."""
         nxt = hops + 1 if type(hops) is int else None
@@ -453,7 +417,7 @@ class _FileRun:
             node.stats.lines_out += len(seg[1])
             self._emit(tag, seg)
 
-    def _run_alone(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+    def _run_alone(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         """The graph's only node on a batch's own lines, when a failing line fails the
         file and no route is traced: while every output is an ``(end, str)`` pair,
         nothing else can reach ``end`` in this batch before them, so they are written
@@ -480,19 +444,19 @@ class _FileRun:
                 self._emit_first(node, texts)
                 return
         except Exception as exc:
-            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], exc)
+            self.errors.fail(node, keys[max(len(feed) - feed.left() - 1, 0)], exc)
         self._emit_first(node, texts)
         got = _Capture(chain((pair,), pairs), feed)
         if got.exc is not None:
-            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], got.exc)
+            self.errors.fail(node, keys[max(len(feed) - feed.left() - 1, 0)], got.exc)
         self._route(node, keys, got.outputs(len(feed)), hops)
 
-    def _emit_first(self, node: _Node, texts: list[str]) -> None:
+    def _emit_first(self, node: Node, texts: list[str]) -> None:
         node.stats.lines_out += len(texts)
         self.end_lines += len(texts)
         self.end_first += texts
 
-    def _run_streaming(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+    def _run_streaming(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         """Feed the whole batch; attribute each output to the line being read.
 
         After a failure (skip_line) the rest of the batch is fed again from the line
@@ -509,12 +473,12 @@ class _FileRun:
                     self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
                 return
             failed_at = max(len(feed) - feed.left() - 1, 0)
-            self._fail(node, sub_keys[failed_at], got.exc)
+            self.errors.fail(node, sub_keys[failed_at], got.exc)
             outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
             self._route(node, sub_keys, outputs, sub_hops)
             start += failed_at + 1
 
-    def _route_uniform(self, node: _Node, keys: Any, got: _Capture, hops: Any) -> bool:
+    def _route_uniform(self, node: Node, keys: Any, got: _Capture, hops: Any) -> bool:
         """Route a call in which every line emitted the same number k of well-formed
         pairs, output j coming from line j // k: one list comparison proves it, and
         then no work is done per pair. False (nothing routed) for any other call.
@@ -538,7 +502,7 @@ class _FileRun:
         if not all(t == END or t in self.nodes for t in distinct):
             return False
         if k > 1:
-            if single and first == END and not self.traced:
+            if single and first == END and not self.tracer.active():
                 self._emit_joined(node, keys, texts, k)
                 return True
             keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
@@ -551,7 +515,7 @@ class _FileRun:
         self._emit_routes(node, keys, texts, hops, routes)
         return True
 
-    def _run_per_line(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
+    def _run_per_line(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         """A processor that returns a list: one line per call, so attribution is exact."""
         process = node.process
         outputs: list[tuple[int, Any]] = []
@@ -559,18 +523,11 @@ class _FileRun:
             try:
                 outputs.extend((i, pair) for pair in process([line]))
             except Exception as exc:
-                self._fail(node, keys[i], exc)
+                self.errors.fail(node, keys[i], exc)
                 outputs = [o for o in outputs if o[0] != i]
         self._route(node, keys, outputs, hops)
 
-    def _call_checked(self, node: _Node, fn: Callable[[], Any], key: Any) -> list[Any]:
-        try:
-            return list(fn() or ())
-        except Exception as exc:
-            self._fail(node, key, exc, what="finish()")
-            return []
-
-    def _route(self, node: _Node, keys: Any, outputs: list[tuple[int, Any]], hops: Any) -> None:
+    def _route(self, node: Node, keys: Any, outputs: list[tuple[int, Any]], hops: Any) -> None:
         """Turn attributed (position, pair) outputs into segments, one per tag.
 
         A line that emitted several pairs gives each copy its sibling position in the
@@ -581,8 +538,9 @@ class _FileRun:
             counts[at] = counts.get(at, 0) + 1
         by_tag: dict[str, Segment] = {}
         sibling: dict[int, int] = {}
+        check_pair = self.errors.check_pair
         for at, pair in outputs:
-            tag, line = self._check_pair(node, keys[at], pair)
+            tag, line = check_pair(node, keys[at], pair)
             if tag is None:
                 continue
             key = keys[at]
@@ -600,7 +558,7 @@ class _FileRun:
             node.stats.lines_out += len(seg[1])
             self._emit(tag, seg)
 
-    def _emit_joined(self, node: _Node, keys: Any, texts: list[str], k: int) -> None:
+    def _emit_joined(self, node: Node, keys: Any, texts: list[str], k: int) -> None:
         """Each line's k copies go to ``end`` together, so they are one text at its key:
         the same bytes, and the copies need no keys of their own."""
         node.stats.lines_out += len(texts)
@@ -608,69 +566,16 @@ class _FileRun:
         joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
         self.end.append((keys, joined, 0))
 
-    def _check_pair(self, node: _Node, key: Any, pair: Any) -> tuple[str | None, str]:
-        """A user processor's output must be a (tag, str) pair with a known tag."""
-        if node.trusted:
-            return pair
-        try:
-            tag, line = pair
-        except (TypeError, ValueError):
-            self._fail(node, key, TypeError(f"emitted {pair!r}, not a (tag, line) pair"))
-            return None, ""
-        if type(line) is not str or type(tag) is not str:
-            self._fail(node, key, TypeError(f"emitted {pair!r}: tag and line must be strings"))
-            return None, ""
-        if tag != END and tag not in self.nodes:
-            self._fail(node, key, None, what=f"emitted unknown tag {tag!r}")
-            return None, ""
-        return tag, line
-
     def _emit(self, tag: str, seg: Segment) -> None:
         if not seg[1]:
             return
-        if self.traced:
-            self._trace(tag, seg[0])
+        if self.tracer.active():
+            self.tracer.trace(tag, seg[0])
         if tag == END:
             self.end_lines += len(seg[1])
             self.end.append(seg)
         else:
             self.pending.setdefault(tag, []).append(seg)
-
-    def _check_hops(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> Segment:
-        limit = self.settings.max_hops
-        if type(hops) is int:
-            if hops < limit:
-                return keys, lines, hops
-            over: Sequence[int] = range(len(lines))
-        else:
-            over = [i for i, h in enumerate(hops) if h >= limit]
-            if not over:
-                return keys, lines, hops
-        for i in over:
-            self._fail(node, keys[i], None, what=f"line went past max_hops = {limit}")
-        if type(hops) is int:
-            return keys, [], hops
-        keep = [i for i, h in enumerate(hops) if h < limit]
-        return [keys[i] for i in keep], [lines[i] for i in keep], [hops[i] for i in keep]
-
-    def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
-        """One line failed at a node: fail the file, or report and drop it (skip_line).
-        A fault of the machine (a sink's write on a full disk) is no line's fault: it
-        stops the file as it is, to be sent again once the fault clears."""
-        if isinstance(exc, OSError) and exc.errno in ERRNO_KINDS:
-            raise exc
-        at = key[0] if type(key) is tuple else key
-        origin = self.base + at
-        line_no = (origin + 1 if self.first_lines is None else self.first_lines[at]) \
-            if origin < self.input_lines else None
-        if exc is not None:
-            detail = f"{type(exc).__name__}: {exc}"
-            what = f"{what or 'processor'} {self.graph.nodes[node.tag].processor} raised {detail}"
-        node.stats.errors += 1
-        error = ProcessingError(self.name, line_no, what, node.tag)
-        if not self.skip:
-            raise error from exc
-        self.result.add_error(line_no, node.tag, what)
 
     def _write_end(self) -> None:
         segs, self.end = self.end, []
@@ -690,21 +595,6 @@ class _FileRun:
         if lines:
             out.write("\n".join(lines))
             out.write("\n")
-
-    def _trace(self, tag: str, keys: Any) -> None:
-        traced = self.traced
-        for key in keys:
-            origin = key[0] if type(key) is tuple else key
-            route = traced.get(origin)
-            if route is not None:
-                route.append(tag)
-
-    def _collect_routes(self) -> None:
-        """Keep the routes of the most recent sampled lines (bounded)."""
-        first = self.first_lines
-        self.result.add_routes((self.base + i + 1 if first is None else first[i], route)
-                               for i, route in sorted(self.traced.items()))
-        self.traced = {}
 
 
 def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:

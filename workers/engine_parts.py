@@ -1,0 +1,207 @@
+"""The engine's bookkeeping around the calls of its nodes, one part per concern.
+
+``workers/engine.py`` (the scheduler) composes them for one file; the nodes are called
+by ``workers/engine_calls.py``. Pure, like the engine: no processes, no queue folders.
+
+- :class:`Node`: a processor instance plus how the engine calls it;
+- :class:`Place`: where the current batch lies in the file, for line numbers;
+- :class:`ErrorPolicy`: what a failing line does to the file, and what makes it fail;
+- :class:`Tracer`: the routes of sampled lines.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from workers.errors import ProcessingError
+from workers.faults import ERRNO_KINDS
+from workers.graph import END, START, Graph
+
+if TYPE_CHECKING:  # engine.py imports this module: its types are for annotations only
+    from workers.engine import FileResult, NodeStats
+
+# A segment: lines pending at one node, emitted by one node call.
+# keys: ints (input line index) or tuples (index, sibling positions...);
+# hops: an int shared by all lines, or one int per line.
+Segment = tuple[Any, list[str], Any]
+
+
+class Node:
+    """A processor instance plus how the engine calls it."""
+
+    __slots__ = ("batch", "finish", "instance", "process", "stats", "streaming", "tag", "trusted")
+
+    def __init__(self, tag: str, instance: Any, builtin: bool, stats: NodeStats) -> None:
+        self.tag = tag
+        self.instance = instance
+        method = getattr(instance, "process", None)
+        self.process = method if callable(method) else instance
+        self.batch = getattr(instance, "process_batch", None) if builtin else None
+        # A generator is fed whole batches: its outputs are attributed to the line it
+        # was reading when it yielded. Anything else gets one line per call.
+        self.streaming = inspect.isgeneratorfunction(self.process) and getattr(instance, "batch", True)
+        self.finish = getattr(instance, "finish", None)
+        self.trusted = builtin
+        self.stats = stats
+
+
+class Place:
+    """Where the current batch lies in the file: what turns a key back into the input
+    line that errors and traced routes name.
+
+    Keys are local to a batch (0 .. n - 1), so that a fast path's positions are keys;
+    the base (the file position of the batch's key 0) and, in record mode, each
+    record's first physical line make them file lines again. A finish() call is a
+    batch of one unit past the input. The scheduler moves it; the others ask it.
+    """
+
+    __slots__ = ("_base", "_first_lines", "_read")
+
+    def __init__(self) -> None:
+        self._base = 0  # units before the current batch (each finish() call counts one)
+        self._read = 0  # input units read so far, the current batch's included
+        self._first_lines: Sequence[int] | None = None  # None: the unit at key i is line base + i + 1
+
+    def begin(self, n: int, first_lines: Sequence[int] | None) -> None:
+        """A batch of n units read (``first_lines``: their first physical lines, CSV)."""
+        self._read += n
+        self._first_lines = first_lines
+
+    def advance(self, n: int) -> None:
+        """Past the current batch (n units), or a finish() call (1)."""
+        self._base += n
+
+    def input_line(self, at: int) -> int:
+        """The input line of the current batch's unit at key ``at``."""
+        return self._base + at + 1 if self._first_lines is None else self._first_lines[at]
+
+    def line_no(self, at: int) -> int | None:
+        """``input_line``, or None past the input (a finish() call's lines)."""
+        return self.input_line(at) if self._base + at < self._read else None
+
+    def sampled(self, every: int, n: int) -> range:
+        """The keys of the batch's n units whose file position is a multiple of ``every``."""
+        return range(-self._base % every, n, every)
+
+
+class ErrorPolicy:
+    """What a line that fails at a node does to the file, by ``on_error``: fail the file
+    (a ProcessingError naming the file, the line and the node), or report the line and
+    drop it (``skip_line``). A line fails when its processor raises, emits what is no
+    (tag, line) pair of a known tag, or goes round a cycle ``max_hops`` times.
+    """
+
+    __slots__ = ("_graph", "_name", "_place", "_result", "_skip")
+
+    def __init__(self, graph: Graph, name: str, place: Place, result: FileResult) -> None:
+        self._graph = graph
+        self._name = name
+        self._place = place
+        self._result = result
+        self._skip = graph.settings.on_error == "skip_line"
+
+    def skips_lines(self) -> bool:
+        """True under ``skip_line``: a failing line is dropped and the file goes on."""
+        return self._skip
+
+    def fail(self, node: Node, key: Any, exc: BaseException | None, what: str = "") -> None:
+        """One line failed at a node: fail the file, or report and drop it (skip_line).
+        A fault of the machine (a sink's write on a full disk) is no line's fault: it
+        stops the file as it is, to be sent again once the fault clears."""
+        if isinstance(exc, OSError) and exc.errno in ERRNO_KINDS:
+            raise exc
+        line_no = self._place.line_no(key[0] if type(key) is tuple else key)
+        if exc is not None:
+            detail = f"{type(exc).__name__}: {exc}"
+            what = f"{what or 'processor'} {self._graph.nodes[node.tag].processor} raised {detail}"
+        node.stats.errors += 1
+        error = ProcessingError(self._name, line_no, what, node.tag)
+        if not self._skip:
+            raise error from exc
+        self._result.add_error(line_no, node.tag, what)
+
+    def call_checked(self, node: Node, fn: Callable[[], Any], key: Any) -> list[Any]:
+        """``fn()``'s pairs (a finish() call), or none if it raised: the line at ``key`` failed."""
+        try:
+            return list(fn() or ())
+        except Exception as exc:
+            self.fail(node, key, exc, what="finish()")
+            return []
+
+    def check_pair(self, node: Node, key: Any, pair: Any) -> tuple[str | None, str]:
+        """A user processor's output must be a (tag, str) pair with a known tag."""
+        if node.trusted:
+            return pair
+        try:
+            tag, line = pair
+        except (TypeError, ValueError):
+            self.fail(node, key, TypeError(f"emitted {pair!r}, not a (tag, line) pair"))
+            return None, ""
+        if type(line) is not str or type(tag) is not str:
+            self.fail(node, key, TypeError(f"emitted {pair!r}: tag and line must be strings"))
+            return None, ""
+        if tag != END and tag not in self._graph.nodes:
+            self.fail(node, key, None, what=f"emitted unknown tag {tag!r}")
+            return None, ""
+        return tag, line
+
+    def check_hops(self, node: Node, keys: Any, lines: list[str], hops: Any) -> Segment:
+        """The lines still under ``max_hops``; each of the others fails."""
+        limit = self._graph.settings.max_hops
+        if type(hops) is int:
+            if hops < limit:
+                return keys, lines, hops
+            over: Sequence[int] = range(len(lines))
+        else:
+            over = [i for i, h in enumerate(hops) if h >= limit]
+            if not over:
+                return keys, lines, hops
+        for i in over:
+            self.fail(node, keys[i], None, what=f"line went past max_hops = {limit}")
+        if type(hops) is int:
+            return keys, [], hops
+        keep = [i for i, h in enumerate(hops) if h < limit]
+        return [keys[i] for i in keep], [lines[i] for i in keep], [hops[i] for i in keep]
+
+
+class Tracer:
+    """The routes of sampled lines (``trace_every``): each sampled line of a batch
+    collects the tags its copies reach; when the batch is done its route goes to the
+    result, which keeps the most recent ones."""
+
+    __slots__ = ("_every", "_place", "_result", "_traced")
+
+    def __init__(self, every: int, place: Place, result: FileResult) -> None:
+        self._every = every
+        self._place = place
+        self._result = result
+        self._traced: dict[int, list[str]] = {}  # key of a sampled line -> its route so far
+
+    def begin(self, n: int) -> None:
+        """Sample the lines of a batch of n."""
+        if self._every:
+            traced = self._traced
+            for i in self._place.sampled(self._every, n):
+                traced[i] = [START]
+
+    def active(self) -> bool:
+        """True while lines of the current batch are traced."""
+        return bool(self._traced)
+
+    def trace(self, tag: str, keys: Any) -> None:
+        """Lines with these keys reached ``tag``."""
+        traced = self._traced
+        for key in keys:
+            origin = key[0] if type(key) is tuple else key
+            route = traced.get(origin)
+            if route is not None:
+                route.append(tag)
+
+    def collect(self) -> None:
+        """The batch is done: its routes go to the result."""
+        if self._traced:
+            input_line = self._place.input_line
+            self._result.add_routes((input_line(i), route) for i, route in sorted(self._traced.items()))
+            self._traced = {}
