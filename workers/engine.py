@@ -43,7 +43,7 @@ from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
-from workers.engine_parts import ErrorPolicy, Node, Place, Segment, Tracer
+from workers.engine_parts import EndWriter, ErrorPolicy, Node, Pending, Place, Segment, Tracer
 from workers.errors import InputError, ProcessingError
 from workers.graph import END, START, Graph
 from workers.records import RecordError, RecordFormat
@@ -224,11 +224,8 @@ class _FileRun:
             for tag, spec in graph.nodes.items()
         }
         self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
-        self.pending: dict[str, list[Segment]] = {}
-        self.end: list[Segment] = []
-        self.end_lines = 0  # lines in self.end and self.end_first
-        self.end_first: list[str] = []  # lines for end before any segment (_run_alone)
-        self.width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
+        self.pending = Pending(graph.rank)
+        self.end = EndWriter(sink.main, self.result)
         self.place = Place()
         self.errors = ErrorPolicy(graph, name, self.place, self.result)
         self.tracer = Tracer(trace_every, self.place, self.result)
@@ -236,8 +233,6 @@ class _FileRun:
         # Record mode: the header each output gets.
         self.fmt: RecordFormat | None = None
         self.records_started = False
-        self.end_header: str | None = None  # the main output's header line ...
-        self.header_due = False  # ... owed to it, before its first record
         for node in self.nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
@@ -307,13 +302,13 @@ class _FileRun:
                 sent = out.get(nxt) if isinstance(out, dict) else out
                 incoming.setdefault(nxt, sent)
                 sources.setdefault(nxt, []).append((tag, sent))
-        self.end_header = self._one_header(sources.get(END, []), "output/<name>")
+        end_header = self._one_header(sources.get(END, []), "output/<name>")
         sinks: dict[str, list[tuple[str, Any]]] = {}  # write nodes sharing a suffix share its header
         for tag, suffix in self.graph.sinks().items():
             sinks.setdefault(suffix, []).append((tag, incoming.get(tag, columns)))
         for suffix, senders in sinks.items():
             self._one_header(senders, f"output/<name>.{suffix}")
-        self.header_due = self.end_header is not None
+        self.end.owe_header(end_header)
         self.records_started = True
 
     def _one_header(self, senders: list[tuple[str, Any]], where: str) -> str | None:
@@ -332,8 +327,8 @@ class _FileRun:
         n = len(lines)
         self.place.begin(n, first_lines)
         self.tracer.begin(n)
-        self.width = n
-        self.pending[START] = [(range(n), lines, 0)]
+        self.end.begin(n)
+        self.pending.add(START, (range(n), lines, 0))
         self._drain()
         self.tracer.collect()
         self.place.advance(n)
@@ -347,7 +342,7 @@ class _FileRun:
                 continue
             outputs = [(0, pair) for pair in self.errors.call_checked(node, node.finish, 0)]
             self._route(node, [0], outputs, 0)
-            self.width = 1
+            self.end.begin(1)
             self.place.advance(1)  # the next node's finish() lines get keys after these
             self._drain()
 
@@ -355,11 +350,10 @@ class _FileRun:
 
     def _drain(self) -> None:
         pending = self.pending
-        while pending:
-            tag = min(pending, key=self.graph.rank.__getitem__)
-            keys, lines, hops = _merge(pending.pop(tag))
+        while (waiting := pending.pop()) is not None:
+            tag, (keys, lines, hops) = waiting
             self._run_node(self.nodes[tag], keys, lines, hops)
-        self._write_end()
+        self.end.write()
 
     def _run_node(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         keys, lines, hops = self.errors.check_hops(node, keys, lines, hops)
@@ -453,8 +447,7 @@ class _FileRun:
 
     def _emit_first(self, node: Node, texts: list[str]) -> None:
         node.stats.lines_out += len(texts)
-        self.end_lines += len(texts)
-        self.end_first += texts
+        self.end.add_first(texts)
 
     def _run_streaming(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
         """Feed the whole batch; attribute each output to the line being read.
@@ -562,9 +555,7 @@ class _FileRun:
         """Each line's k copies go to ``end`` together, so they are one text at its key:
         the same bytes, and the copies need no keys of their own."""
         node.stats.lines_out += len(texts)
-        self.end_lines += len(texts)
-        joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
-        self.end.append((keys, joined, 0))
+        self.end.add_joined(keys, texts, k)
 
     def _emit(self, tag: str, seg: Segment) -> None:
         if not seg[1]:
@@ -572,29 +563,9 @@ class _FileRun:
         if self.tracer.active():
             self.tracer.trace(tag, seg[0])
         if tag == END:
-            self.end_lines += len(seg[1])
-            self.end.append(seg)
+            self.end.add(seg)
         else:
-            self.pending.setdefault(tag, []).append(seg)
-
-    def _write_end(self) -> None:
-        segs, self.end = self.end, []
-        first, self.end_first = self.end_first, []
-        if not segs and not first:
-            return
-        lines = segs[0][1] if len(segs) == 1 else _assemble(segs, self.width) if segs else []
-        self.result.lines_out += self.end_lines
-        self.end_lines = 0
-        out = self.sink.main
-        if self.header_due:
-            self.header_due = False
-            out.write(f"{self.end_header}\n")
-        if first:
-            out.write("\n".join(first))
-            out.write("\n")
-        if lines:
-            out.write("\n".join(lines))
-            out.write("\n")
+            self.pending.add(tag, seg)
 
 
 def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:
@@ -611,52 +582,6 @@ def _take(seq: Any, positions: list[int]) -> list[Any]:
     if len(positions) == 1:
         return [seq[positions[0]]]
     return list(itemgetter(*positions)(seq)) if positions else []
-
-
-def _assemble(segs: list[Segment], width: int) -> list[str]:
-    """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
-
-    Each input line reaches ``end`` either as one copy with its own int key, or (once
-    some node gave it several outputs) only as copies with tuple keys. So the int keys
-    place their lines directly in a list by input position (``width`` of them), each
-    line's fanned-out copies are sorted among themselves and joined into one text,
-    and nothing else is sorted.
-    """
-    placed: list[str | None] = [None] * width
-    fanned: dict[int, list[tuple[Any, str]]] = {}
-    for keys, lines, _ in segs:
-        for key, line in zip(keys, lines, strict=True):
-            if type(key) is int:
-                placed[key] = line
-            else:
-                fanned.setdefault(key[0], []).append((key, line))
-    for first, copies in fanned.items():
-        if placed[first] is not None:  # not reached: one line both fanned out and not
-            return _merge(segs)[1]
-        copies.sort(key=itemgetter(0))
-        placed[first] = "\n".join([line for _, line in copies])
-    if None in placed:  # lines that were dropped, or are still in a cycle's next round
-        return [line for line in placed if line is not None]
-    return placed  # type: ignore[return-value]
-
-
-def _merge(segs: list[Segment]) -> Segment:
-    """Join the segments pending at one node into one, in key order."""
-    if len(segs) == 1:
-        return segs[0]
-    keys: list[Any] = []
-    lines: list[str] = []
-    hops: list[int] = []
-    tuples = False
-    for k, ln, h in segs:
-        keys.extend(k)
-        lines.extend(ln)
-        hops.extend([h] * len(ln) if type(h) is int else h)
-        tuples = tuples or tuple in map(type, k)
-    if tuples:
-        keys = [x if type(x) is tuple else (x,) for x in keys]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    return [keys[i] for i in order], [lines[i] for i in order], [hops[i] for i in order]
 
 
 def _read_batches(source: Any, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:

@@ -6,14 +6,17 @@ by ``workers/engine_calls.py``. Pure, like the engine: no processes, no queue fo
 - :class:`Node`: a processor instance plus how the engine calls it;
 - :class:`Place`: where the current batch lies in the file, for line numbers;
 - :class:`ErrorPolicy`: what a failing line does to the file, and what makes it fail;
-- :class:`Tracer`: the routes of sampled lines.
+- :class:`Tracer`: the routes of sampled lines;
+- :class:`Pending`: the lines waiting at each node within a batch;
+- :class:`EndWriter`: the lines that reached ``end``, written in key order.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import IO, TYPE_CHECKING, Any
 
 from workers.errors import ProcessingError
 from workers.faults import ERRNO_KINDS
@@ -205,3 +208,139 @@ class Tracer:
             input_line = self._place.input_line
             self._result.add_routes((input_line(i), route) for i, route in sorted(self._traced.items()))
             self._traced = {}
+
+
+class Pending:
+    """The lines waiting at each node within a batch, as the segments that sent them.
+    The next node to run is the lowest ranked one with lines waiting, so nodes run in
+    topological order and each sees its lines in key order (engine.py, "Order")."""
+
+    __slots__ = ("_rank", "_segs")
+
+    def __init__(self, rank: Mapping[str, int]) -> None:
+        self._rank = rank
+        self._segs: dict[str, list[Segment]] = {}
+
+    def add(self, tag: str, seg: Segment) -> None:
+        """Lines sent to node ``tag``."""
+        self._segs.setdefault(tag, []).append(seg)
+
+    def pop(self) -> tuple[str, Segment] | None:
+        """The next node and its lines merged into one segment; None when none wait."""
+        segs = self._segs
+        if not segs:
+            return None
+        tag = min(segs, key=self._rank.__getitem__)
+        return tag, _merge(segs.pop(tag))
+
+
+class EndWriter:
+    """The lines that reach ``end`` in a batch (or a finish() call), written to the main
+    output in key order once the batch is done; in record mode, the main output's header
+    line before its first record.
+
+    Lines come as segments, or as text for lines emitted before any segment
+    (``add_first``: a lone node's, see engine_calls.py), which go first.
+    """
+
+    __slots__ = ("_count", "_first", "_header", "_out", "_result", "_segs", "_width")
+
+    def __init__(self, out: IO[str], result: FileResult) -> None:
+        self._out = out
+        self._result = result
+        self._segs: list[Segment] = []
+        self._first: list[str] = []
+        self._count = 0  # lines in _segs and _first
+        self._width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
+        self._header: str | None = None  # the header line owed to the main output
+
+    def begin(self, width: int) -> None:
+        """A batch (or finish() call) whose keys are 0 .. width - 1."""
+        self._width = width
+
+    def owe_header(self, header: str | None) -> None:
+        """The header line (None: no header) to write before the first line."""
+        self._header = header
+
+    def add(self, seg: Segment) -> None:
+        """Lines that reached ``end``."""
+        self._count += len(seg[1])
+        self._segs.append(seg)
+
+    def add_first(self, texts: list[str]) -> None:
+        """Lines that reached ``end`` before any segment of the batch could."""
+        self._count += len(texts)
+        self._first += texts
+
+    def add_joined(self, keys: Any, texts: list[str], k: int) -> None:
+        """Each key's k copies, which go to ``end`` together, so they are one text at
+        its key: the same bytes, and the copies need no keys of their own."""
+        self._count += len(texts)
+        joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
+        self._segs.append((keys, joined, 0))
+
+    def write(self) -> None:
+        """The batch is done: write its lines (and a header owed)."""
+        segs, self._segs = self._segs, []
+        first, self._first = self._first, []
+        if not segs and not first:
+            return
+        lines = segs[0][1] if len(segs) == 1 else _assemble(segs, self._width) if segs else []
+        self._result.lines_out += self._count
+        self._count = 0
+        out = self._out
+        if self._header is not None:
+            out.write(f"{self._header}\n")
+            self._header = None
+        if first:
+            out.write("\n".join(first))
+            out.write("\n")
+        if lines:
+            out.write("\n".join(lines))
+            out.write("\n")
+
+
+def _assemble(segs: list[Segment], width: int) -> list[str]:
+    """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
+
+    Each input line reaches ``end`` either as one copy with its own int key, or (once
+    some node gave it several outputs) only as copies with tuple keys. So the int keys
+    place their lines directly in a list by input position (``width`` of them), each
+    line's fanned-out copies are sorted among themselves and joined into one text,
+    and nothing else is sorted.
+    """
+    placed: list[str | None] = [None] * width
+    fanned: dict[int, list[tuple[Any, str]]] = {}
+    for keys, lines, _ in segs:
+        for key, line in zip(keys, lines, strict=True):
+            if type(key) is int:
+                placed[key] = line
+            else:
+                fanned.setdefault(key[0], []).append((key, line))
+    for first, copies in fanned.items():
+        if placed[first] is not None:  # not reached: one line both fanned out and not
+            return _merge(segs)[1]
+        copies.sort(key=itemgetter(0))
+        placed[first] = "\n".join([line for _, line in copies])
+    if None in placed:  # lines that were dropped, or are still in a cycle's next round
+        return [line for line in placed if line is not None]
+    return placed  # type: ignore[return-value]
+
+
+def _merge(segs: list[Segment]) -> Segment:
+    """Join the segments pending at one node into one, in key order."""
+    if len(segs) == 1:
+        return segs[0]
+    keys: list[Any] = []
+    lines: list[str] = []
+    hops: list[int] = []
+    tuples = False
+    for k, ln, h in segs:
+        keys.extend(k)
+        lines.extend(ln)
+        hops.extend([h] * len(ln) if type(h) is int else h)
+        tuples = tuples or tuple in map(type, k)
+    if tuples:
+        keys = [x if type(x) is tuple else (x,) for x in keys]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [keys[i] for i in order], [lines[i] for i in order], [hops[i] for i in order]
