@@ -43,10 +43,10 @@ from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
-from workers.engine_parts import EndWriter, ErrorPolicy, Node, Pending, Place, Segment, Tracer
-from workers.errors import InputError, ProcessingError
+from workers.engine_parts import EndWriter, ErrorPolicy, Headers, Node, Pending, Place, Segment, Tracer
+from workers.errors import InputError
 from workers.graph import END, START, Graph
-from workers.records import RecordError, RecordFormat
+from workers.records import RecordFormat
 
 # 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
 # under glibc's default malloc thresholds, so every batch would page-fault its memory
@@ -230,9 +230,6 @@ class _FileRun:
         self.errors = ErrorPolicy(graph, name, self.place, self.result)
         self.tracer = Tracer(trace_every, self.place, self.result)
         self.alone = len(graph.nodes) == 1 and not self.errors.skips_lines() and not trace_every
-        # Record mode: the header each output gets.
-        self.fmt: RecordFormat | None = None
-        self.records_started = False
         for node in self.nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
@@ -241,85 +238,35 @@ class _FileRun:
     # -- the file ------------------------------------------------------------------
 
     def run(self, source: BinaryIO, progress: Progress | None) -> FileResult:
-        result = self.result
         s = self.settings
         reader = open_input(source, self.name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
         if s.format == "csv":
-            self.fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
-            records = _Records(reader, self.name, s, result, self.fmt)
-            for texts, first_lines in records:
-                if not self.records_started:  # the header (if any) is read before the first record
-                    self._start_records(records.columns)
-                self._run_batch(texts, first_lines)
-                if progress is not None:
-                    progress(result.bytes_in, result.lines_in)
-            if not self.records_started:
-                self._start_records(records.columns)  # no record: the hooks run all the same
+            self._run_records(reader, progress)
         else:
-            for lines in _read_batches(reader, self.name, s, result):
+            for lines in _read_batches(reader, self.name, s, self.result):
                 self._run_batch(lines, None)
                 if progress is not None:
-                    progress(result.bytes_in, result.lines_in)
+                    progress(self.result.bytes_in, self.result.lines_in)
         self._finish()
-        return result
+        return self.result
 
-    def _start_records(self, columns: list[str] | None) -> None:
-        """Before the first record: each node's ``records(fmt, columns)`` hook, in rank
-        order, with the columns of the records it receives (the file's header, as the
-        nodes before it changed it); what it returns is what the nodes it emits to
-        receive (a node that declares no tags may send to any). An output gets the
-        header of the records sent to it; records of different columns sent to one
-        output fail the file, as no header line would be true of them all."""
-        fmt = self.fmt
-        assert fmt is not None
-        incoming: dict[str, Any] = {START: columns}
-        sources: dict[str, list[tuple[str, Any]]] = {}  # tag or end -> (sending node, columns)
-        everywhere = [*self.graph.nodes, END]
-        targets = {tag: spec.emits if spec.emits is not None else everywhere for tag, spec in self.graph.nodes.items()}
-        # Breadth first from start, so that a node's columns come from a node that sends
-        # to it (declared or not); nodes nothing reaches get the file's header.
-        order, seen = [START], {START}
-        for tag in order:
-            for nxt in targets[tag]:
-                if nxt not in seen and nxt in self.graph.nodes:
-                    seen.add(nxt)
-                    order.append(nxt)
-        order += [t for t in self.order if t not in seen]
-        for tag in order:
-            node, spec = self.nodes[tag], self.graph.nodes[tag]
-            cols = incoming.get(tag, columns)
-            hook = getattr(node.instance, "records", None)
-            out = cols
-            if callable(hook):
-                try:
-                    out = hook(fmt, cols)
-                except RecordError as exc:
-                    raise InputError(self.name, 1 if fmt.header else None, str(exc), tag) from None
-                except Exception as exc:
-                    what = f"records() of {spec.processor} raised {type(exc).__name__}: {exc}"
-                    raise ProcessingError(self.name, None, what, tag) from exc
-            for nxt in targets[tag]:
-                sent = out.get(nxt) if isinstance(out, dict) else out
-                incoming.setdefault(nxt, sent)
-                sources.setdefault(nxt, []).append((tag, sent))
-        end_header = self._one_header(sources.get(END, []), "output/<name>")
-        sinks: dict[str, list[tuple[str, Any]]] = {}  # write nodes sharing a suffix share its header
-        for tag, suffix in self.graph.sinks().items():
-            sinks.setdefault(suffix, []).append((tag, incoming.get(tag, columns)))
-        for suffix, senders in sinks.items():
-            self._one_header(senders, f"output/<name>.{suffix}")
-        self.end.owe_header(end_header)
-        self.records_started = True
-
-    def _one_header(self, senders: list[tuple[str, Any]], where: str) -> str | None:
-        assert self.fmt is not None
-        shapes = {tuple(cols): tag for tag, cols in senders if cols is not None}
-        if len(shapes) > 1:
-            (a, first), (b, second) = list(shapes.items())[:2]
-            raise InputError(self.name, 1, f"records of different columns go to {where}: node {first!r} sends "
-                             f"({', '.join(a)}), node {second!r} ({', '.join(b)}); no one header line fits "
-                             "them: send them to outputs of their own", second)
-        return self.fmt.join(next(iter(shapes))) if shapes else None
+    def _run_records(self, reader: Any, progress: Progress | None) -> None:
+        """Record mode: the header (if any) is read with the first batch, and the nodes
+        learn their columns before the first record (with no record at all, too)."""
+        s, result = self.settings, self.result
+        fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
+        records = _Records(reader, self.name, s, result, fmt)
+        headers = Headers(self.graph, self.nodes, self.name, fmt)
+        started = False
+        for texts, first_lines in records:
+            if not started:
+                self.end.owe_header(headers.negotiate(records.columns))
+                started = True
+            self._run_batch(texts, first_lines)
+            if progress is not None:
+                progress(result.bytes_in, result.lines_in)
+        if not started:
+            self.end.owe_header(headers.negotiate(records.columns))
 
     def _run_batch(self, lines: list[str], first_lines: Sequence[int] | None) -> None:
         # Keys are local to the batch (0..n-1): a fast path's positions are then the

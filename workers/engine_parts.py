@@ -8,7 +8,8 @@ by ``workers/engine_calls.py``. Pure, like the engine: no processes, no queue fo
 - :class:`ErrorPolicy`: what a failing line does to the file, and what makes it fail;
 - :class:`Tracer`: the routes of sampled lines;
 - :class:`Pending`: the lines waiting at each node within a batch;
-- :class:`EndWriter`: the lines that reached ``end``, written in key order.
+- :class:`EndWriter`: the lines that reached ``end``, written in key order;
+- :class:`Headers`: in record mode, the header line of each output.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any
 
-from workers.errors import ProcessingError
+from workers.errors import InputError, ProcessingError
 from workers.faults import ERRNO_KINDS
 from workers.graph import END, START, Graph
+from workers.records import RecordError, RecordFormat
 
 if TYPE_CHECKING:  # engine.py imports this module: its types are for annotations only
     from workers.engine import FileResult, NodeStats
@@ -298,6 +300,80 @@ class EndWriter:
         if lines:
             out.write("\n".join(lines))
             out.write("\n")
+
+
+class Headers:
+    """Record mode: before the first record, each node's ``records(fmt, columns)`` hook
+    is called with the columns of the records it receives (the file's header, as the
+    nodes before it changed it); what it returns is what the nodes it emits to receive
+    (a node that declares no tags may send to any). An output gets the header of the
+    records sent to it; records of different columns sent to one output fail the file,
+    as no header line would be true of them all."""
+
+    __slots__ = ("_fmt", "_graph", "_name", "_nodes")
+
+    def __init__(self, graph: Graph, nodes: Mapping[str, Node], name: str, fmt: RecordFormat) -> None:
+        self._graph = graph
+        self._nodes = nodes
+        self._name = name
+        self._fmt = fmt
+
+    def negotiate(self, columns: list[str] | None) -> str | None:
+        """Run the hooks for a file whose header is ``columns``; the main output's header
+        line (None: none). Checks that each side output's records share one header."""
+        incoming: dict[str, Any] = {START: columns}
+        sources: dict[str, list[tuple[str, Any]]] = {}  # tag or end -> (sending node, columns)
+        everywhere = [*self._graph.nodes, END]
+        targets = {tag: spec.emits if spec.emits is not None else everywhere for tag, spec in self._graph.nodes.items()}
+        for tag in self._order(targets):
+            out = self._hook(tag, incoming.get(tag, columns))
+            for nxt in targets[tag]:
+                sent = out.get(nxt) if isinstance(out, dict) else out
+                incoming.setdefault(nxt, sent)
+                sources.setdefault(nxt, []).append((tag, sent))
+        end_header = self._one(sources.get(END, []), "output/<name>")
+        sinks: dict[str, list[tuple[str, Any]]] = {}  # write nodes sharing a suffix share its header
+        for tag, suffix in self._graph.sinks().items():
+            sinks.setdefault(suffix, []).append((tag, incoming.get(tag, columns)))
+        for suffix, senders in sinks.items():
+            self._one(senders, f"output/<name>.{suffix}")
+        return end_header
+
+    def _order(self, targets: dict[str, Any]) -> list[str]:
+        """Breadth first from start, so that a node's columns come from a node that sends
+        to it (declared or not); then, in rank order, the nodes nothing reaches (they get
+        the file's header)."""
+        nodes = self._graph.nodes
+        order, seen = [START], {START}
+        for tag in order:
+            for nxt in targets[tag]:
+                if nxt not in seen and nxt in nodes:
+                    seen.add(nxt)
+                    order.append(nxt)
+        return order + [t for t in sorted(nodes, key=self._graph.rank.__getitem__) if t not in seen]
+
+    def _hook(self, tag: str, cols: list[str] | None) -> Any:
+        """What node ``tag``'s hook makes of records with these columns (no hook: the same)."""
+        hook = getattr(self._nodes[tag].instance, "records", None)
+        if not callable(hook):
+            return cols
+        try:
+            return hook(self._fmt, cols)
+        except RecordError as exc:
+            raise InputError(self._name, 1 if self._fmt.header else None, str(exc), tag) from None
+        except Exception as exc:
+            what = f"records() of {self._graph.nodes[tag].processor} raised {type(exc).__name__}: {exc}"
+            raise ProcessingError(self._name, None, what, tag) from exc
+
+    def _one(self, senders: list[tuple[str, Any]], where: str) -> str | None:
+        """The one header line of the records these (node, columns) send to ``where``."""
+        shapes = {tuple(cols): tag for tag, cols in senders if cols is not None}
+        if len(shapes) > 1:
+            (a, first), (b, second) = list(shapes.items())[:2]
+            raise InputError(self._name, 1, f"records of different columns go to {where}: node {first!r} sends "
+                             f"({', '.join(a)}), node {second!r} ({', '.join(b)}); no one header line fits "
+                             "them: send them to outputs of their own", second)
+        return self._fmt.join(next(iter(shapes))) if shapes else None
 
 
 def _assemble(segs: list[Segment], width: int) -> list[str]:
