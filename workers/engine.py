@@ -29,23 +29,26 @@ own per-line work, so the usual calls take shortcuts that give the same keys:
 - A lone node (``start`` the only node, ``fail_file``, no tracing) writes the
   ``(end, line)`` pairs of a batch's own lines as emitted, unattributed: nothing can
   reach ``end`` before them. At its first other output it falls back to the above.
+
+Parts. This module reads the file and schedules the nodes (``_FileRun``);
+``workers/engine_calls.py`` calls a node and routes its outputs (the shortcuts above);
+``workers/engine_parts.py`` keeps the books: line numbers, the error policy, tracing,
+the lines pending at each node, the assembly and writing of ``end``, CSV headers.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
-from workers.engine_parts import EndWriter, ErrorPolicy, Headers, Node, Pending, Place, Segment, Tracer
+from workers.engine_calls import Caller, Router
+from workers.engine_parts import EndWriter, ErrorPolicy, Headers, Node, Pending, Place, Tracer
 from workers.errors import InputError
-from workers.graph import END, START, Graph
+from workers.graph import START, Graph
 from workers.records import RecordFormat
 
 # 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
@@ -55,6 +58,7 @@ from workers.records import RecordFormat
 CHUNK_BYTES = 64 * 1024
 MAX_REPORTED_ERRORS = 100
 MAX_TRACED_ROUTES = 50
+
 
 class OutputSink:
     """Where a file's outputs go: ``main`` for ``end``, ``side_output`` for sinks."""
@@ -114,123 +118,32 @@ def run_file(
     return _FileRun(graph, name, sink, trace_every).run(source, progress)
 
 
-class _Lines(list):
-    """The list a streaming processor gets. ``cur[0].__length_hint__()`` is how many of
-    its lines the processor has not started yet: n - 1 before it iterates (outputs made
-    then go to the first line), then its newest iterator's count (a processor that
-    iterates twice is attributed by the pass it is in)."""
-
-    __slots__ = ("cur",)
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(lines)
-        self.cur: list[Any] = [iter(range(len(lines) - 1))]
-
-    def __iter__(self) -> Iterator[str]:
-        it = list.__iter__(self)
-        self.cur[0] = it
-        return it
-
-    def left(self) -> int:
-        return self.cur[0].__length_hint__()
-
-
-class _Unpacked(tuple):
-    """A pair that was not a tuple, as unpacked once (it may have been a one-shot
-    iterator), shown as the object that was emitted."""
-
-    emitted: Any
-
-    def __new__(cls, tag: Any, text: Any, emitted: Any) -> _Unpacked:
-        self = super().__new__(cls, (tag, text))
-        self.emitted = emitted
-        return self
-
-    def __repr__(self) -> str:
-        return repr(self.emitted)
-
-
-class _Capture:
-    """What one call of a streaming processor emitted, unpacked as it came.
-
-    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started.
-    ``odd`` keeps the outputs that were not 2-tuples (None, None in the lists where they
-    do not unpack), for ``_route`` to check and report as they were emitted. ``exc``:
-    what the processor raised, if it did. Each bytecode per pair shows in the
-    throughput of small processors, so the types are checked afterwards, per call.
-    """
-
-    __slots__ = ("exc", "lefts", "odd", "tags", "texts")
-
-    def __init__(self, pairs: Iterator[Any], feed: _Lines) -> None:
-        # One plain loop (cheaper than any chain of C iterators doing the same); the
-        # unpacking here is the check that every output is a pair.
-        tags: list[Any] = []
-        texts: list[Any] = []
-        lefts: list[int] = []
-        odd: dict[int, Any] = {}
-        cur = feed.cur
-        self.tags, self.texts, self.lefts, self.odd, self.exc = tags, texts, lefts, odd, None
-        try:
-            for pair in pairs:
-                try:
-                    tag, text = pair
-                except (TypeError, ValueError):
-                    tag = text = None
-                    odd[len(tags)] = pair
-                else:
-                    if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
-                        odd[len(tags)] = _Unpacked(tag, text, pair)
-                tags.append(tag)
-                texts.append(text)
-                # A method called on the iterator is a specialised bytecode; calling a
-                # bound method (it.__length_hint__ kept aside) costs a third more.
-                lefts.append(cur[0].__length_hint__())
-        except Exception as exc:
-            self.exc = exc
-
-    def outputs(self, n: int) -> list[tuple[int, Any]]:
-        """(position of the line being read, pair) for each output, for ``_route``."""
-        odd, last = self.odd, n - 1
-        pairs = list(zip(self.tags, self.texts, strict=True))
-        for j, pair in odd.items():
-            pairs[j] = pair
-        return [(at if at > 0 else 0, pair) for at, pair in zip([last - x for x in self.lefts], pairs, strict=True)]
-
-
-_UNIFORM: dict[tuple[int, int], list[int]] = {}
-
-
-def _uniform_lefts(n: int, k: int) -> list[int]:
-    """``left()`` after each output of a call where every one of n lines emitted k pairs."""
-    lefts = _UNIFORM.get((n, k))
-    if lefts is None:
-        lefts = list(range(n - 1, -1, -1)) if k == 1 else sorted(list(range(n)) * k, reverse=True)
-        if len(_UNIFORM) > 64:  # batch sizes vary with line lengths: keep a few
-            _UNIFORM.clear()
-        _UNIFORM[n, k] = lefts
-    return lefts
-
-
 class _FileRun:
+    """One file through the graph: the scheduler. It reads the file in batches; for
+    each, it runs the lowest-ranked node with lines pending until none are, then has
+    ``end``'s lines written; then each node's finish(). The parts it composes do the
+    rest: ``Caller`` (workers/engine_calls.py) calls a node and routes its outputs;
+    ``Place``, ``Pending``, ``Tracer``, ``EndWriter`` and, for CSV, ``Headers``
+    (workers/engine_parts.py) keep the books."""
+
     def __init__(self, graph: Graph, name: str, sink: OutputSink, trace_every: int) -> None:
-        self.graph = graph
-        self.settings = graph.settings
-        self.name = name
-        self.sink = sink
-        self.result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
-        self.nodes = {
-            tag: Node(tag, spec.instantiate(), spec.builtin, self.result.nodes[tag])
+        self._graph = graph
+        self._name = name
+        self._result = result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
+        self._nodes = {
+            tag: Node(tag, spec.instantiate(), spec.builtin, result.nodes[tag])
             for tag, spec in graph.nodes.items()
         }
-        self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
-        self.pending = Pending(graph.rank)
-        self.end = EndWriter(sink.main, self.result)
-        self.place = Place()
-        self.errors = ErrorPolicy(graph, name, self.place, self.result)
-        self.tracer = Tracer(trace_every, self.place, self.result)
-        self.alone = len(graph.nodes) == 1 and not self.errors.skips_lines() and not trace_every
-        for node in self.nodes.values():
+        self._order = sorted(graph.nodes, key=graph.rank.__getitem__)
+        self._place = Place()
+        self._pending = Pending(graph.rank)
+        self._tracer = Tracer(trace_every, self._place, result)
+        self._end = EndWriter(sink.main, result)
+        errors = ErrorPolicy(graph, name, self._place, result)
+        router = Router(graph, errors, self._tracer, self._pending, self._end)
+        alone = len(graph.nodes) == 1 and not errors.skips_lines() and not trace_every
+        self._calls = Caller(errors, router, alone)
+        for node in self._nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
                 start(sink)
@@ -238,297 +151,67 @@ class _FileRun:
     # -- the file ------------------------------------------------------------------
 
     def run(self, source: BinaryIO, progress: Progress | None) -> FileResult:
-        s = self.settings
-        reader = open_input(source, self.name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
+        s, result = self._graph.settings, self._result
+        reader = open_input(source, self._name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
         if s.format == "csv":
             self._run_records(reader, progress)
         else:
-            for lines in _read_batches(reader, self.name, s, self.result):
+            for lines in _read_batches(reader, self._name, s, result):
                 self._run_batch(lines, None)
                 if progress is not None:
-                    progress(self.result.bytes_in, self.result.lines_in)
+                    progress(result.bytes_in, result.lines_in)
         self._finish()
-        return self.result
+        return result
 
     def _run_records(self, reader: Any, progress: Progress | None) -> None:
         """Record mode: the header (if any) is read with the first batch, and the nodes
         learn their columns before the first record (with no record at all, too)."""
-        s, result = self.settings, self.result
+        s, result = self._graph.settings, self._result
         fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
-        records = _Records(reader, self.name, s, result, fmt)
-        headers = Headers(self.graph, self.nodes, self.name, fmt)
+        records = _Records(reader, self._name, s, result, fmt)
+        headers = Headers(self._graph, self._nodes, self._name, fmt)
         started = False
         for texts, first_lines in records:
             if not started:
-                self.end.owe_header(headers.negotiate(records.columns))
+                self._end.owe_header(headers.negotiate(records.columns))
                 started = True
             self._run_batch(texts, first_lines)
             if progress is not None:
                 progress(result.bytes_in, result.lines_in)
         if not started:
-            self.end.owe_header(headers.negotiate(records.columns))
+            self._end.owe_header(headers.negotiate(records.columns))
 
     def _run_batch(self, lines: list[str], first_lines: Sequence[int] | None) -> None:
         # Keys are local to the batch (0..n-1): a fast path's positions are then the
         # keys of the lines it selected, with nothing to compute per line.
         n = len(lines)
-        self.place.begin(n, first_lines)
-        self.tracer.begin(n)
-        self.end.begin(n)
-        self.pending.add(START, (range(n), lines, 0))
+        self._place.begin(n, first_lines)
+        self._tracer.begin(n)
+        self._end.begin(n)
+        self._pending.add(START, (range(n), lines, 0))
         self._drain()
-        self.tracer.collect()
-        self.place.advance(n)
-        self.result.lines_in += n
+        self._tracer.collect()
+        self._place.advance(n)
+        self._result.lines_in += n
 
     def _finish(self) -> None:
         """Call each node's finish() in rank order; route what it yields like any line."""
-        for tag in self.order:
-            node = self.nodes[tag]
+        for tag in self._order:
+            node = self._nodes[tag]
             if node.finish is None:
                 continue
-            outputs = [(0, pair) for pair in self.errors.call_checked(node, node.finish, 0)]
-            self._route(node, [0], outputs, 0)
-            self.end.begin(1)
-            self.place.advance(1)  # the next node's finish() lines get keys after these
+            self._calls.finish(node)
+            self._end.begin(1)
+            self._place.advance(1)  # the next node's finish() lines get keys after these
             self._drain()
 
-    # -- one batch -------------------------------------------------------------------
-
     def _drain(self) -> None:
-        pending = self.pending
+        """Run the pending nodes until no line is pending; then write ``end``'s lines."""
+        pending, nodes, calls = self._pending, self._nodes, self._calls
         while (waiting := pending.pop()) is not None:
             tag, (keys, lines, hops) = waiting
-            self._run_node(self.nodes[tag], keys, lines, hops)
-        self.end.write()
-
-    def _run_node(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
-        keys, lines, hops = self.errors.check_hops(node, keys, lines, hops)
-        if not lines:
-            return
-        stats = node.stats
-        stats.lines_in += len(lines)
-        started = time.perf_counter()
-        if node.batch is not None:
-            self._run_batch_path(node, keys, lines, hops)
-        elif node.streaming:
-            if self.alone and type(keys) is range:  # a batch's own lines, not a cycle's
-                self._run_alone(node, keys, lines, hops)
-            else:
-                self._run_streaming(node, keys, lines, hops)
-        else:
-            self._run_per_line(node, keys, lines, hops)
-        stats.seconds += time.perf_counter() - started
-
-    def _run_batch_path(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """A built-in's fast path: disjoint (tag, positions, texts) entries, no fan-out."""
-        batch = node.batch
-        assert batch is not None  # only nodes with a fast path come here
-        try:
-            routes = batch(lines)
-        except Exception as exc:
-            if not self.errors.skips_lines():
-                self.errors.fail(node, keys[0], exc)
-            # Built-in fast paths are stateless or count once per line: retrying one
-            # line at a time isolates the failing ones; the others go on as routed.
-            for i, line in enumerate(lines):
-                try:
-                    routes = batch([line])
-                except Exception as line_exc:
-                    self.errors.fail(node, keys[i], line_exc)
-                    continue
-                self._emit_routes(node, [keys[i]], [line], hops if type(hops) is int else [hops[i]], routes)
-            return
-        self._emit_routes(node, keys, lines, hops, routes)
-
-    def _emit_routes(self, node: Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
-        """Turn (tag, positions or None for all, texts or None for unchanged) entries
-        into segments: positions are the keys' indexes, so nothing is done per line."""
-        nxt = hops + 1 if type(hops) is int else None
-        plain = type(keys) is range and keys.start == 0  # positions are the keys
-        for tag, pos, texts in routes:
-            if pos is None:
-                seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
-            else:
-                seg = (
-                    pos if plain else _take(keys, pos),
-                    texts if texts is not None else _take(lines, pos),
-                    nxt if nxt is not None else [hops[i] + 1 for i in pos],
-                )
-            node.stats.lines_out += len(seg[1])
-            self._emit(tag, seg)
-
-    def _run_alone(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """The graph's only node on a batch's own lines, when a failing line fails the
-        file and no route is traced: while every output is an ``(end, str)`` pair,
-        nothing else can reach ``end`` in this batch before them, so they are written
-        in emission order and need no attribution. At the first other output (a pair
-        for ``start``, or one that is wrong) the rest of the call is captured as
-        usual; the lines so far come first in the order the keys would give too, as
-        they descend from earlier lines (or are earlier siblings of the same line).
-        """
-        feed = _Lines(lines)
-        texts: list[str] = []
-        pairs = node.process(feed)
-        try:
-            for pair in pairs:
-                try:
-                    tag, text = pair
-                except (TypeError, ValueError):
-                    break
-                if tag is not END or type(text) is not str or type(pair) is not tuple:
-                    if type(pair) is not tuple:  # unpacked once: it may be an iterator
-                        pair = _Unpacked(tag, text, pair)
-                    break
-                texts.append(text)
-            else:
-                self._emit_first(node, texts)
-                return
-        except Exception as exc:
-            self.errors.fail(node, keys[max(len(feed) - feed.left() - 1, 0)], exc)
-        self._emit_first(node, texts)
-        got = _Capture(chain((pair,), pairs), feed)
-        if got.exc is not None:
-            self.errors.fail(node, keys[max(len(feed) - feed.left() - 1, 0)], got.exc)
-        self._route(node, keys, got.outputs(len(feed)), hops)
-
-    def _emit_first(self, node: Node, texts: list[str]) -> None:
-        node.stats.lines_out += len(texts)
-        self.end.add_first(texts)
-
-    def _run_streaming(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """Feed the whole batch; attribute each output to the line being read.
-
-        After a failure (skip_line) the rest of the batch is fed again from the line
-        after the failing one, so each line reaches the processor exactly once.
-        """
-        start = 0
-        while start < len(lines):
-            feed = _Lines(lines[start:] if start else lines)
-            got = _Capture(node.process(feed), feed)
-            sub_keys = keys[start:] if start else keys
-            sub_hops = hops if type(hops) is int else hops[start:]
-            if got.exc is None:
-                if not self._route_uniform(node, sub_keys, got, sub_hops):
-                    self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
-                return
-            failed_at = max(len(feed) - feed.left() - 1, 0)
-            self.errors.fail(node, sub_keys[failed_at], got.exc)
-            outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
-            self._route(node, sub_keys, outputs, sub_hops)
-            start += failed_at + 1
-
-    def _route_uniform(self, node: Node, keys: Any, got: _Capture, hops: Any) -> bool:
-        """Route a call in which every line emitted the same number k of well-formed
-        pairs, output j coming from line j // k: one list comparison proves it, and
-        then no work is done per pair. False (nothing routed) for any other call.
-
-        The keys are what ``_route`` would give: the line's own for k = 1, the line's
-        extended by the sibling position for k > 1.
-        """
-        n, m = len(keys), len(got.tags)
-        k = m // n
-        if not m or k * n != m or got.odd or got.lefts != _uniform_lefts(n, k):
-            return not m  # no output at all is uniform too: nothing to route
-        tags, texts = got.tags, got.texts
-        first = tags[0]
-        try:
-            single = tags.count(first) == m  # the usual case: one destination
-        except Exception:  # a tag that is no string, with an __eq__ that raises
-            return False
-        if set(map(type, texts)) != {str} or (type(first) is not str if single else set(map(type, tags)) != {str}):
-            return False
-        distinct = (first,) if single else dict.fromkeys(tags)  # in order of appearance, as _route
-        if not all(t == END or t in self.nodes for t in distinct):
-            return False
-        if k > 1:
-            if single and first == END and not self.tracer.active():
-                self._emit_joined(node, keys, texts, k)
-                return True
-            keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
-            hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
-        routes: list[tuple[str, list[int] | None, list[Any]]]
-        if single:
-            routes = [(first, None, texts)]
-        else:
-            routes = [(tag, pos, _take(texts, pos)) for tag, pos in _positions(tags, distinct).items()]
-        self._emit_routes(node, keys, texts, hops, routes)
-        return True
-
-    def _run_per_line(self, node: Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """A processor that returns a list: one line per call, so attribution is exact."""
-        process = node.process
-        outputs: list[tuple[int, Any]] = []
-        for i, line in enumerate(lines):
-            try:
-                outputs.extend((i, pair) for pair in process([line]))
-            except Exception as exc:
-                self.errors.fail(node, keys[i], exc)
-                outputs = [o for o in outputs if o[0] != i]
-        self._route(node, keys, outputs, hops)
-
-    def _route(self, node: Node, keys: Any, outputs: list[tuple[int, Any]], hops: Any) -> None:
-        """Turn attributed (position, pair) outputs into segments, one per tag.
-
-        A line that emitted several pairs gives each copy its sibling position in the
-        key, so copies keep their emission order at ``end``.
-        """
-        counts: dict[int, int] = {}
-        for at, _ in outputs:
-            counts[at] = counts.get(at, 0) + 1
-        by_tag: dict[str, Segment] = {}
-        sibling: dict[int, int] = {}
-        check_pair = self.errors.check_pair
-        for at, pair in outputs:
-            tag, line = check_pair(node, keys[at], pair)
-            if tag is None:
-                continue
-            key = keys[at]
-            if counts[at] > 1:
-                pos = sibling.get(at, 0)
-                sibling[at] = pos + 1
-                key = (*key, pos) if type(key) is tuple else (key, pos)
-            seg = by_tag.get(tag)
-            if seg is None:
-                seg = by_tag[tag] = ([], [], [])
-            seg[0].append(key)
-            seg[1].append(line)
-            seg[2].append((hops if type(hops) is int else hops[at]) + 1)
-        for tag, seg in by_tag.items():
-            node.stats.lines_out += len(seg[1])
-            self._emit(tag, seg)
-
-    def _emit_joined(self, node: Node, keys: Any, texts: list[str], k: int) -> None:
-        """Each line's k copies go to ``end`` together, so they are one text at its key:
-        the same bytes, and the copies need no keys of their own."""
-        node.stats.lines_out += len(texts)
-        self.end.add_joined(keys, texts, k)
-
-    def _emit(self, tag: str, seg: Segment) -> None:
-        if not seg[1]:
-            return
-        if self.tracer.active():
-            self.tracer.trace(tag, seg[0])
-        if tag == END:
-            self.end.add(seg)
-        else:
-            self.pending.add(tag, seg)
-
-
-def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:
-    """Where each tag occurs. A plain loop: its appends are bytecodes, while a C-speed
-    pass per tag (compress over map) pays a function call per line and tag."""
-    groups: dict[str, list[int]] = {tag: [] for tag in distinct}
-    for i, tag in enumerate(tags):
-        groups[tag].append(i)
-    return groups
-
-
-def _take(seq: Any, positions: list[int]) -> list[Any]:
-    """``[seq[i] for i in positions]`` at C speed."""
-    if len(positions) == 1:
-        return [seq[positions[0]]]
-    return list(itemgetter(*positions)(seq)) if positions else []
+            calls.run(nodes[tag], keys, lines, hops)
+        self._end.write()
 
 
 def _read_batches(source: Any, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:
