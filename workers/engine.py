@@ -29,25 +29,27 @@ own per-line work, so the usual calls take shortcuts that give the same keys:
 - A lone node (``start`` the only node, ``fail_file``, no tracing) writes the
   ``(end, line)`` pairs of a batch's own lines as emitted, unattributed: nothing can
   reach ``end`` before them. At its first other output it falls back to the above.
+
+Parts. This module reads the file and schedules the nodes (``_FileRun``);
+``workers/engine_calls.py`` calls a node and routes its outputs (the shortcuts above);
+``workers/engine_parts.py`` keeps the books: line numbers, the error policy, tracing,
+the lines pending at each node, the assembly and writing of ``end``, CSV headers.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import inspect
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import itemgetter
 from typing import IO, Any, BinaryIO
 
 from workers.compressed import Limits, open_input
-from workers.errors import InputError, ProcessingError
-from workers.faults import ERRNO_KINDS
-from workers.graph import END, START, Graph
-from workers.records import RecordError, RecordFormat
+from workers.engine_calls import Caller, Router
+from workers.engine_parts import EndWriter, ErrorPolicy, Headers, Node, Pending, Place, Tracer
+from workers.errors import InputError
+from workers.graph import START, Graph
+from workers.records import RecordFormat
 
 # 64 KiB: a read buffer (and each batch's decoded text) of 128 KiB or more is an mmap
 # under glibc's default malloc thresholds, so every batch would page-fault its memory
@@ -56,11 +58,6 @@ from workers.records import RecordError, RecordFormat
 CHUNK_BYTES = 64 * 1024
 MAX_REPORTED_ERRORS = 100
 MAX_TRACED_ROUTES = 50
-
-# A segment: lines pending at one node, emitted by one node call.
-# keys: ints (input line index) or tuples (index, sibling positions...);
-# hops: an int shared by all lines, or one int per line.
-Segment = tuple[Any, list[str], Any]
 
 
 class OutputSink:
@@ -94,6 +91,17 @@ class FileResult:
     error_count: int = 0
     routes: list[tuple[int, list[str]]] = field(default_factory=list)  # traced lines
 
+    def add_error(self, line: int | None, node: str, message: str) -> None:
+        """A skipped line: counted, and reported while fewer than MAX_REPORTED_ERRORS are."""
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"line": line, "node": node, "message": message})
+
+    def add_routes(self, routes: Iterable[tuple[int, list[str]]]) -> None:
+        """Traced routes: only the most recent MAX_TRACED_ROUTES are kept."""
+        self.routes.extend(routes)
+        del self.routes[:-MAX_TRACED_ROUTES]
+
 
 Progress = Callable[[int, int], None]  # (bytes done, lines done) after each batch
 
@@ -110,154 +118,32 @@ def run_file(
     return _FileRun(graph, name, sink, trace_every).run(source, progress)
 
 
-class _Node:
-    """A processor instance plus how the engine calls it."""
-
-    __slots__ = ("batch", "finish", "instance", "process", "stats", "streaming", "tag", "trusted")
-
-    def __init__(self, tag: str, instance: Any, builtin: bool, stats: NodeStats) -> None:
-        self.tag = tag
-        self.instance = instance
-        method = getattr(instance, "process", None)
-        self.process = method if callable(method) else instance
-        self.batch = getattr(instance, "process_batch", None) if builtin else None
-        # A generator is fed whole batches: its outputs are attributed to the line it
-        # was reading when it yielded. Anything else gets one line per call.
-        self.streaming = inspect.isgeneratorfunction(self.process) and getattr(instance, "batch", True)
-        self.finish = getattr(instance, "finish", None)
-        self.trusted = builtin
-        self.stats = stats
-
-
-class _Lines(list):
-    """The list a streaming processor gets. ``cur[0].__length_hint__()`` is how many of
-    its lines the processor has not started yet: n - 1 before it iterates (outputs made
-    then go to the first line), then its newest iterator's count (a processor that
-    iterates twice is attributed by the pass it is in)."""
-
-    __slots__ = ("cur",)
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(lines)
-        self.cur: list[Any] = [iter(range(len(lines) - 1))]
-
-    def __iter__(self) -> Iterator[str]:
-        it = list.__iter__(self)
-        self.cur[0] = it
-        return it
-
-    def left(self) -> int:
-        return self.cur[0].__length_hint__()
-
-
-class _Unpacked(tuple):
-    """A pair that was not a tuple, as unpacked once (it may have been a one-shot
-    iterator), shown as the object that was emitted."""
-
-    emitted: Any
-
-    def __new__(cls, tag: Any, text: Any, emitted: Any) -> _Unpacked:
-        self = super().__new__(cls, (tag, text))
-        self.emitted = emitted
-        return self
-
-    def __repr__(self) -> str:
-        return repr(self.emitted)
-
-
-class _Capture:
-    """What one call of a streaming processor emitted, unpacked as it came.
-
-    Output j is (tags[j], texts[j]), made while ``lefts[j]`` lines were not started.
-    ``odd`` keeps the outputs that were not 2-tuples (None, None in the lists where they
-    do not unpack), for ``_route`` to check and report as they were emitted. ``exc``:
-    what the processor raised, if it did. Each bytecode per pair shows in the
-    throughput of small processors, so the types are checked afterwards, per call.
-    """
-
-    __slots__ = ("exc", "lefts", "odd", "tags", "texts")
-
-    def __init__(self, pairs: Iterator[Any], feed: _Lines) -> None:
-        # One plain loop (cheaper than any chain of C iterators doing the same); the
-        # unpacking here is the check that every output is a pair.
-        tags: list[Any] = []
-        texts: list[Any] = []
-        lefts: list[int] = []
-        odd: dict[int, Any] = {}
-        cur = feed.cur
-        self.tags, self.texts, self.lefts, self.odd, self.exc = tags, texts, lefts, odd, None
-        try:
-            for pair in pairs:
-                try:
-                    tag, text = pair
-                except (TypeError, ValueError):
-                    tag = text = None
-                    odd[len(tags)] = pair
-                else:
-                    if type(pair) is not tuple:  # a list, say: shown as emitted if it is wrong
-                        odd[len(tags)] = _Unpacked(tag, text, pair)
-                tags.append(tag)
-                texts.append(text)
-                # A method called on the iterator is a specialised bytecode; calling a
-                # bound method (it.__length_hint__ kept aside) costs a third more.
-                lefts.append(cur[0].__length_hint__())
-        except Exception as exc:
-            self.exc = exc
-
-    def outputs(self, n: int) -> list[tuple[int, Any]]:
-        """(position of the line being read, pair) for each output, for ``_route``."""
-        odd, last = self.odd, n - 1
-        pairs = list(zip(self.tags, self.texts, strict=True))
-        for j, pair in odd.items():
-            pairs[j] = pair
-        return [(at if at > 0 else 0, pair) for at, pair in zip([last - x for x in self.lefts], pairs, strict=True)]
-
-
-_UNIFORM: dict[tuple[int, int], list[int]] = {}
-
-
-def _uniform_lefts(n: int, k: int) -> list[int]:
-    """``left()`` after each output of a call where every one of n lines emitted k pairs."""
-    lefts = _UNIFORM.get((n, k))
-    if lefts is None:
-        lefts = list(range(n - 1, -1, -1)) if k == 1 else sorted(list(range(n)) * k, reverse=True)
-        if len(_UNIFORM) > 64:  # batch sizes vary with line lengths: keep a few
-            _UNIFORM.clear()
-        _UNIFORM[n, k] = lefts
-    return lefts
-
-
 class _FileRun:
+    """One file through the graph: the scheduler. It reads the file in batches; for
+    each, it runs the lowest-ranked node with lines pending until none are, then has
+    ``end``'s lines written; then each node's finish(). The parts it composes do the
+    rest: ``Caller`` (workers/engine_calls.py) calls a node and routes its outputs;
+    ``Place``, ``Pending``, ``Tracer``, ``EndWriter`` and, for CSV, ``Headers``
+    (workers/engine_parts.py) keep the books."""
+
     def __init__(self, graph: Graph, name: str, sink: OutputSink, trace_every: int) -> None:
-        self.graph = graph
-        self.settings = graph.settings
-        self.name = name
-        self.sink = sink
-        self.result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
-        self.nodes = {
-            tag: _Node(tag, spec.instantiate(), spec.builtin, self.result.nodes[tag])
+        self._graph = graph
+        self._name = name
+        self._result = result = FileResult(nodes={t: NodeStats() for t in graph.nodes})
+        self._nodes = {
+            tag: Node(tag, spec.instantiate(), spec.builtin, result.nodes[tag])
             for tag, spec in graph.nodes.items()
         }
-        self.order = sorted(graph.nodes, key=graph.rank.__getitem__)
-        self.pending: dict[str, list[Segment]] = {}
-        self.end: list[Segment] = []
-        self.end_lines = 0  # lines in self.end and self.end_first
-        self.end_first: list[str] = []  # lines for end before any segment (_run_alone)
-        self.base = 0  # key of the current batch's first line
-        self.width = 0  # keys of the current batch (or finish() call): 0 .. width - 1
-        self.input_lines = 0  # input lines read so far, the current batch included
-        self.skip = self.settings.on_error == "skip_line"
-        self.trace_every = trace_every
-        self.alone = len(graph.nodes) == 1 and not self.skip and not trace_every
-        self.traced: dict[int, list[str]] = {}
-        # Record mode: the first physical line of each record of the current batch
-        # (None: record i is line base + i + 1), and the header each output gets.
-        self.first_lines: Sequence[int] | None = None
-        self.fmt: RecordFormat | None = None
-        self.records_started = False
-        self.end_header: str | None = None  # the main output's header line ...
-        self.header_due = False  # ... owed to it, before its first record
-        for node in self.nodes.values():
+        self._order = sorted(graph.nodes, key=graph.rank.__getitem__)
+        self._place = Place()
+        self._pending = Pending(graph.rank)
+        self._tracer = Tracer(trace_every, self._place, result)
+        self._end = EndWriter(sink.main, result)
+        errors = ErrorPolicy(graph, name, self._place, result)
+        router = Router(graph, errors, self._tracer, self._pending, self._end)
+        alone = len(graph.nodes) == 1 and not errors.skips_lines() and not trace_every
+        self._calls = Caller(errors, router, alone)
+        for node in self._nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
                 start(sink)
@@ -265,501 +151,67 @@ class _FileRun:
     # -- the file ------------------------------------------------------------------
 
     def run(self, source: BinaryIO, progress: Progress | None) -> FileResult:
-        result = self.result
-        s = self.settings
-        reader = open_input(source, self.name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
+        s, result = self._graph.settings, self._result
+        reader = open_input(source, self._name, Limits(s.max_expansion, int(s.max_decompressed_mb * 2**20)))
         if s.format == "csv":
-            self.fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
-            records = _Records(reader, self.name, s, result, self.fmt)
-            for texts, first_lines in records:
-                if not self.records_started:  # the header (if any) is read before the first record
-                    self._start_records(records.columns)
-                self.first_lines = first_lines
-                self._run_batch(texts)
-                if progress is not None:
-                    progress(result.bytes_in, result.lines_in)
-            if not self.records_started:
-                self._start_records(records.columns)  # no record: the hooks run all the same
-            self.first_lines = None
+            self._run_records(reader, progress)
         else:
-            for lines in _read_batches(reader, self.name, s, result):
-                self._run_batch(lines)
+            for lines in _read_batches(reader, self._name, s, result):
+                self._run_batch(lines, None)
                 if progress is not None:
                     progress(result.bytes_in, result.lines_in)
         self._finish()
         return result
 
-    def _start_records(self, columns: list[str] | None) -> None:
-        """Before the first record: each node's ``records(fmt, columns)`` hook, in rank
-        order, with the columns of the records it receives (the file's header, as the
-        nodes before it changed it); what it returns is what the nodes it emits to
-        receive (a node that declares no tags may send to any). An output gets the
-        header of the records sent to it; records of different columns sent to one
-        output fail the file, as no header line would be true of them all."""
-        fmt = self.fmt
-        assert fmt is not None
-        incoming: dict[str, Any] = {START: columns}
-        sources: dict[str, list[tuple[str, Any]]] = {}  # tag or end -> (sending node, columns)
-        everywhere = [*self.graph.nodes, END]
-        targets = {tag: spec.emits if spec.emits is not None else everywhere for tag, spec in self.graph.nodes.items()}
-        # Breadth first from start, so that a node's columns come from a node that sends
-        # to it (declared or not); nodes nothing reaches get the file's header.
-        order, seen = [START], {START}
-        for tag in order:
-            for nxt in targets[tag]:
-                if nxt not in seen and nxt in self.graph.nodes:
-                    seen.add(nxt)
-                    order.append(nxt)
-        order += [t for t in self.order if t not in seen]
-        for tag in order:
-            node, spec = self.nodes[tag], self.graph.nodes[tag]
-            cols = incoming.get(tag, columns)
-            hook = getattr(node.instance, "records", None)
-            out = cols
-            if callable(hook):
-                try:
-                    out = hook(fmt, cols)
-                except RecordError as exc:
-                    raise InputError(self.name, 1 if fmt.header else None, str(exc), tag) from None
-                except Exception as exc:
-                    what = f"records() of {spec.processor} raised {type(exc).__name__}: {exc}"
-                    raise ProcessingError(self.name, None, what, tag) from exc
-            for nxt in targets[tag]:
-                sent = out.get(nxt) if isinstance(out, dict) else out
-                incoming.setdefault(nxt, sent)
-                sources.setdefault(nxt, []).append((tag, sent))
-        self.end_header = self._one_header(sources.get(END, []), "output/<name>")
-        sinks: dict[str, list[tuple[str, Any]]] = {}  # write nodes sharing a suffix share its header
-        for tag, suffix in self.graph.sinks().items():
-            sinks.setdefault(suffix, []).append((tag, incoming.get(tag, columns)))
-        for suffix, senders in sinks.items():
-            self._one_header(senders, f"output/<name>.{suffix}")
-        self.header_due = self.end_header is not None
-        self.records_started = True
+    def _run_records(self, reader: Any, progress: Progress | None) -> None:
+        """Record mode: the header (if any) is read with the first batch, and the nodes
+        learn their columns before the first record (with no record at all, too)."""
+        s, result = self._graph.settings, self._result
+        fmt = RecordFormat(s.delimiter, s.quotechar, s.header)
+        records = _Records(reader, self._name, s, result, fmt)
+        headers = Headers(self._graph, self._nodes, self._name, fmt)
+        started = False
+        for texts, first_lines in records:
+            if not started:
+                self._end.owe_header(headers.negotiate(records.columns))
+                started = True
+            self._run_batch(texts, first_lines)
+            if progress is not None:
+                progress(result.bytes_in, result.lines_in)
+        if not started:
+            self._end.owe_header(headers.negotiate(records.columns))
 
-    def _one_header(self, senders: list[tuple[str, Any]], where: str) -> str | None:
-        assert self.fmt is not None
-        shapes = {tuple(cols): tag for tag, cols in senders if cols is not None}
-        if len(shapes) > 1:
-            (a, first), (b, second) = list(shapes.items())[:2]
-            raise InputError(self.name, 1, f"records of different columns go to {where}: node {first!r} sends "
-                             f"({', '.join(a)}), node {second!r} ({', '.join(b)}); no one header line fits "
-                             "them: send them to outputs of their own", second)
-        return self.fmt.join(next(iter(shapes))) if shapes else None
-
-    def _run_batch(self, lines: list[str]) -> None:
+    def _run_batch(self, lines: list[str], first_lines: Sequence[int] | None) -> None:
         # Keys are local to the batch (0..n-1): a fast path's positions are then the
         # keys of the lines it selected, with nothing to compute per line.
         n = len(lines)
-        self.input_lines += n
-        if self.trace_every:
-            first = -self.base % self.trace_every
-            for i in range(first, n, self.trace_every):
-                self.traced[i] = [START]
-        self.width = n
-        self.pending[START] = [(range(n), lines, 0)]
+        self._place.begin(n, first_lines)
+        self._tracer.begin(n)
+        self._end.begin(n)
+        self._pending.add(START, (range(n), lines, 0))
         self._drain()
-        if self.traced:
-            self._collect_routes()
-        self.base += n
-        self.result.lines_in += n
+        self._tracer.collect()
+        self._place.advance(n)
+        self._result.lines_in += n
 
     def _finish(self) -> None:
         """Call each node's finish() in rank order; route what it yields like any line."""
-        for tag in self.order:
-            node = self.nodes[tag]
+        for tag in self._order:
+            node = self._nodes[tag]
             if node.finish is None:
                 continue
-            outputs = [(0, pair) for pair in self._call_checked(node, node.finish, 0)]
-            self._route(node, [0], outputs, 0)
-            self.width = 1
-            self.base += 1  # the next node's finish() lines get keys after these
+            self._calls.finish(node)
+            self._end.begin(1)
+            self._place.advance(1)  # the next node's finish() lines get keys after these
             self._drain()
 
-    # -- one batch -------------------------------------------------------------------
-
     def _drain(self) -> None:
-        pending = self.pending
-        while pending:
-            tag = min(pending, key=self.graph.rank.__getitem__)
-            keys, lines, hops = _merge(pending.pop(tag))
-            self._run_node(self.nodes[tag], keys, lines, hops)
-        self._write_end()
-
-    def _run_node(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        keys, lines, hops = self._check_hops(node, keys, lines, hops)
-        if not lines:
-            return
-        stats = node.stats
-        stats.lines_in += len(lines)
-        started = time.perf_counter()
-        if node.batch is not None:
-            self._run_batch_path(node, keys, lines, hops)
-        elif node.streaming:
-            if self.alone and type(keys) is range:  # a batch's own lines, not a cycle's
-                self._run_alone(node, keys, lines, hops)
-            else:
-                self._run_streaming(node, keys, lines, hops)
-        else:
-            self._run_per_line(node, keys, lines, hops)
-        stats.seconds += time.perf_counter() - started
-
-    def _run_batch_path(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """A built-in's fast path: disjoint (tag, positions, texts) entries, no fan-out."""
-        batch = node.batch
-        assert batch is not None  # only nodes with a fast path come here
-        try:
-            routes = batch(lines)
-        except Exception as exc:
-            if not self.skip:
-                self._fail(node, keys[0], exc)
-            # Built-in fast paths are stateless or count once per line: retrying one
-            # line at a time isolates the failing ones; the others go on as routed.
-            for i, line in enumerate(lines):
-                try:
-                    routes = batch([line])
-                except Exception as line_exc:
-                    self._fail(node, keys[i], line_exc)
-                    continue
-                self._emit_routes(node, [keys[i]], [line], hops if type(hops) is int else [hops[i]], routes)
-            return
-        self._emit_routes(node, keys, lines, hops, routes)
-
-    def _emit_routes(self, node: _Node, keys: Any, lines: list[str], hops: Any, routes: Any) -> None:
-        """Turn (tag, positions or None for all, texts or None for unchanged) entries
-        into segments: positions are the keys' indexes, so nothing is done per line."""
-        nxt = hops + 1 if type(hops) is int else None
-        plain = type(keys) is range and keys.start == 0  # positions are the keys
-        for tag, pos, texts in routes:
-            if pos is None:
-                seg = (keys, texts if texts is not None else lines, nxt if nxt is not None else [h + 1 for h in hops])
-            else:
-                seg = (
-                    pos if plain else _take(keys, pos),
-                    texts if texts is not None else _take(lines, pos),
-                    nxt if nxt is not None else [hops[i] + 1 for i in pos],
-                )
-            node.stats.lines_out += len(seg[1])
-            self._emit(tag, seg)
-
-    def _run_alone(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """The graph's only node on a batch's own lines, when a failing line fails the
-        file and no route is traced: while every output is an ``(end, str)`` pair,
-        nothing else can reach ``end`` in this batch before them, so they are written
-        in emission order and need no attribution. At the first other output (a pair
-        for ``start``, or one that is wrong) the rest of the call is captured as
-        usual; the lines so far come first in the order the keys would give too, as
-        they descend from earlier lines (or are earlier siblings of the same line).
-        """
-        feed = _Lines(lines)
-        texts: list[str] = []
-        pairs = node.process(feed)
-        try:
-            for pair in pairs:
-                try:
-                    tag, text = pair
-                except (TypeError, ValueError):
-                    break
-                if tag is not END or type(text) is not str or type(pair) is not tuple:
-                    if type(pair) is not tuple:  # unpacked once: it may be an iterator
-                        pair = _Unpacked(tag, text, pair)
-                    break
-                texts.append(text)
-            else:
-                self._emit_first(node, texts)
-                return
-        except Exception as exc:
-            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], exc)
-        self._emit_first(node, texts)
-        got = _Capture(chain((pair,), pairs), feed)
-        if got.exc is not None:
-            self._fail(node, keys[max(len(feed) - feed.left() - 1, 0)], got.exc)
-        self._route(node, keys, got.outputs(len(feed)), hops)
-
-    def _emit_first(self, node: _Node, texts: list[str]) -> None:
-        node.stats.lines_out += len(texts)
-        self.end_lines += len(texts)
-        self.end_first += texts
-
-    def _run_streaming(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """Feed the whole batch; attribute each output to the line being read.
-
-        After a failure (skip_line) the rest of the batch is fed again from the line
-        after the failing one, so each line reaches the processor exactly once.
-        """
-        start = 0
-        while start < len(lines):
-            feed = _Lines(lines[start:] if start else lines)
-            got = _Capture(node.process(feed), feed)
-            sub_keys = keys[start:] if start else keys
-            sub_hops = hops if type(hops) is int else hops[start:]
-            if got.exc is None:
-                if not self._route_uniform(node, sub_keys, got, sub_hops):
-                    self._route(node, sub_keys, got.outputs(len(feed)), sub_hops)
-                return
-            failed_at = max(len(feed) - feed.left() - 1, 0)
-            self._fail(node, sub_keys[failed_at], got.exc)
-            outputs = [o for o in got.outputs(len(feed)) if o[0] != failed_at]
-            self._route(node, sub_keys, outputs, sub_hops)
-            start += failed_at + 1
-
-    def _route_uniform(self, node: _Node, keys: Any, got: _Capture, hops: Any) -> bool:
-        """Route a call in which every line emitted the same number k of well-formed
-        pairs, output j coming from line j // k: one list comparison proves it, and
-        then no work is done per pair. False (nothing routed) for any other call.
-
-        The keys are what ``_route`` would give: the line's own for k = 1, the line's
-        extended by the sibling position for k > 1.
-        """
-        n, m = len(keys), len(got.tags)
-        k = m // n
-        if not m or k * n != m or got.odd or got.lefts != _uniform_lefts(n, k):
-            return not m  # no output at all is uniform too: nothing to route
-        tags, texts = got.tags, got.texts
-        first = tags[0]
-        try:
-            single = tags.count(first) == m  # the usual case: one destination
-        except Exception:  # a tag that is no string, with an __eq__ that raises
-            return False
-        if set(map(type, texts)) != {str} or (type(first) is not str if single else set(map(type, tags)) != {str}):
-            return False
-        distinct = (first,) if single else dict.fromkeys(tags)  # in order of appearance, as _route
-        if not all(t == END or t in self.nodes for t in distinct):
-            return False
-        if k > 1:
-            if single and first == END and not self.traced:
-                self._emit_joined(node, keys, texts, k)
-                return True
-            keys = [(*key, p) if type(key) is tuple else (key, p) for key in keys for p in range(k)]
-            hops = hops if type(hops) is int else [h for h in hops for _ in range(k)]
-        routes: list[tuple[str, list[int] | None, list[Any]]]
-        if single:
-            routes = [(first, None, texts)]
-        else:
-            routes = [(tag, pos, _take(texts, pos)) for tag, pos in _positions(tags, distinct).items()]
-        self._emit_routes(node, keys, texts, hops, routes)
-        return True
-
-    def _run_per_line(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> None:
-        """A processor that returns a list: one line per call, so attribution is exact."""
-        process = node.process
-        outputs: list[tuple[int, Any]] = []
-        for i, line in enumerate(lines):
-            try:
-                outputs.extend((i, pair) for pair in process([line]))
-            except Exception as exc:
-                self._fail(node, keys[i], exc)
-                outputs = [o for o in outputs if o[0] != i]
-        self._route(node, keys, outputs, hops)
-
-    def _call_checked(self, node: _Node, fn: Callable[[], Any], key: Any) -> list[Any]:
-        try:
-            return list(fn() or ())
-        except Exception as exc:
-            self._fail(node, key, exc, what="finish()")
-            return []
-
-    def _route(self, node: _Node, keys: Any, outputs: list[tuple[int, Any]], hops: Any) -> None:
-        """Turn attributed (position, pair) outputs into segments, one per tag.
-
-        A line that emitted several pairs gives each copy its sibling position in the
-        key, so copies keep their emission order at ``end``.
-        """
-        counts: dict[int, int] = {}
-        for at, _ in outputs:
-            counts[at] = counts.get(at, 0) + 1
-        by_tag: dict[str, Segment] = {}
-        sibling: dict[int, int] = {}
-        for at, pair in outputs:
-            tag, line = self._check_pair(node, keys[at], pair)
-            if tag is None:
-                continue
-            key = keys[at]
-            if counts[at] > 1:
-                pos = sibling.get(at, 0)
-                sibling[at] = pos + 1
-                key = (*key, pos) if type(key) is tuple else (key, pos)
-            seg = by_tag.get(tag)
-            if seg is None:
-                seg = by_tag[tag] = ([], [], [])
-            seg[0].append(key)
-            seg[1].append(line)
-            seg[2].append((hops if type(hops) is int else hops[at]) + 1)
-        for tag, seg in by_tag.items():
-            node.stats.lines_out += len(seg[1])
-            self._emit(tag, seg)
-
-    def _emit_joined(self, node: _Node, keys: Any, texts: list[str], k: int) -> None:
-        """Each line's k copies go to ``end`` together, so they are one text at its key:
-        the same bytes, and the copies need no keys of their own."""
-        node.stats.lines_out += len(texts)
-        self.end_lines += len(texts)
-        joined = ["\n".join(texts[i : i + k]) for i in range(0, len(texts), k)]
-        self.end.append((keys, joined, 0))
-
-    def _check_pair(self, node: _Node, key: Any, pair: Any) -> tuple[str | None, str]:
-        """A user processor's output must be a (tag, str) pair with a known tag."""
-        if node.trusted:
-            return pair
-        try:
-            tag, line = pair
-        except (TypeError, ValueError):
-            self._fail(node, key, TypeError(f"emitted {pair!r}, not a (tag, line) pair"))
-            return None, ""
-        if type(line) is not str or type(tag) is not str:
-            self._fail(node, key, TypeError(f"emitted {pair!r}: tag and line must be strings"))
-            return None, ""
-        if tag != END and tag not in self.nodes:
-            self._fail(node, key, None, what=f"emitted unknown tag {tag!r}")
-            return None, ""
-        return tag, line
-
-    def _emit(self, tag: str, seg: Segment) -> None:
-        if not seg[1]:
-            return
-        if self.traced:
-            self._trace(tag, seg[0])
-        if tag == END:
-            self.end_lines += len(seg[1])
-            self.end.append(seg)
-        else:
-            self.pending.setdefault(tag, []).append(seg)
-
-    def _check_hops(self, node: _Node, keys: Any, lines: list[str], hops: Any) -> Segment:
-        limit = self.settings.max_hops
-        if type(hops) is int:
-            if hops < limit:
-                return keys, lines, hops
-            over: Sequence[int] = range(len(lines))
-        else:
-            over = [i for i, h in enumerate(hops) if h >= limit]
-            if not over:
-                return keys, lines, hops
-        for i in over:
-            self._fail(node, keys[i], None, what=f"line went past max_hops = {limit}")
-        if type(hops) is int:
-            return keys, [], hops
-        keep = [i for i, h in enumerate(hops) if h < limit]
-        return [keys[i] for i in keep], [lines[i] for i in keep], [hops[i] for i in keep]
-
-    def _fail(self, node: _Node, key: Any, exc: BaseException | None, what: str = "") -> None:
-        """One line failed at a node: fail the file, or report and drop it (skip_line).
-        A fault of the machine (a sink's write on a full disk) is no line's fault: it
-        stops the file as it is, to be sent again once the fault clears."""
-        if isinstance(exc, OSError) and exc.errno in ERRNO_KINDS:
-            raise exc
-        at = key[0] if type(key) is tuple else key
-        origin = self.base + at
-        line_no = (origin + 1 if self.first_lines is None else self.first_lines[at]) \
-            if origin < self.input_lines else None
-        if exc is not None:
-            detail = f"{type(exc).__name__}: {exc}"
-            what = f"{what or 'processor'} {self.graph.nodes[node.tag].processor} raised {detail}"
-        node.stats.errors += 1
-        error = ProcessingError(self.name, line_no, what, node.tag)
-        if not self.skip:
-            raise error from exc
-        self.result.error_count += 1
-        if len(self.result.errors) < MAX_REPORTED_ERRORS:
-            self.result.errors.append({"line": line_no, "node": node.tag, "message": what})
-
-    def _write_end(self) -> None:
-        segs, self.end = self.end, []
-        first, self.end_first = self.end_first, []
-        if not segs and not first:
-            return
-        lines = segs[0][1] if len(segs) == 1 else _assemble(segs, self.width) if segs else []
-        self.result.lines_out += self.end_lines
-        self.end_lines = 0
-        out = self.sink.main
-        if self.header_due:
-            self.header_due = False
-            out.write(f"{self.end_header}\n")
-        if first:
-            out.write("\n".join(first))
-            out.write("\n")
-        if lines:
-            out.write("\n".join(lines))
-            out.write("\n")
-
-    def _trace(self, tag: str, keys: Any) -> None:
-        traced = self.traced
-        for key in keys:
-            origin = key[0] if type(key) is tuple else key
-            route = traced.get(origin)
-            if route is not None:
-                route.append(tag)
-
-    def _collect_routes(self) -> None:
-        """Keep the routes of the most recent sampled lines (bounded)."""
-        routes = self.result.routes
-        first = self.first_lines
-        routes.extend((self.base + i + 1 if first is None else first[i], route)
-                      for i, route in sorted(self.traced.items()))
-        del routes[:-MAX_TRACED_ROUTES]
-        self.traced = {}
-
-
-def _positions(tags: list[str], distinct: Any) -> dict[str, list[int]]:
-    """Where each tag occurs. A plain loop: its appends are bytecodes, while a C-speed
-    pass per tag (compress over map) pays a function call per line and tag."""
-    groups: dict[str, list[int]] = {tag: [] for tag in distinct}
-    for i, tag in enumerate(tags):
-        groups[tag].append(i)
-    return groups
-
-
-def _take(seq: Any, positions: list[int]) -> list[Any]:
-    """``[seq[i] for i in positions]`` at C speed."""
-    if len(positions) == 1:
-        return [seq[positions[0]]]
-    return list(itemgetter(*positions)(seq)) if positions else []
-
-
-def _assemble(segs: list[Segment], width: int) -> list[str]:
-    """The lines that reached ``end`` in key order, as ``_merge`` would sort them.
-
-    Each input line reaches ``end`` either as one copy with its own int key, or (once
-    some node gave it several outputs) only as copies with tuple keys. So the int keys
-    place their lines directly in a list by input position (``width`` of them), each
-    line's fanned-out copies are sorted among themselves and joined into one text,
-    and nothing else is sorted.
-    """
-    placed: list[str | None] = [None] * width
-    fanned: dict[int, list[tuple[Any, str]]] = {}
-    for keys, lines, _ in segs:
-        for key, line in zip(keys, lines, strict=True):
-            if type(key) is int:
-                placed[key] = line
-            else:
-                fanned.setdefault(key[0], []).append((key, line))
-    for first, copies in fanned.items():
-        if placed[first] is not None:  # not reached: one line both fanned out and not
-            return _merge(segs)[1]
-        copies.sort(key=itemgetter(0))
-        placed[first] = "\n".join([line for _, line in copies])
-    if None in placed:  # lines that were dropped, or are still in a cycle's next round
-        return [line for line in placed if line is not None]
-    return placed  # type: ignore[return-value]
-
-
-def _merge(segs: list[Segment]) -> Segment:
-    """Join the segments pending at one node into one, in key order."""
-    if len(segs) == 1:
-        return segs[0]
-    keys: list[Any] = []
-    lines: list[str] = []
-    hops: list[int] = []
-    tuples = False
-    for k, ln, h in segs:
-        keys.extend(k)
-        lines.extend(ln)
-        hops.extend([h] * len(ln) if type(h) is int else h)
-        tuples = tuples or tuple in map(type, k)
-    if tuples:
-        keys = [x if type(x) is tuple else (x,) for x in keys]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    return [keys[i] for i in order], [lines[i] for i in order], [hops[i] for i in order]
+        """Run the pending nodes until no line is pending; then write ``end``'s lines."""
+        pending, nodes, calls = self._pending, self._nodes, self._calls
+        while (waiting := pending.pop()) is not None:
+            tag, (keys, lines, hops) = waiting
+            calls.run(nodes[tag], keys, lines, hops)
+        self._end.write()
 
 
 def _read_batches(source: Any, name: str, settings: Any, result: FileResult) -> Iterator[list[str]]:
