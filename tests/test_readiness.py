@@ -71,3 +71,48 @@ def test_only_files_directly_in_the_folder_count(folder: Path, holders) -> None:
     holders.append(Holder(folder.parent / "unprocessed-other" / "near.log", "w"))  # a name sharing the prefix
     holders.append(Holder(folder / "mine.log", "w"))
     assert open_for_writing(str(folder)) == {"mine.log"}
+
+
+def test_the_file_events_of_a_folder_as_the_kernel_tells_them(tmp_path: Path) -> None:
+    """The inotify reader (workers/daemon/events.py) on a real folder: each kind the
+    intake uses, in order, for any bytes in a name; a directory is no file; the
+    folder's removal ends the watch with an OVERFLOW (a pass then says what is wrong)."""
+    import os
+    import queue
+
+    from workers.daemon.events import CLOSED, CLOSED_WRITE, CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Watch
+    from workers.messages import FileEvents
+
+    folder, beside = tmp_path / "unprocessed", tmp_path / "beside"
+    folder.mkdir()
+    beside.mkdir()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    seen: list[tuple[str, str]] = []
+
+    def drain() -> list[tuple[str, str]]:
+        while not inbox.empty():
+            item = inbox.get()
+            seen.extend((e.kind, e.name) for e in (item.events if isinstance(item, FileEvents) else (item,)))
+        return seen
+
+    watch = Watch(folder, inbox)
+    try:
+        raw = os.fsdecode(b"r\xe9sum\xe9.log")  # not UTF-8
+        with open(folder / raw, "w") as f:
+            f.write("x\n")
+        (folder / raw).read_text()
+        (beside / "in.log").write_text("y\n")
+        os.rename(beside / "in.log", folder / "in.log")
+        os.utime(folder / "in.log", (1, 1))
+        (folder / "sub").mkdir()
+        os.rename(folder / "in.log", beside / "out.log")
+        (folder / raw).unlink()
+        wait_for(lambda: (GONE, raw) in drain(), 10, "the events up to the removal")
+        assert seen == [(CREATED, raw), (OPENED, raw), (WRITTEN, raw), (CLOSED_WRITE, raw), (OPENED, raw),
+                        (CLOSED, raw), (MOVED_IN, "in.log"), (WRITTEN, "in.log"), (GONE, "in.log"), (GONE, raw)]
+        os.rmdir(folder / "sub")
+        os.rmdir(folder)
+        wait_for(lambda: (OVERFLOW, "") in drain(), 10, "the end of the watch, said as an overflow")
+        wait_for(lambda: not watch.thread.is_alive(), 5, "the reader to end with its folder")
+    finally:
+        watch.stop()

@@ -54,4 +54,11 @@ class FileEvent:
     name: str
 
 
-Message = JobDone | Command | BrokerNews | Reload | StopSignal | FileEvent
+@dataclass(frozen=True, slots=True)
+class FileEvents:
+    """The file events of one read of the kernel's queue, in order."""
+
+    events: tuple[FileEvent, ...]
+
+
+Message = JobDone | Command | BrokerNews | Reload | StopSignal | FileEvent | FileEvents

@@ -1,7 +1,7 @@
 """The daemon, as named parts composed by one loop (``loop.py``):
 
 - ``intake``     what comes in: the scan of unprocessed/, readiness, claims, rejects, recovery
-- ``events``     file events (watchdog inotify) that wake the intake
+- ``events``     file events (inotify) that wake the intake
 - ``backend``    the protocol every backend follows: dispatch jobs, collect results,
                  say which file a dead worker was on, reload, stop
 - ``local_pool`` that protocol on a local multiprocessing pool (slots, restarts, limits)

@@ -48,6 +48,10 @@ class State(Enum):
     ROLLING = "rolling"  # claimed with a commit to roll forward, which a fault of the machine held back
     MOVING = "moving"  # its move to processed/ or failed/ failed (a full disk...): tried again
 
+    # Members are unique objects: hashed by identity, in C (Enum's own hash is a Python
+    # call, and the table hashes a state several times per file).
+    __hash__ = object.__hash__
+
 
 W, D, B, U, S, C, R, M = State  # the diagram's letters, for the table below
 TRANSITIONS: frozenset[tuple[State, State]] = frozenset({

@@ -25,6 +25,8 @@ from workers.daemon.events import (
     OVERFLOW,
     WRITTEN,
     Fence,
+    Inbox,
+    Watch,
     start_observer,
 )
 from workers.daemon.types import SYSTEM_ERRNOS, Claims, Records, not_regular
@@ -68,17 +70,17 @@ class Intake:
         self.once_idle = False  # --once: nothing left to do
         self.writers = WriterWatch(str(queue.unprocessed))
         self.fence = Fence(queue.unprocessed)
-        self.observer: object | None = None
+        self.observer: Watch | None = None
 
     # -- what came in ------------------------------------------------------------------
 
-    def watch(self, inbox: object) -> None:
-        """File events come through ``inbox`` (``FileEvent`` messages)."""
-        self.observer = start_observer(self.queue.unprocessed, inbox)  # type: ignore[arg-type]
+    def watch(self, inbox: Inbox) -> None:
+        """File events come through ``inbox`` (``FileEvents`` messages)."""
+        self.observer = start_observer(self.queue.unprocessed, inbox)
 
     def stop(self) -> None:
         if self.observer is not None:
-            self.observer.stop()  # type: ignore[attr-defined]
+            self.observer.stop()
 
     def note_event(self, kind: str, name: str) -> None:
         """A file event: the count and the window follow it; readiness learns how the

@@ -30,7 +30,7 @@ from workers.daemon.retention import Retention
 from workers.daemon.types import OpenShared, Options, Report, Shared, database_fault
 from workers.errors import ConfigError
 from workers.faults import fault_of
-from workers.messages import BrokerNews, Command, FileEvent, JobDone, Message, Reload, StopSignal
+from workers.messages import BrokerNews, Command, FileEvent, FileEvents, JobDone, Message, Reload, StopSignal
 from workers.names import shown, unshown
 from workers.pipelines import Pipelines, compile_pipelines
 from workers.queue import Candidate
@@ -139,6 +139,10 @@ class Loop:
                 self._reload()
             case FileEvent(kind, name):
                 self.parts.intake.note_event(kind, name)
+            case FileEvents(events):
+                note = self.parts.intake.note_event
+                for event in events:
+                    note(event.kind, event.name)
             case StopSignal():
                 pass  # the service counts it (its handler); the message only wakes the loop
 
