@@ -74,6 +74,23 @@ def test_a_filelock_on_the_same_lock_file_excludes_a_claim(tmp_path: Path) -> No
     other.release()
 
 
+def test_a_lock_file_removed_by_hand_is_not_kept_locked_in_the_dark(tmp_path: Path) -> None:
+    """A slot's descriptor stays open between claims (the open-files limit permitting).
+    If a person removes the lock file meanwhile, another claimer locks a new file of that
+    name: the next claim here must lock that one too, not the removed one, or two
+    claimers would both hold the slot."""
+    q = make_queue(tmp_path)
+    put(q, "f.log")
+    assert q.claim("f.log")
+    q.finish("f.log", "f.log", "processed")
+    path = q.locks_dir / f"{q.lock_index('f.log'):04d}.lock"
+    path.unlink()
+    put(q, "f.log")
+    with FileLock(path, timeout=0):  # the other claimer, on a new file of that name
+        assert not q.claim("f.log")
+    assert q.claim("f.log")
+
+
 def test_lock_files_stay_bounded(tmp_path: Path) -> None:
     q = make_queue(tmp_path)
     for i in range(3000):

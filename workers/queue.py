@@ -25,6 +25,7 @@ import fcntl
 import fnmatch
 import os
 import re
+import resource
 import stat
 import time
 import zlib
@@ -38,6 +39,7 @@ from workers.fs import move
 from workers.names import collision_name, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
+KEEP_FDS_LIMIT = 8 * LOCK_COUNT  # open files allowed from which lock descriptors stay open
 STATE_DIR = ".foldermill"  # in the watch dir: the state database, the supervisors' announcements
 REASON_TEMP = ".fm-reason."  # a reason file being written: .fm-reason.<pid>.<ns>.tmp in failed/
 FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
@@ -445,29 +447,40 @@ class LockTable:
     paths, so a ``FileLock`` held on one excludes a claim and the other way round
     (``tests/test_queue.py`` shows it). It is leaner on the hot path: FileLock 4.2
     resolves the path, makes sure the folder exists and tries ``O_CREAT|O_EXCL`` before
-    each acquire (~100 us here, up to ms on slow storage); this opens an existing file
-    and flocks it (~10 us), creating the file only the first time. One descriptor per
-    lock held, closed on release: the number of open files stays bounded.
+    each acquire (~100 us here, up to ms on slow storage); this flocks a descriptor kept
+    open from the slot's last claim (an ``fstat`` makes sure its file was not removed
+    meanwhile), or opens the file, creating it only the first time. Descriptors are
+    kept only where the limit on open files leaves ample room (at least
+    ``KEEP_FDS_LIMIT``; the shipped systemd unit sets 65536): otherwise each is closed
+    on release, and the number of open files stays as small as the claims held.
     """
 
     def __init__(self, folder: Path) -> None:
         self.prefix = str(folder) + "/"
         self.held: dict[int, tuple[int, int]] = {}  # index -> (descriptor, depth)
+        self.kept: dict[int, int] = {}  # index -> descriptor, open and unlocked: the slot's next claim opens nothing
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.keeps = soft == resource.RLIM_INFINITY or soft >= KEEP_FDS_LIMIT
 
     def try_acquire(self, index: int) -> bool:
         held = self.held.get(index)
         if held is not None:  # ours already (another file with the same hash)
             self.held[index] = (held[0], held[1] + 1)
             return True
-        path = f"{self.prefix}{index:04d}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = self.kept.pop(index, None)
+        if fd is not None and os.fstat(fd).st_nlink == 0:  # its file was removed (by hand): the new one is the lock
+            os.close(fd)
+            fd = None
+        if fd is None:
+            path = f"{self.prefix}{index:04d}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            self._put_away(index, fd)
             return False
         self.held[index] = (fd, 1)
         return True
@@ -479,7 +492,13 @@ class LockTable:
             return
         del self.held[index]
         fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        self._put_away(index, fd)
+
+    def _put_away(self, index: int, fd: int) -> None:
+        if self.keeps:
+            self.kept[index] = fd
+        else:
+            os.close(fd)
 
 
 def open_claimed(path: Path) -> int:

@@ -98,17 +98,22 @@ class Writers:
 
 STALE_OPEN_S = 300.0  # a file counted open but unchanged this long is taken for closed (at least 10 x settle)
 WRITERS_TTL_S = 0.25  # how long one look at /proc serves claims of files that arrived before it
+WRITERS_SHARE = 10.0  # looks at /proc take at most 1/10 of the time: the next waits 10 x the last one's cost
 
 
 class WriterWatch:
     """``Writers`` of one folder, looked at again only when the last look is older than
     ``WRITERS_TTL_S`` or a file about to be claimed arrived after it: the intake asks for
-    every batch it claims, and one look costs about a millisecond per 60 processes."""
+    every batch it claims, and one look costs about a millisecond per 60 processes.
+    Looks take at most ``1 / WRITERS_SHARE`` of the time: while files arrive faster than
+    that, those that arrived after the last look wait for the next (a few milliseconds
+    on a quiet machine; the cost of a look is what bounds it on a busy one)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.last: Writers | None = None
         self.at = float("-inf")
+        self.cost = 0.0  # seconds the last look took
         self.since: set[str] = set()  # names that arrived after the last look
 
     def arrived(self, name: str) -> None:
@@ -117,13 +122,21 @@ class WriterWatch:
             self.since.clear()
         self.since.add(name)
 
-    def of(self, candidates: list[Candidate], now: float) -> set[str]:
-        """The names among ``candidates`` open for writing."""
-        if self.last is None or now - self.at >= WRITERS_TTL_S or any(c.name in self.since for c in candidates):
+    def of(self, candidates: list[Candidate], now: float) -> tuple[set[str], set[str]]:
+        """(the names among ``candidates`` open for writing, those not looked at yet:
+        they arrived after the last look, and the next is not due until ``next_look``)."""
+        newer = {c.name for c in candidates if c.name in self.since}
+        if self.last is None or ((newer or now - self.at >= WRITERS_TTL_S) and now >= self.next_look()):
+            started = time.monotonic()
             self.last = Writers.now(self.folder)
-            self.at = now
+            self.at, self.cost = now, time.monotonic() - started
             self.since.clear()
-        return self.last.of(candidates)
+            newer = set()
+        return self.last.of(candidates), newer
+
+    def next_look(self) -> float:
+        """When another look at /proc keeps looks within their share of the time."""
+        return self.at + WRITERS_SHARE * self.cost
 
 
 NOT_FILES = ("/dev/", "/proc/", "/sys/")

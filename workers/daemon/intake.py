@@ -71,6 +71,7 @@ class Intake:
         self.writers = WriterWatch(str(queue.unprocessed))
         self.fence = Fence(queue.unprocessed)
         self.observer: Watch | None = None
+        self.looking = False  # this round met a file that waits for the next look at /proc
 
     # -- what came in ------------------------------------------------------------------
 
@@ -199,7 +200,8 @@ class Intake:
             backlog.unpark(timed_only=True)
         eligible = 0
         facts: Facts | None = None
-        while len(claims.files) < limit:  # rejects cost no room
+        self.looking = False  # a file waits for the next look at /proc: the round claims nothing after it
+        while len(claims.files) < limit and not self.looking:  # rejects cost no room
             if facts is None and backlog.peek() is not None:  # asked before anything is taken
                 facts = Facts(records, self.queue.ready_marker != "")
             picked = self._pick(limit - len(claims.files))
@@ -275,9 +277,16 @@ class Intake:
         eligible = 0
         done = 0
         try:
-            writing = self.writers.of(picked, now)
+            writing, unseen = self.writers.of(picked, now)
             for c in picked:
-                if facts.records.in_flight(c.name):  # a new delivery of a name in flight: when it is done
+                if unseen and (c.name in unseen or self.looking):
+                    # Arrived after the last look at /proc (or younger than one that did):
+                    # judged at the next look, and nothing younger is claimed before it.
+                    backlog.park(c.name, c.mtime_ns, timed=True)
+                    eligible += 1
+                    self.looking = True
+                    self.next_look = min(self.next_look, self.writers.next_look())
+                elif facts.records.in_flight(c.name):  # a new delivery of a name in flight: when it is done
                     backlog.park(c.name, c.mtime_ns)
                 elif (c.name, c.ino) in facts.backing_off:
                     backlog.park(c.name, c.mtime_ns, timed=True)
