@@ -4,6 +4,7 @@ grow: checked by scanning the sources."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +189,17 @@ def test_the_readme_describes_every_state_of_a_flight() -> None:
     assert rows == [s.value for s in State]
     for state in State:
         assert state.name in section, f"the diagram lacks {state.name}"
+
+
+def test_the_readme_lists_exactly_the_transitions_of_the_table() -> None:
+    """README "A file in flight": its list of transitions is TRANSITIONS, no more, no less."""
+    from workers.daemon.flights import TRANSITIONS, State
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### A file in flight"):text.index("## Project layout")]
+    listed = re.findall(r"^\| (\w+) → (\w+) \|", section, re.MULTILINE)
+    assert len(listed) == len(set(listed)), "a transition is listed twice"
+    assert {(State(a), State(b)) for a, b in listed} == set(TRANSITIONS)
 
 
 def test_the_loop_has_no_backend_branches() -> None:

@@ -174,6 +174,18 @@ def test_a_transition_the_diagram_lacks_is_refused(tmp_path: Path) -> None:
     assert flight.state is State.WAITING and ledger.flights.in_state(State.WAITING) == [flight]
 
 
+def test_a_bug_of_the_state_machine_is_never_charged_to_the_file(tmp_path: Path) -> None:
+    """A step that asks for a transition the table lacks stops the step (the service
+    logs it, and stops after repeated failures): the file costs no attempt."""
+    q, store, ledger, commit, _ = book(tmp_path)
+    renamed_in(q, "a.log", "x\n", 1_000_000)
+    flight = ledger.admit(Intake(q, 0.0, 60, False).claim(1.0, 10, ledger, True, True).files, "claimed")[0]
+    with pytest.raises(IllegalTransition):
+        commit.outcomes.per_file(flight, "a step", ledger.flights.to, flight, State.COMMITTING)
+    attempts = store.db.execute("SELECT attempts FROM files WHERE id = ?", (flight.record.id,)).fetchone()[0]
+    assert flight.state is State.WAITING and attempts == 0
+
+
 def test_a_commit_cut_short_is_rolled_forward_at_the_next_claim(tmp_path: Path) -> None:
     """The owner died after marking the file committing and renaming one output: the
     next claim finishes the commit without processing the file again."""

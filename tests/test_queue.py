@@ -91,6 +91,13 @@ def test_a_lock_file_removed_by_hand_is_not_kept_locked_in_the_dark(tmp_path: Pa
     assert q.claim("f.log")
 
 
+def test_no_lock_descriptor_is_kept_open_before_the_manager_is_forked(tmp_path: Path) -> None:
+    """prepare() tries a lock: its descriptor must not be kept (a forked manager would
+    share it, and with it any lock taken on it later, past the supervisor's death)."""
+    q = make_queue(tmp_path)
+    assert q.locks.kept == {}
+
+
 def test_lock_files_stay_bounded(tmp_path: Path) -> None:
     q = make_queue(tmp_path)
     for i in range(3000):

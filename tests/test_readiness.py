@@ -114,5 +114,39 @@ def test_the_file_events_of_a_folder_as_the_kernel_tells_them(tmp_path: Path) ->
         os.rmdir(folder)
         wait_for(lambda: (OVERFLOW, "") in drain(), 10, "the end of the watch, said as an overflow")
         wait_for(lambda: not watch.thread.is_alive(), 5, "the reader to end with its folder")
+        assert watch.ended
     finally:
         watch.stop()
+    watch.stop()  # twice is harmless
+
+
+def test_a_watch_that_ended_is_set_up_again_at_the_next_pass(tmp_path: Path) -> None:
+    import os
+    import queue
+
+    from workers.daemon.events import CREATED, OVERFLOW, Watching
+    from workers.messages import FileEvents
+
+    folder = tmp_path / "unprocessed"
+    folder.mkdir()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    seen: list[tuple[str, str]] = []
+
+    def drain() -> list[tuple[str, str]]:
+        while not inbox.empty():
+            item = inbox.get()
+            seen.extend((e.kind, e.name) for e in (item.events if isinstance(item, FileEvents) else (item,)))
+        return seen
+
+    events = Watching(folder)
+    events.start(inbox)
+    try:
+        assert events.active() and not events.renew()  # a live watch is kept
+        os.rename(folder, tmp_path / "moved-away")
+        folder.mkdir()
+        wait_for(lambda: (OVERFLOW, "") in drain(), 10, "the end of the watch of the folder moved away")
+        assert events.renew() and events.active()
+        (folder / "new.log").write_text("x\n")
+        wait_for(lambda: (CREATED, "new.log") in drain(), 10, "an event from the new folder's watch")
+    finally:
+        events.stop()

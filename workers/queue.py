@@ -119,6 +119,7 @@ class FolderQueue:
             devices[name] = folder.stat().st_dev
         try:
             self.locks.release(0) if self.locks.try_acquire(0) else None
+            self.locks.close_kept()  # before the manager is forked: it must not share a lock's description
         except OSError as exc:
             raise QueueSetupError(f"{self.locks_dir} does not support flock() locks ({exc.strerror}): claims "
                                   "and crash recovery need them (a network filesystem without lock support?)") from None
@@ -386,6 +387,10 @@ class FolderQueue:
             if not folder.is_dir():
                 raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
 
+    def close_kept(self) -> None:
+        """Close the claim locks' descriptors kept between claims (no descriptors left)."""
+        self.locks.close_kept()
+
     def stat_claimed(self, name: str) -> Candidate:
         """A claimed file as a Candidate (lstat: a symlink stays a symlink)."""
         st = os.lstat(self._under + name)
@@ -482,6 +487,9 @@ class LockTable:
         except BlockingIOError:
             self._put_away(index, fd)
             return False
+        except OSError:
+            os.close(fd)
+            raise
         self.held[index] = (fd, 1)
         return True
 
@@ -493,6 +501,12 @@ class LockTable:
         del self.held[index]
         fcntl.flock(fd, fcntl.LOCK_UN)
         self._put_away(index, fd)
+
+    def close_kept(self) -> None:
+        """Close the descriptors kept between claims (before a fork; on no descriptors left)."""
+        kept, self.kept = self.kept, {}
+        for fd in kept.values():
+            os.close(fd)
 
     def _put_away(self, index: int, fd: int) -> None:
         if self.keeps:

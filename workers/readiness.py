@@ -98,7 +98,8 @@ class Writers:
 
 STALE_OPEN_S = 300.0  # a file counted open but unchanged this long is taken for closed (at least 10 x settle)
 WRITERS_TTL_S = 0.25  # how long one look at /proc serves claims of files that arrived before it
-WRITERS_SHARE = 10.0  # looks at /proc take at most 1/10 of the time: the next waits 10 x the last one's cost
+WRITERS_SHARE = 10.0  # looks at /proc take at most 1/10 of the time: the next waits 10 x a look's cost...
+WRITERS_WAIT_MAX_S = 0.25  # ... but never longer than this (a file that arrived after a look waits this at most)
 
 
 class WriterWatch:
@@ -106,8 +107,9 @@ class WriterWatch:
     ``WRITERS_TTL_S`` or a file about to be claimed arrived after it: the intake asks for
     every batch it claims, and one look costs about a millisecond per 60 processes.
     Looks take at most ``1 / WRITERS_SHARE`` of the time: while files arrive faster than
-    that, those that arrived after the last look wait for the next (a few milliseconds
-    on a quiet machine; the cost of a look is what bounds it on a busy one)."""
+    that, those that arrived after the last look wait for the next, set aside like a
+    settling file (``WRITERS_SHARE`` times a look's cost, smoothed over the last looks,
+    and at most ``WRITERS_WAIT_MAX_S``)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -129,14 +131,15 @@ class WriterWatch:
         if self.last is None or ((newer or now - self.at >= WRITERS_TTL_S) and now >= self.next_look()):
             started = time.monotonic()
             self.last = Writers.now(self.folder)
-            self.at, self.cost = now, time.monotonic() - started
+            cost = time.monotonic() - started
+            self.at, self.cost = now, cost if self.cost == 0.0 else (self.cost + cost) / 2
             self.since.clear()
             newer = set()
         return self.last.of(candidates), newer
 
     def next_look(self) -> float:
         """When another look at /proc keeps looks within their share of the time."""
-        return self.at + WRITERS_SHARE * self.cost
+        return self.at + min(WRITERS_WAIT_MAX_S, WRITERS_SHARE * self.cost)
 
 
 NOT_FILES = ("/dev/", "/proc/", "/sys/")

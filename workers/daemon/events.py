@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import select
@@ -24,7 +23,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from workers.messages import FileEvent, FileEvents
 
@@ -52,12 +51,15 @@ WATCHED = IN_ONLYDIR | IN_DONT_FOLLOW | IN_DELETE_SELF | IN_MOVE_SELF
 for _mask, _ in KINDS:
     WATCHED |= _mask
 ENDED = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the folder itself went
+POLL_S = 1.0  # the reader's poll wakes this often at the least (a stop wakes it at once)
 HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then the name, NUL-padded
 READ_BYTES = 1 << 16
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-class Inbox(Protocol):
+class EventSink(Protocol):
+    """Where the reader hands events over (the loop's inbox queue)."""
+
     def put(self, item: FileEvents | FileEvent) -> None: ...
 
 
@@ -82,28 +84,39 @@ def parse(data: bytes) -> tuple[list[FileEvent], bool]:
 
 
 class Watch:
-    """inotify on one folder and the thread that reads it (``stop`` ends both)."""
+    """inotify on one folder and the thread that reads it (``stop`` ends both). A watch
+    whose folder went (removed, moved, unmounted) or whose reads fail has ``ended``: the
+    intake sets up a new one at its next pass."""
 
-    def __init__(self, folder: Path, inbox: Inbox) -> None:
+    def __init__(self, folder: Path, sink: EventSink) -> None:
         self.folder = str(folder)
-        self.inbox = inbox
-        self.fd = _LIBC.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"inotify_init1: {os.strerror(code)}")
-        if _LIBC.inotify_add_watch(self.fd, os.fsencode(self.folder), WATCHED) < 0:
-            code = ctypes.get_errno()
-            os.close(self.fd)
-            raise OSError(code, os.strerror(code), self.folder)
-        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.thread = threading.Thread(target=self._read, name="file-events", daemon=True)
-        self.thread.start()
+        self.sink = sink
+        self.ended = False
+        self.stopped = False
+        fds: list[int] = []
+        try:
+            self.fd = _call(_LIBC.inotify_init1, IN_NONBLOCK | IN_CLOEXEC)
+            fds.append(self.fd)
+            _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(self.folder), WATCHED)
+            self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            fds += [self.wake_r, self.wake_w]
+            self.thread = threading.Thread(target=self._read, name="file-events", daemon=True)
+            self.thread.start()
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
 
     def stop(self) -> None:
-        """End the reader (it wakes at once) and close the descriptors."""
+        """End the reader (it wakes at once), then close the descriptors (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
         with contextlib.suppress(OSError):
             os.write(self.wake_w, b"x")
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=POLL_S * 10)
+        if self.thread.is_alive():  # not closed under a reader still polling them: left to the exit
+            return
         for fd in (self.fd, self.wake_r, self.wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -113,24 +126,39 @@ class Watch:
         poller.register(self.fd, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         while True:
-            if any(fd == self.wake_r for fd, _ in poller.poll()):
+            ready = poller.poll(POLL_S * 1000)
+            if any(fd == self.wake_r for fd, _ in ready):
                 return
+            if not ready:
+                continue
             try:
                 data = os.read(self.fd, READ_BYTES)
             except BlockingIOError:
                 continue
             except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                log.error("file events of %s stopped (%s): passes over the folder find files", self.folder, exc)
-                self.inbox.put(FileEvent(OVERFLOW, ""))
+                self._end(f"its reads fail ({exc})")
                 return
             events, ended = parse(data)
             if events:
-                self.inbox.put(FileEvents(tuple(events)))
-            if ended:  # the folder was removed or moved: the next pass says so, and what to do
-                self.inbox.put(FileEvent(OVERFLOW, ""))
+                self.sink.put(FileEvents(tuple(events)))
+            if ended:
+                self._end("the folder was removed, moved or unmounted")
                 return
+
+    def _end(self, why: str) -> None:
+        """The watch is over: said, and a pass over the folder asked for at once."""
+        log.warning("file events of %s ended: %s; passes over the folder find files meanwhile", self.folder, why)
+        self.ended = True
+        self.sink.put(FileEvent(OVERFLOW, ""))
+
+
+def _call(fn: Any, *args: Any) -> int:
+    """A libc call that returns -1 and sets errno on failure, as an OSError."""
+    result = fn(*args)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{fn.__name__}: {os.strerror(code)}")
+    return int(result)
 
 
 class Fence:
@@ -181,7 +209,45 @@ class Fence:
         return not self.waiting or time.monotonic() - self.since > self.TIMEOUT_S
 
 
-def start_observer(folder: Path, inbox: Inbox) -> Watch:
-    """Watch ``folder`` (not recursively); events arrive in ``inbox`` as ``FileEvents``
-    messages, one per read of the kernel's queue."""
-    return Watch(folder, inbox)
+class Watching:
+    """The intake's file events for one folder: a ``Watch`` when inotify gives one, set
+    up again when it ends. Where inotify cannot watch (no more instances or watches for
+    this user, another OS), passes over the folder alone find files: said once, and
+    tried again at each pass."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.watch: Watch | None = None
+        self.sink: EventSink | None = None
+        self.unwatched = False  # no events could be had (said once)
+
+    def start(self, sink: EventSink) -> None:
+        """Events arrive in ``sink`` as ``FileEvents`` messages, one per read."""
+        self.sink = sink
+        try:
+            self.watch = Watch(self.folder, sink)
+        except (OSError, AttributeError) as exc:
+            self.watch = None
+            if not self.unwatched:
+                log.warning("no file events for %s (%s): passes over the folder every poll_interval find files",
+                            self.folder, exc)
+            self.unwatched = True
+            return
+        if self.unwatched:
+            log.info("file events for %s again", self.folder)
+        self.unwatched = False
+
+    def renew(self) -> bool:
+        """A watch that ended, or never began, set up again; whether one was."""
+        if self.sink is None or (self.watch is not None and not self.watch.ended):
+            return False
+        self.stop()
+        self.start(self.sink)
+        return True
+
+    def active(self) -> bool:
+        return self.watch is not None
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()

@@ -28,6 +28,7 @@ move to try again...) lives beside it and is set by the same transition.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -60,10 +61,11 @@ TRANSITIONS: frozenset[tuple[State, State]] = frozenset({
     (B, W), (B, B), (B, M),  # its backoff is over; a failure recorded later; to failed/
     (U, W), (U, U),  # stable again; still changing
     (S, S), (S, C), (S, U), (S, W), (S, B), (S, M),  # kept for the next commit; marked; changed; held; charged
-    (C, C), (C, W), (C, B), (C, M),  # renames held by a fault; charged; its move failed
+    (C, C), (C, B), (C, M),  # renames held by a fault (they are idempotent: it stays); charged; its move failed
     (R, R), (R, W), (R, B), (R, M),  # held again; an output gone (processed again); charged; move failed
-    (M, M), (M, B),  # tried again; a failure of the move charged
+    (M, M),  # tried again
 })
+_DATA = frozenset({"seq", "not_before", "since", "stable_s", "result", "pid", "move", "caught", "size", "mtime_ns"})
 
 
 _FACTS = frozenset({"pipeline", "suffixes", "faults", "final_name"})
@@ -105,10 +107,11 @@ class Flights:
         self._in: dict[State, dict[int, Flight]] = {s: {} for s in State}
 
     def add(self, flight: Flight) -> None:
-        """A new claim, WAITING. A name claimed again replaces its old flight."""
+        """A new claim, WAITING. A name is claimed once at a time: a second flight of a
+        name in flight would leave the first claimed, with nobody to finish it."""
         old = self._by_name.get(flight.record.name)
-        if old is not None:
-            self.drop(old)
+        if old is not None or flight.record.id in self._by_id:
+            raise IllegalTransition(f"{flight.record.name!r} is in flight already")
         flight.state = State.WAITING
         self._by_name[flight.record.name] = flight
         self._by_id[flight.record.id] = flight
@@ -122,6 +125,8 @@ class Flights:
             raise IllegalTransition(f"{flight.record.name!r} is not in flight (to {state.value})")
         if (flight.state, state) not in TRANSITIONS:
             raise IllegalTransition(f"{flight.record.name!r}: {flight.state.value} -> {state.value}")
+        if not _DATA.issuperset(data):
+            raise IllegalTransition(f"{flight.record.name!r}: {sorted(set(data) - _DATA)} are not a state's data")
         if state is not State.DISPATCHED:
             flight.seq = 0
         if state not in (State.STAGED, State.COMMITTING):
@@ -185,7 +190,7 @@ class Flights:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Flight]:
         return iter(list(self._by_id.values()))
 
     def names(self) -> set[str]:

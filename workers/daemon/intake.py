@@ -24,10 +24,9 @@ from workers.daemon.events import (
     OPENED,
     OVERFLOW,
     WRITTEN,
+    EventSink,
     Fence,
-    Inbox,
-    Watch,
-    start_observer,
+    Watching,
 )
 from workers.daemon.types import SYSTEM_ERRNOS, Claims, Records, not_regular
 from workers.faults import fault_of
@@ -50,6 +49,38 @@ class Facts:
 
 
 
+class Claimer:
+    """Claims (a lock and a rename), and the files that cannot be claimed, said once."""
+
+    def __init__(self, queue: FolderQueue) -> None:
+        self.queue = queue
+        self.unclaimable: set[str] = set()  # names a claim failed on (said once)
+
+    def claim(self, name: str) -> bool:
+        """Whether ``name`` is ours now; an error of the system or the machine raises."""
+        try:
+            return self.queue.claim(name)
+        except OSError as exc:
+            if exc.errno in SYSTEM_ERRNOS or fault_of(exc) is not None:
+                raise
+            self._unclaimable(name, exc)
+            return False
+
+    def give_back(self, picked: list[Candidate], exc: Exception | None) -> None:
+        """Claims the ledger could not record: back where they were, said once (a fault
+        of the machine, ``exc`` None, is said by its own line)."""
+        for c in picked:
+            self.queue.put_back(c.name)
+            if exc is not None:
+                self._unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
+
+    def _unclaimable(self, name: str, exc: OSError) -> None:
+        """A file we cannot even move into underprocess/: it stays where it is (said once)."""
+        if name not in self.unclaimable:
+            self.unclaimable.add(name)
+            log.error("cannot claim %s: %s; it stays in unprocessed/", shown(name), exc.strerror or exc)
+
+
 class Intake:
     """The backlog, readiness, claims, rejects, recovery and counts of one watch dir."""
 
@@ -61,7 +92,7 @@ class Intake:
         self.once = once
         self.backlog = Backlog(window)
         self.census = Census(queue)
-        self.unclaimable: set[str] = set()  # names a claim failed on (said once)
+        self.claimer = Claimer(queue)
         self.claimed_out: set[str] = set()  # our claims whose "gone" event has not come yet
         self.next_look = float("inf")  # monotonic: when a parked file may be ready
         self.pass_due = True  # a pass over the folder is wanted (start, overflow, a wake)
@@ -70,18 +101,25 @@ class Intake:
         self.once_idle = False  # --once: nothing left to do
         self.writers = WriterWatch(str(queue.unprocessed))
         self.fence = Fence(queue.unprocessed)
-        self.observer: Watch | None = None
+        self.events = Watching(queue.unprocessed)
         self.looking = False  # this round met a file that waits for the next look at /proc
 
     # -- what came in ------------------------------------------------------------------
 
-    def watch(self, inbox: Inbox) -> None:
-        """File events come through ``inbox`` (``FileEvents`` messages)."""
-        self.observer = start_observer(self.queue.unprocessed, inbox)
+    def watch(self, sink: EventSink) -> None:
+        """File events come through ``sink`` (``FileEvents`` messages)."""
+        self.events.start(sink)
+
+    def events_lost(self) -> None:
+        """Events were lost (an overflow, one that could not be noted): a pass soon."""
+        self.note_event(OVERFLOW, "")
+
+    def release_descriptors(self) -> None:
+        """No descriptors left: those kept open between claims go first."""
+        self.queue.close_kept()
 
     def stop(self) -> None:
-        if self.observer is not None:
-            self.observer.stop()
+        self.events.stop()
 
     def note_event(self, kind: str, name: str) -> None:
         """A file event: the count and the window follow it; readiness learns how the
@@ -236,13 +274,15 @@ class Intake:
         """One streaming pass over unprocessed/: the window, the count, made exact.
         Parked files take none of the window's room; the timed ones are looked at again,
         and the others too when events may have been lost (or none come at all)."""
-        everything = self.pass_due or self.observer is None
+        if self.events.renew():  # a watch that ended, or never began, set up again:
+            self.pass_due = True  # what it missed is looked at
+        everything = self.pass_due or not self.events.active()
         self.pass_due = False
         self.last_pass = now
         self.claimed_since_pass = 0
         if len(self.claimed_out) > self.backlog.window:  # no events come (no inotify here)
             self.claimed_out.clear()
-        fence = self.fence.put() if self.observer is not None else ""
+        fence = self.fence.put() if self.events.active() else ""
         self.next_look = float("inf")
         self.backlog.refill(self.queue.waiting())
         self.fence.raised(fence)  # events count again once the fence's own event comes
@@ -279,9 +319,7 @@ class Intake:
         try:
             writing, unseen = self.writers.of(picked, now)
             for c in picked:
-                if unseen and (c.name in unseen or self.looking):
-                    # Arrived after the last look at /proc (or younger than one that did):
-                    # judged at the next look, and nothing younger is claimed before it.
+                if unseen and (c.name in unseen or self.looking):  # after the last look at /proc: at the next
                     backlog.park(c.name, c.mtime_ns, timed=True)
                     eligible += 1
                     self.looking = True
@@ -322,33 +360,16 @@ class Intake:
         return eligible
 
     def give_back(self, picked: list[Candidate], exc: Exception | None) -> None:
-        """Claims the ledger could not record: back where they were, said once (a fault
-        of the machine, ``exc`` None, is said by its own line)."""
-        for c in picked:
-            self.queue.put_back(c.name)
-            if exc is not None:
-                self._note_unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
+        self.claimer.give_back(picked, exc)
 
     def _claim_one(self, candidate: Candidate) -> bool:
-        try:
-            claimed = self.queue.claim(candidate.name)
-        except OSError as exc:
-            if exc.errno in SYSTEM_ERRNOS or fault_of(exc) is not None:
-                raise
-            self._note_unclaimable(candidate.name, exc)
-            return False
+        claimed = self.claimer.claim(candidate.name)
         if claimed:
             self.backlog.departed(candidate.size)
             self.claimed_out.add(candidate.name)
             self.claimed_since_pass += 1
             self.readiness.forget(candidate.name)
         return claimed
-
-    def _note_unclaimable(self, name: str, exc: OSError) -> None:
-        """A file we cannot even move into underprocess/: it stays where it is (said once)."""
-        if name not in self.unclaimable:
-            self.unclaimable.add(name)
-            log.error("cannot claim %s: %s; it stays in unprocessed/", shown(name), exc.strerror or exc)
 
     # -- recovery and retries ----------------------------------------------------------
 

@@ -162,6 +162,10 @@ class Ledger:
         self.journal_event("changed", flight, reason=why)
         log.warning("%s: %s", shown(name), why)
 
+    def route(self, flight: Flight, pipeline: str) -> None:
+        """The pipeline its name routes it to now (set at each dispatch)."""
+        self.flights.note(flight, pipeline=pipeline)
+
     def assign(self, batch: list[Flight], pipeline: str) -> Job:
         """A new job for these flights."""
         self.seq += 1
@@ -190,8 +194,9 @@ class Ledger:
                 self.flights.to(flight, State.WAITING)
 
     def requeue_returned(self, returned: Returned) -> None:
-        """What a backend gave back, but for its culprit (the commit part charges it)."""
-        self.requeue(returned.seq, tuple(it for it in returned.items if it is not returned.culprit))
+        """What a backend gave back, but for a culprit with its failure (the commit part charges it)."""
+        culprit = returned.culprit if returned.failure is not None else None
+        self.requeue(returned.seq, tuple(it for it in returned.items if it is not culprit))
 
     def forget(self, flight: Flight) -> None:
         """It left our hands: done, given back or gone."""

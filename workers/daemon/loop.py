@@ -29,7 +29,7 @@ from workers.daemon.reconcile import Reconcile
 from workers.daemon.retention import Retention
 from workers.daemon.types import OpenShared, Options, Report, Shared, database_fault
 from workers.errors import ConfigError
-from workers.faults import fault_of
+from workers.faults import DESCRIPTORS, fault_of
 from workers.messages import BrokerNews, Command, FileEvent, FileEvents, JobDone, Message, Reload, StopSignal
 from workers.names import shown, unshown
 from workers.pipelines import Pipelines, compile_pipelines
@@ -77,6 +77,10 @@ class Loop:
         self.last_report: Report | None = None
         self.db_path = str(state_db_path(config.watch.dir))
 
+    def shared(self) -> Shared:
+        """The manager in use now (a new one if the first died)."""
+        return self.parts.shared
+
     def in_flight(self) -> int:
         return self.parts.ledger.count()
 
@@ -99,6 +103,8 @@ class Loop:
         if self.parts.faults.cleared(now):  # a fault of the machine is over: intake resumes
             self.parts.intake.wake()
         machine_ok = not self.parts.faults.paused()
+        if not machine_ok and (self.parts.faults.describe() or {}).get("kind") == DESCRIPTORS:
+            self.parts.intake.release_descriptors()  # the lock descriptors kept between claims
         if machine_ok:
             self.parts.commit.run()
         self._check_workers(now)
@@ -140,11 +146,22 @@ class Loop:
             case FileEvent(kind, name):
                 self.parts.intake.note_event(kind, name)
             case FileEvents(events):
-                note = self.parts.intake.note_event
-                for event in events:
-                    note(event.kind, event.name)
+                self._note_events(events)
             case StopSignal():
                 pass  # the service counts it (its handler); the message only wakes the loop
+
+    def _note_events(self, events: tuple[FileEvent, ...]) -> None:
+        """One read's events, each on its own: one that fails (an lstat refused) costs
+        only itself, and a pass over the folder then finds what it was about."""
+        note, failed = self.parts.intake.note_event, None
+        for event in events:
+            try:
+                note(event.kind, event.name)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            self.parts.intake.events_lost()
+            raise failed
 
     def deliver(self, result: Any) -> None:
         """A job's result, through the backend that ran it, to the commit part."""
@@ -293,7 +310,7 @@ class Loop:
             if pipeline is None:
                 self.parts.commit.reject([flight], f"{shown(name)}: {self.pipelines.unrouted(name)}")
             else:
-                self.parts.ledger.flights.note(flight, pipeline=pipeline)
+                self.parts.ledger.route(flight, pipeline)
                 routed.append(flight)
         return routed
 

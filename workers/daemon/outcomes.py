@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from workers.config import WorkersConfig
-from workers.daemon.flights import Flight, State
+from workers.daemon.flights import Flight, IllegalTransition, State
 from workers.daemon.ledger import Ledger
 from workers.daemon.types import RECOVER_EVERY_S, SYSTEM_ERRNOS, FaultSink, Tally
 from workers.errors import SystemFailure
@@ -67,8 +67,8 @@ class Outcomes:
         caller keeps the file where it is). Errors of the whole system still stop it."""
         try:
             return Step.DONE, fn(*args)
-        except (SystemFailure, StateError):
-            raise
+        except (SystemFailure, StateError, IllegalTransition, AssertionError):
+            raise  # the system's, or a bug of ours: never a file's fault
         except Exception as exc:
             if self.held(exc):
                 return Step.HELD, None
@@ -88,10 +88,12 @@ class Outcomes:
         name = flight.record.name
         log.error("%s: %s failed (%s: %s); it costs this file an attempt", shown(name), what,
                   type(exc).__name__, exc, exc_info=exc)
-        if self.ledger.flights.by_id(flight.record.id) is not flight or flight.state is State.MOVING:
+        if self.flights.by_id(flight.record.id) is not flight or flight.state is State.MOVING:
             return
         try:
             self.attempt_failed(flight, Failure(f"{what} failed: {type(exc).__name__}: {exc}", "error"))
+        except (IllegalTransition, AssertionError):
+            raise
         except Exception as again:  # the state itself refuses: it waits, claimed, for a later try
             log.error("%s: could not record the failed attempt either (%s)", shown(name), again)
             self.held(again)

@@ -296,7 +296,7 @@ class Daemon:
             if self.announced is not None:
                 with contextlib.suppress(OSError):
                     self.announced.unlink()
-            shared = self.loop.parts.shared if self.loop is not None else self.shared
+            shared = self.loop.shared() if self.loop is not None else self.shared
             if shared is not None:
                 with contextlib.suppress(Exception):
                     shared.shutdown()
