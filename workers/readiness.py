@@ -117,6 +117,10 @@ class WriterWatch:
         self.at = float("-inf")
         self.cost = 0.0  # seconds the last look took
         self.since: set[str] = set()  # names that arrived after the last look
+        # File events are watched and none was lost since the last look: a writer that
+        # opens a file here shows itself (inotify), so the look stays true for the files
+        # it saw until one of them is closed or arrives anew; no look for time alone.
+        self.trusted = False
 
     def arrived(self, name: str) -> None:
         if len(self.since) >= 10_000:  # many arrivals and no claims (paused): look afresh next time
@@ -128,7 +132,8 @@ class WriterWatch:
         """(the names among ``candidates`` open for writing, those not looked at yet:
         they arrived after the last look, and the next is not due until ``next_look``)."""
         newer = {c.name for c in candidates if c.name in self.since}
-        if self.last is None or ((newer or now - self.at >= WRITERS_TTL_S) and now >= self.next_look()):
+        aged = not self.trusted and now - self.at >= WRITERS_TTL_S
+        if self.last is None or ((newer or aged) and now >= self.next_look()):
             started = time.monotonic()
             self.last = Writers.now(self.folder)
             cost = time.monotonic() - started
@@ -136,6 +141,10 @@ class WriterWatch:
             self.since.clear()
             newer = set()
         return self.last.of(candidates), newer
+
+    def events_lost(self) -> None:
+        """Events were lost: the next claim looks afresh."""
+        self.last = None
 
     def next_look(self) -> float:
         """When another look at /proc keeps looks within their share of the time."""

@@ -238,12 +238,12 @@ class Watching:
         self.unwatched = False
 
     def renew(self) -> bool:
-        """A watch that ended, or never began, set up again; whether one was."""
+        """A watch that ended, or never began, set up again; whether one is now."""
         if self.sink is None or (self.watch is not None and not self.watch.ended):
             return False
         self.stop()
         self.start(self.sink)
-        return True
+        return self.watch is not None
 
     def active(self) -> bool:
         return self.watch is not None

@@ -109,10 +109,15 @@ class Intake:
     def watch(self, sink: EventSink) -> None:
         """File events come through ``sink`` (``FileEvents`` messages)."""
         self.events.start(sink)
+        self.writers.trusted = self.events.active()
 
-    def events_lost(self) -> None:
+    def events_lost(self, why: str = "inotify queue overflow") -> None:
         """Events were lost (an overflow, one that could not be noted): a pass soon."""
-        self.note_event(OVERFLOW, "")
+        log.warning("file events were lost (%s): looking at the whole of unprocessed/; "
+                    "files open then are judged by /proc and settle alone", why)
+        self.readiness.events_lost()
+        self.writers.events_lost()
+        self.pass_due = True
 
     def release_descriptors(self) -> None:
         """No descriptors left: those kept open between claims go first."""
@@ -125,10 +130,7 @@ class Intake:
         """A file event: the count and the window follow it; readiness learns how the
         file arrived. Only the one file is looked at."""
         if kind == OVERFLOW:
-            log.warning("file events were lost (inotify queue overflow): looking at the whole of unprocessed/; "
-                        "files open then are judged by /proc and settle alone")
-            self.readiness.events_lost()
-            self.pass_due = True
+            self.events_lost()
             return
         queue, backlog = self.queue, self.backlog
         if self.fence.passed(name):
@@ -142,23 +144,22 @@ class Intake:
             self.writers.arrived(name)  # the next claim looks at /proc again too
             self.readiness.note_opened(name)  # not ready until it is closed
             return
-        if kind == CLOSED:
+        if kind in (CLOSED, CLOSED_WRITE):
+            self.writers.arrived(name)  # a writer the last look at /proc saw may be gone: look again
             self.readiness.note_closed(name)
-            backlog.unpark([name])  # judged again in its turn
-            return
+            if kind == CLOSED:
+                backlog.unpark([name])  # judged again in its turn
+                return
+            kind = WRITTEN
         if kind == GONE:
             if name in self.claimed_out:  # our claim: an open counted before it was of that file
                 self.claimed_out.discard(name)
-                self.readiness.gone(name)
             else:
                 if self.fence.counting():
                     backlog.departed()
                 backlog.gone(name)
-                self.readiness.gone(name)
+            self.readiness.gone(name)
             return
-        if kind == CLOSED_WRITE:
-            self.readiness.note_closed(name)
-            kind = WRITTEN
         seen = queue.look(name)
         if kind in (MOVED_IN, CREATED) and self.fence.counting() and not (seen and backlog.holds(name, seen.mtime_ns)):
             backlog.arrived(seen.size if seen else 0)
@@ -176,8 +177,7 @@ class Intake:
         # window, with an older mtime, is dropped when its turn comes).
 
     def wake(self) -> None:
-        """Something changed that events may not tell (a resume, a retry, a recovery):
-        look at the parked files again, and pass over the folder when that is cheap."""
+        """Something changed that events may not tell (a resume, a retry): look again."""
         self.backlog.unpark()
         self.pass_due = True
 
@@ -274,8 +274,9 @@ class Intake:
         """One streaming pass over unprocessed/: the window, the count, made exact.
         Parked files take none of the window's room; the timed ones are looked at again,
         and the others too when events may have been lost (or none come at all)."""
-        if self.events.renew():  # a watch that ended, or never began, set up again:
-            self.pass_due = True  # what it missed is looked at
+        if self.events.renew():  # a watch that ended, or never began, set up again: what it missed
+            self.events_lost("the folder's watch ended, and a new one began")
+        self.writers.trusted = self.events.active()
         everything = self.pass_due or not self.events.active()
         self.pass_due = False
         self.last_pass = now
