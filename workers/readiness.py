@@ -118,8 +118,8 @@ class WriterWatch:
         self.cost = 0.0  # seconds the last look took
         self.since: set[str] = set()  # names that arrived after the last look
         # File events are watched and none was lost since the last look: a writer that
-        # opens a file here shows itself (inotify), so the look stays true for the files
-        # it saw until one of them is closed or arrives anew; no look for time alone.
+        # opens a file here shows itself (inotify), so what the look saw not open stays
+        # true until the file is closed or arrives anew; no look for time alone.
         self.trusted = False
 
     def arrived(self, name: str) -> None:
@@ -132,7 +132,9 @@ class WriterWatch:
         """(the names among ``candidates`` open for writing, those not looked at yet:
         they arrived after the last look, and the next is not due until ``next_look``)."""
         newer = {c.name for c in candidates if c.name in self.since}
-        aged = not self.trusted and now - self.at >= WRITERS_TTL_S
+        # Trusted looks still age for the files they saw open: a writer holding a file
+        # through another name (a hard link, a rename in) closes it without an event here.
+        aged = now - self.at >= WRITERS_TTL_S and (not self.trusted or bool(self.last and self.last.of(candidates)))
         if self.last is None or ((newer or aged) and now >= self.next_look()):
             started = time.monotonic()
             self.last = Writers.now(self.folder)
