@@ -81,7 +81,6 @@ def test_the_file_events_of_a_folder_as_the_kernel_tells_them(tmp_path: Path) ->
     import queue
 
     from workers.daemon.events import CLOSED, CLOSED_WRITE, CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Watch
-    from workers.messages import FileEvents
 
     folder, beside = tmp_path / "unprocessed", tmp_path / "beside"
     folder.mkdir()
@@ -90,10 +89,7 @@ def test_the_file_events_of_a_folder_as_the_kernel_tells_them(tmp_path: Path) ->
     seen: list[tuple[str, str]] = []
 
     def drain() -> list[tuple[str, str]]:
-        while not inbox.empty():
-            item = inbox.get()
-            seen.extend((e.kind, e.name) for e in (item.events if isinstance(item, FileEvents) else (item,)))
-        return seen
+        return events_in(inbox, seen)
 
     watch = Watch(folder, inbox)
     try:
@@ -125,7 +121,6 @@ def test_a_watch_that_ended_is_set_up_again_at_the_next_pass(tmp_path: Path) -> 
     import queue
 
     from workers.daemon.events import CREATED, OVERFLOW, Watching
-    from workers.messages import FileEvents
 
     folder = tmp_path / "unprocessed"
     folder.mkdir()
@@ -133,10 +128,7 @@ def test_a_watch_that_ended_is_set_up_again_at_the_next_pass(tmp_path: Path) -> 
     seen: list[tuple[str, str]] = []
 
     def drain() -> list[tuple[str, str]]:
-        while not inbox.empty():
-            item = inbox.get()
-            seen.extend((e.kind, e.name) for e in (item.events if isinstance(item, FileEvents) else (item,)))
-        return seen
+        return events_in(inbox, seen)
 
     events = Watching(folder)
     events.start(inbox)
@@ -150,3 +142,16 @@ def test_a_watch_that_ended_is_set_up_again_at_the_next_pass(tmp_path: Path) -> 
         wait_for(lambda: (CREATED, "new.log") in drain(), 10, "an event from the new folder's watch")
     finally:
         events.stop()
+
+
+def events_in(inbox: object, seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(kind, name) of every event handed to ``inbox`` so far, appended to ``seen``."""
+    import queue
+
+    from workers.messages import FileEvents
+
+    assert isinstance(inbox, queue.SimpleQueue)
+    while not inbox.empty():
+        item = inbox.get()
+        seen.extend((e.kind, e.name) for e in (item.events if isinstance(item, FileEvents) else (item,)))
+    return seen

@@ -36,34 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-CONFIG = """\
-[watch]
-dir = "watch_dir"
-settle = 0.5
-poll_interval = 1.0
+from tests.bench.throughput import BENCHTAG, CONFIG  # noqa: E402  the same config and processor
 
-[web]
-port = 0
-
-[workers]
-count = {workers}
-durable = {durable}
-
-[pipeline.nodes.start]
-processor = "benchtag:tag"
-"""
-BENCHTAG = '''
-import re
-
-LEVEL = re.compile(r" (ERROR|WARN|INFO|DEBUG) ")
-
-
-def tag(lines):
-    search = LEVEL.search
-    for line in lines:
-        m = search(line)
-        yield "end", f"{m[1] if m else 'OTHER'}\\t{line}"
-'''
 CALL = re.compile(r"^(?:\d+\.\d+ )?([a-z_0-9]+)\(")
 CLONE = re.compile(r"^(?:\d+\.\d+ )?(clone3?|fork|vfork)\((.*)\)\s+=\s+(\d+)")
 WAL_WRITE_LOCK = re.compile(r"fcntl\(\d+<[^>]*state\.db-shm>, F_SETLK, \{l_type=F_WRLCK, l_whence=SEEK_SET, "
