@@ -53,6 +53,10 @@ class WatchConfig:
     state_retention_days: float = 30.0  # records of finished files older than this are pruned (0: kept forever)
     dedupe_retention_days: float = 90.0  # content digests are kept this long (0: forever)
     backlog_window: int = 100_000  # the oldest waiting files held in memory, in claim order (~200 B each)
+    recursive: bool = False  # every regular file under unprocessed/ is work, named by its relative path
+    max_depth: int = 16  # with recursive: directories deeper than this are not entered (1: only top-level ones)
+    dir_ready_marker: str = ""  # with recursive, e.g. "_SUCCESS": a directory's files wait until it holds this file
+    empty_dirs_after: float = 60.0  # with recursive: seconds a directory the queue emptied stays before it goes
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,13 @@ def _parse_watch(t: _Table, base: Path) -> WatchConfig:
         state_retention_days=t.get("state_retention_days", float, d.state_retention_days, check=_at_least(0)),
         dedupe_retention_days=t.get("dedupe_retention_days", float, d.dedupe_retention_days, check=_at_least(0)),
         backlog_window=t.get("backlog_window", int, d.backlog_window, check=_at_least(100)),
+        recursive=t.get("recursive", bool, d.recursive),
+        max_depth=t.get("max_depth", int, d.max_depth, check=_at_least(0)),
+        dir_ready_marker=t.get("dir_ready_marker", str, d.dir_ready_marker, check=_dir_marker),
+        empty_dirs_after=t.get("empty_dirs_after", float, d.empty_dirs_after, check=_at_least(0)),
     )
+    if cfg.dir_ready_marker and not cfg.recursive:
+        raise ConfigError("watch.dir_ready_marker", "needs recursive = true (a marker of a directory's files)")
     t.done()
     return cfg
 
@@ -468,6 +478,12 @@ def _patterns(value: list) -> str:
 def _marker(value: str) -> str:
     if value and ("{name}" not in value or "/" in value or value == "{name}"):
         return 'must contain "{name}" and no "/", e.g. "{name}.ready" (or be "" for none)'
+    return ""
+
+
+def _dir_marker(value: str) -> str:
+    if value and ("/" in value or value in (".", "..") or "{name}" in value):
+        return 'must be a plain file name, e.g. "_SUCCESS" (or "" for none)'
     return ""
 
 

@@ -19,6 +19,10 @@ Every name foldermill derives from a file's name (its final name after a collisi
 its side outputs, its reason file) fits in ``NAME_MAX`` bytes: one that would not is
 shortened deterministically (``fit``) to a prefix, ``~``, a hash of the whole name, and
 its extension. Staged temporary files never carry the name at all.
+
+With ``[watch] recursive = true`` a name is a path relative to its queue folder
+(``acme/2026-12/x.csv``, components joined by ``/``): every derived name keeps the
+directories and derives from the last component alone, which is what must fit.
 """
 
 from __future__ import annotations
@@ -94,10 +98,24 @@ def name_bytes(name: str) -> int:
     return len(os.fsencode(name))
 
 
+def split(name: str) -> tuple[str, str]:
+    """``("acme/2026-12/", "x.csv")``: the directories (with their ``/``) and the base name."""
+    cut = name.rfind("/") + 1
+    return name[:cut], name[cut:]
+
+
+def base_name(name: str) -> str:
+    return name[name.rfind("/") + 1:]
+
+
 def fit(name: str, limit: int = NAME_MAX) -> str:
-    """``name`` if it fits in ``limit`` bytes, else ``<prefix>~<hash>.<ext>`` that does:
+    """The last component of ``name`` fitted (its directories are kept as they are):
+    ``name`` if it fits in ``limit`` bytes, else ``<prefix>~<hash>.<ext>`` that does:
     the same long name always gives the same short one, and two long names that share
     their first 200 bytes still differ."""
+    if "/" in name:
+        head, base = split(name)
+        return head + fit(base, limit)
     raw = os.fsencode(name)
     if len(raw) <= limit:
         return name
@@ -114,7 +132,10 @@ def fit(name: str, limit: int = NAME_MAX) -> str:
 
 def collision_name(name: str, n: int) -> str:
     """``app.log`` -> ``app-1.log``; no extension: ``-N`` at the end; a hidden name keeps
-    its leading dot. Shortened to fit."""
+    its leading dot. Shortened to fit. Of a path, the last component's."""
+    if "/" in name:
+        head, base = split(name)
+        return head + collision_name(base, n)
     lead = "." if name.startswith(".") else ""
     body = name[len(lead):]
     stem, dot, ext = body.rpartition(".")
@@ -143,6 +164,9 @@ def _fit_bare(name: str, limit: int) -> str:
 
 def strip_suffix(name: str) -> str:
     """``name`` without one compression suffix (any case), if a name remains."""
+    if "/" in name:
+        head, base = split(name)
+        return head + strip_suffix(base)
     lower = name.lower()
     for suffix in COMPRESSED_SUFFIXES:
         if lower.endswith(suffix) and name[: -len(suffix)] not in ("", "."):

@@ -171,4 +171,5 @@ def format_history(entries: list[dict[str, Any]]) -> str:
 
 def _queue(config: Config) -> FolderQueue:
     w = config.watch
-    return FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
+    return FolderQueue(w.dir, w.include, w.exclude, w.ready_marker, w.recursive, w.max_depth,
+                           w.dir_ready_marker)

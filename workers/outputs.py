@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from workers.engine import OutputSink
-from workers.fs import fsync_dir
+from workers.fs import fsync_dir, make_dirs_beneath
 from workers.names import collision_name, new_execution, output_name, staged_name, staged_prefix
 
 # 64 KiB: a bigger buffer is an mmap per stream (glibc), ~0.4 ms per file opened.
@@ -24,15 +24,29 @@ BUFFER_BYTES = 64 * 1024
 
 def unique_name(name: str, taken: Callable[[str], bool]) -> str:
     """``name`` if ``taken(name)`` is false, else ``stem-N.ext`` for the smallest free N
-    (``workers.names.collision_name``: shortened to fit where needed)."""
-    if not taken(name):
-        return name
-    n = 1
-    while True:
-        candidate = collision_name(name, n)
-        if not taken(candidate):
-            return candidate
-        n += 1
+    (``workers.names.collision_name``: shortened to fit where needed). A path whose
+    directory cannot be used (``taken`` raised NotADirectoryError: a file of that name
+    is there) keeps its base name in the first free directory name instead
+    (``acme/x.csv`` -> ``acme-1/x.csv``)."""
+    try:
+        if not taken(name):
+            return name
+        n = 1
+        while True:
+            candidate = collision_name(name, n)
+            if not taken(candidate):
+                return candidate
+            n += 1
+    except NotADirectoryError:
+        head, _, rest = name.partition("/")
+        if not rest:
+            raise
+        n = 1
+        while True:
+            try:
+                return unique_name(f"{collision_name(head, n)}/{rest}", taken)
+            except NotADirectoryError:
+                n += 1
 
 
 class StagedOutputs:
@@ -93,19 +107,43 @@ class StagedOutputs:
             temp.unlink(missing_ok=True)
 
 
-def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool) -> None:
+def rename_staged(out_dir: Path, pairs: list[tuple[str, str]], durable: bool, durable_dirs: bool = False
+                  ) -> set[str]:
     """Rename each staged output to its final name. Idempotent: a pair whose staged
     file is gone while its final name is there was renamed by an earlier try (one a
-    full disk, or a crash, cut short)."""
+    full disk, or a crash, cut short). A final name in a directory (``acme/x.csv``,
+    recursive) has its directories made first, on disk before anything is renamed into
+    them when ``durable``. Returns the directories renamed into ("" for ``out_dir``),
+    which the caller syncs (with ``durable`` here, they are synced now; ``durable_dirs``
+    makes only the new directories durable, for a caller that syncs the rest)."""
     base = str(out_dir) + "/"
+    into: set[str] = set()
     for temp, final in pairs:
+        parent = final.rpartition("/")[0]
+        into.add(parent)
         try:
             os.replace(base + temp, base + final)
         except FileNotFoundError:
-            if not os.path.lexists(base + final):
+            if os.path.lexists(base + final):
+                continue
+            if not parent or not os.path.lexists(base + temp):
                 raise
+            with _dir_fd(out_dir) as top:
+                os.close(make_dirs_beneath(top, parent, durable or durable_dirs))
+            os.replace(base + temp, base + final)
     if durable:
-        fsync_dir(out_dir)
+        for parent in into:
+            fsync_dir(base + parent)
+    return into
+
+
+@contextlib.contextmanager
+def _dir_fd(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def remove_staged(out_dir: Path, token: str) -> None:

@@ -3,20 +3,22 @@
 ``compile_pipelines`` compiles every configured pipeline's graph once (each problem a
 ConfigError naming its key) and keeps the ``[[routes]]`` in the order written. A file's
 pipeline is the first route one of whose globs matches its name with the compression
-suffix removed (``app.log.1.gz`` is matched as ``app.log.1``); the name decides, so the
+suffix removed (``app.log.1.gz`` is matched as ``app.log.1``). A glob without ``/``
+matches the base name at any depth, one with ``/`` the path relative to
+``unprocessed/``, ``**`` spanning directories (``acme/**/*.csv``: ``workers/globs.py``,
+as ``recursive = true`` names files). The name decides, so the
 supervisor routes a file before anything reads it, and every node of a job uses the
 same pipelines (jobs carry their version, ``workers/config.py pipeline_version``).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from workers.config import Config, RouteConfig
+from workers.globs import matcher
 from workers.graph import Graph, compile_graph
 from workers.names import shown, strip_suffix
 
@@ -27,8 +29,7 @@ class Pipelines:
     routes: tuple[RouteConfig, ...]
 
     def __post_init__(self) -> None:
-        compiled = [re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in r.match), re.DOTALL)
-                    for r in self.routes]
+        compiled = [matcher(r.match) for r in self.routes]
         object.__setattr__(self, "_compiled", compiled)
         # Asked for every name the daemon chooses: computed once (the graphs never change).
         suffixes = tuple(dict.fromkeys(s for g in self.graphs.values() for s in g.side_outputs()))
@@ -36,11 +37,27 @@ class Pipelines:
 
     def route(self, name: str) -> str | None:
         """The pipeline for a file of this name, or None when no route matches."""
+        at = self.route_index(name)
+        return self.routes[at].pipeline if at is not None else None
+
+    def route_index(self, name: str) -> int | None:
+        """The index of the route a file of this name takes (None: none matches)."""
         stem = strip_suffix(name)
-        for rx, route in zip(self._compiled, self.routes, strict=True):  # type: ignore[attr-defined]
-            if rx.match(stem):
-                return route.pipeline
+        matches: list[Callable[[str], bool]] = self._compiled  # type: ignore[attr-defined]
+        for i, match in enumerate(matches):
+            if match(stem):
+                return i
         return None
+
+    def explain(self, name: str) -> str:
+        """Which route a file of this name takes, and why: ``check PATH`` says it."""
+        at = self.route_index(name)
+        if at is None:
+            return f"{shown(name)}: {self.unrouted(name)}"
+        route = self.routes[at]
+        stem = strip_suffix(name)
+        matched_as = f" (matched as {shown(stem)!r})" if stem != name else ""
+        return f"{shown(name)}: routes[{at + 1}] {list(route.match)} -> pipeline {route.pipeline}{matched_as}"
 
     def unrouted(self, name: str) -> str:
         """The reason a file no route matches goes to failed/: the routes it was tried on."""
@@ -56,7 +73,8 @@ class Pipelines:
 
     def describe(self) -> list[str]:
         """``check``'s listing: the routes, then each pipeline's settings and graph."""
-        out = ["routes (first match wins; names are matched without .gz/.bz2/.xz/.zst):"]
+        out = ["routes (first match wins; names are matched without .gz/.bz2/.xz/.zst; a glob with / matches "
+               "the path in unprocessed/, ** any number of directories):"]
         out += [f"  {i}. {', '.join(r.match)} -> {r.pipeline}" for i, r in enumerate(self.routes, 1)]
         out.append("pipelines (each node: tag -> processor -> tags it may emit):")
         for name, graph in self.graphs.items():

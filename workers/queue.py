@@ -15,6 +15,13 @@ loop. The protocol (README, "Guarantees"):
   delivery of the same name is waiting in ``unprocessed/`` meanwhile, it is *adopted*
   instead: claimed where it is, so neither delivery replaces the other.
 - No move replaces an existing file (``workers.fs.move``).
+
+With ``[watch] recursive = true`` every regular file under ``unprocessed/`` (to
+``max_depth`` directories down; hidden and symlinked directories are never entered) is
+work, named by its path relative to its folder: ``a/b/x.csv`` moves to
+``underprocess/a/b/x.csv``, then ``processed/a/b/x.csv``; directories are made as a
+move needs them, and a nested name is moved through descriptors opened beneath the
+folder, never through a symlink (``workers.fs.move_beneath``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import fnmatch
 import os
 import re
 import resource
@@ -35,8 +41,9 @@ from enum import Enum
 from pathlib import Path
 
 from workers.errors import FoldermillError, SystemFailure
-from workers.fs import move
-from workers.names import collision_name, output_name, reason_files, reason_name
+from workers.fs import lstat_beneath, make_dirs_beneath, move, move_beneath, unlink_beneath
+from workers.globs import matcher
+from workers.names import base_name, collision_name, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
 KEEP_FDS_LIMIT = 8 * LOCK_COUNT  # open files allowed from which lock descriptors stay open
@@ -75,7 +82,8 @@ class Candidate:
 
 
 class FolderQueue:
-    def __init__(self, root: Path, include: tuple[str, ...], exclude: tuple[str, ...], ready_marker: str) -> None:
+    def __init__(self, root: Path, include: tuple[str, ...], exclude: tuple[str, ...], ready_marker: str,
+                 recursive: bool = False, max_depth: int = 16, dir_marker: str = "") -> None:
         self.root = root
         self.unprocessed = root / "unprocessed"
         self.underprocess = root / "underprocess"
@@ -95,8 +103,13 @@ class FolderQueue:
         self._fail = str(self.failed) + "/"
         self._out = str(self.output) + "/"
         self.locks = LockTable(self.locks_dir)
-        self._wanted = _any_of(include)
-        self._unwanted = _any_of(exclude)
+        self._wanted = matcher(include)
+        self._unwanted = matcher(exclude)
+        self.recursive = recursive
+        self.max_depth = max_depth if recursive else 0
+        self.dir_marker = dir_marker if recursive else ""
+        self._fds: dict[str, int] = {}  # folder -> descriptor, for nested names (``_fd``)
+        self.emptied: dict[str, float] = {}  # "folder/dir" a move left maybe empty -> when (monotonic)
         self.moved: dict[str, int] = dict.fromkeys(FOLDERS, 0)  # our moves since the last count, per folder
         self._held: dict[str, int] = {}  # name in underprocess/ -> lock index we hold for it
         self.stranded = False  # a claim met a dead owner's file: recover soon
@@ -132,9 +145,72 @@ class FolderQueue:
 
     def is_candidate_name(self, name: str) -> bool:
         """Matches include, not exclude, and is not a ready marker or placeholder."""
-        if name.startswith(".") or self._is_marker(name):
+        base = base_name(name)
+        if base.startswith(".") or self._is_marker(base) or (base == self.dir_marker and "/" in name):
             return False  # hidden names never count as work, whatever include says
-        return self._wanted.match(name) is not None and self._unwanted.match(name) is None
+        return self._wanted(name) and not self._unwanted(name)
+
+    def enters(self, rel_dir: str) -> bool:
+        """Whether the walk goes into this directory of unprocessed/ (``a/b``): with
+        recursive, not hidden, not deeper than ``max_depth``. (Symlinks: never, the
+        caller's lstat decides.)"""
+        return (self.recursive and rel_dir.count("/") < self.max_depth
+                and not base_name(rel_dir).startswith("."))
+
+    def _fd(self, folder: str) -> int:
+        """A descriptor of a queue folder, kept: nested names are resolved beneath it."""
+        fd = self._fds.get(folder)
+        if fd is None:
+            fd = self._fds[folder] = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return fd
+
+    def _move(self, src: str, dst: str, name: str, target: str) -> None:
+        """``src/name`` -> ``dst/target`` (folders by name), replacing nothing; a nested
+        name through descriptors, its directories made in ``dst`` as needed."""
+        if "/" not in name and "/" not in target:
+            move(f"{self.root}/{src}/{name}", f"{self.root}/{dst}/{target}")
+            return
+        move_beneath(self._fd(src), name, self._fd(dst), target)
+        if "/" in name:
+            self.emptied[f"{src}/{name.rpartition('/')[0]}"] = time.monotonic()
+
+    def remove_empty(self, now: float, after_s: float) -> int:
+        """Directories a move left maybe empty (``emptied``), removed once nothing was
+        added to or taken from them for ``after_s`` (their mtime says; a producer still
+        filling one keeps it new), and so up the tree; never a queue folder itself. A
+        directory of unprocessed/ that holds only its ``dir_marker`` goes with it.
+        Returns how many went."""
+        removed = 0
+        for key, when in list(self.emptied.items()):
+            if now - when < after_s:
+                continue
+            del self.emptied[key]
+            folder, _, rel = key.partition("/")
+            below = False  # a directory below was just removed: that change of its mtime is ours
+            while rel:
+                path = f"{self.root}/{folder}/{rel}"
+                try:
+                    st = os.lstat(path)
+                    if not stat.S_ISDIR(st.st_mode):
+                        break
+                    idle = time.time() - st.st_mtime
+                    if idle < after_s and not below:  # touched since: looked at again when it may be idle
+                        self.emptied[f"{folder}/{rel}"] = now - idle
+                        break
+                    if folder == "unprocessed" and self.dir_marker and os.listdir(path) == [self.dir_marker]:
+                        os.unlink(f"{path}/{self.dir_marker}")
+                    os.rmdir(path)
+                except OSError:
+                    break  # not empty, or gone: left as it is
+                removed += 1
+                below = True
+                rel = rel.rpartition("/")[0]
+        return removed
+
+    def make_parent(self, folder: str, name: str, durable: bool = False) -> None:
+        """The directories of ``name`` in ``folder``, made if missing (durable: on disk)."""
+        if "/" in name:
+            os.close(make_dirs_beneath(self._fd(folder), name.rpartition("/")[0], durable))
 
     def _is_marker(self, name: str) -> bool:
         if not self.ready_marker:
@@ -144,13 +220,11 @@ class FolderQueue:
 
     def marked_by(self, name: str) -> str | None:
         """The file that a ready marker of this name marks (None: not a marker)."""
-        if not self._is_marker(name):
+        head, slash, base = name.rpartition("/")
+        if not self._is_marker(base):
             return None
         prefix, _, suffix = self.ready_marker.partition("{name}")
-        return name[len(prefix):len(name) - len(suffix)]
-
-    def marker_name(self, name: str) -> str:
-        return self.ready_marker.replace("{name}", name) if self.ready_marker else ""
+        return head + slash + base[len(prefix):len(base) - len(suffix)]
 
     def scan(self) -> list[Candidate]:
         """Every candidate in ``unprocessed/``, oldest mtime first (the CLI's view; the
@@ -159,22 +233,61 @@ class FolderQueue:
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 
-    def waiting(self) -> Iterator[tuple[int, str, int, int, int]]:
-        """(mtime_ns, name, size, inode, mode) of each candidate in ``unprocessed/``, in
-        directory order, one at a time (lstat: symlinks are never followed)."""
+    def waiting(self, under: str = "") -> Iterator[tuple[int, str, int, int, int]]:
+        """(mtime_ns, name, size, inode, mode) of each candidate in ``unprocessed/`` (or
+        in its directory ``under``, and below), in directory order, one at a time (lstat:
+        symlinks are never followed). With recursive, directories are walked (a
+        directory's files wait for its ``dir_marker``, if one is set), not returned."""
+        if not self.recursive:
+            yield from self._entries(self._unp, "", False)
+            return
+        if under and not self.marked(under):
+            return
+        stack = [under]
+        while stack:
+            rel = stack.pop()
+            prefix = rel + "/" if rel else ""
+            marked_here = not self.dir_marker or not rel or self._marked_dir(rel)
+            for item in self._entries(self._unp + prefix, prefix, True):
+                if stat.S_ISDIR(item[4]):
+                    if self.enters(item[1]):
+                        stack.append(item[1])
+                elif marked_here:
+                    yield item
+
+    def _entries(self, path: str, prefix: str, dirs: bool) -> Iterator[tuple[int, str, int, int, int]]:
         try:
-            entries = os.scandir(self.unprocessed)
-        except FileNotFoundError:
+            entries = os.scandir(path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             return
         with entries:
             for entry in entries:
-                if not self.is_candidate_name(entry.name):
+                name = prefix + entry.name
+                if dirs and entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):
+                        yield 0, name, 0, entry.inode(), stat.S_IFDIR
+                    continue
+                if not self.is_candidate_name(name):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                yield st.st_mtime_ns, entry.name, st.st_size, st.st_ino, st.st_mode
+                yield st.st_mtime_ns, name, st.st_size, st.st_ino, st.st_mode
+
+    def marked(self, rel_dir: str) -> bool:
+        """With ``dir_marker``: whether the directory ``rel_dir`` of unprocessed/, or one
+        above it, holds the marker (its files are delivered). True without a marker."""
+        if not self.dir_marker or not rel_dir:
+            return True
+        while rel_dir:
+            if self._marked_dir(rel_dir):
+                return True
+            rel_dir = rel_dir.rpartition("/")[0]
+        return False
+
+    def _marked_dir(self, rel_dir: str) -> bool:
+        return os.path.lexists(f"{self._unp}{rel_dir}/{self.dir_marker}")
 
     def look(self, name: str) -> Candidate | None:
         """``name`` in ``unprocessed/`` as it is now (lstat), or None if it is not there."""
@@ -191,6 +304,14 @@ class FolderQueue:
 
     def has_marker(self, name: str) -> bool:
         return os.path.lexists(self._unp + self.marker_name(name))
+
+    def marker_name(self, name: str) -> str:
+        """The ready marker of ``name``, in its directory (``a/{name}.ready``)."""
+        if not self.ready_marker:
+            return ""
+        head, _, base = name.rpartition("/")
+        marker = self.ready_marker.replace("{name}", base)
+        return f"{head}/{marker}" if head else marker
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -210,8 +331,8 @@ class FolderQueue:
         if not self._try_lock(index):
             return False
         try:
-            move(self._unp + name, self._under + name)
-        except FileNotFoundError:
+            self._move("unprocessed", "underprocess", name, name)
+        except (FileNotFoundError, NotADirectoryError):
             self._unlock(index)
             return False
         except FileExistsError:  # a dead owner's file of that name: recovery adopts it first
@@ -226,7 +347,7 @@ class FolderQueue:
         marker = self.marker_name(name)
         if marker:
             with contextlib.suppress(OSError):
-                os.unlink(self._unp + marker)
+                unlink_beneath(self._fd("unprocessed"), marker)
         return True
 
     # -- our moves, for the census ----------------------------------------------------------------
@@ -276,6 +397,8 @@ class FolderQueue:
         underprocess/ (by hand). Any other error leaves it claimed (lock held) where it
         is, a reason that cannot be written (a full disk) too."""
         target_dir = self._proc if folder == "processed" else self._fail
+        if "/" in final_name and reason:
+            self.make_parent("failed", final_name)
         # The reason first: a file in failed/ always has its reason beside it. Its name is
         # reserved for this file: one there already is this file's, from a try whose move
         # failed (a full disk), and is replaced.
@@ -284,7 +407,7 @@ class FolderQueue:
         for n in range(1000):
             target = final_name if n == 0 else collision_name(final_name, n)
             try:
-                move(self._under + name, target_dir + target)
+                self._move("underprocess", folder, name, target)
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -306,7 +429,7 @@ class FolderQueue:
     def put_back(self, name: str) -> PutBack:
         """Return a claimed file to unprocessed/ (a stop) and release its lock."""
         try:
-            move(self._under + name, self._unp + name)
+            self._move("underprocess", "unprocessed", name, name)
             outcome = PutBack.MOVED
             self.moved["underprocess"] -= 1
         except FileExistsError:
@@ -325,10 +448,7 @@ class FolderQueue:
         self.stranded = False
         recovered: list[str] = []
         adopted: list[str] = []
-        try:
-            names = os.listdir(self.underprocess)
-        except FileNotFoundError:
-            return [], []
+        names = self.claimed_names()
         for name in names:
             if name in mine or name == PLACEHOLDER or name in self._held:
                 continue
@@ -337,7 +457,7 @@ class FolderQueue:
                 continue  # a live owner holds it
             keep = False
             try:
-                move(self._under + name, self._unp + name)
+                self._move("underprocess", "unprocessed", name, name)
                 recovered.append(name)
                 self.moved["underprocess"] -= 1
             except FileExistsError:
@@ -350,6 +470,29 @@ class FolderQueue:
                 if not keep:
                     self._unlock(index)
         return recovered, adopted
+
+    def claimed_names(self) -> list[str]:
+        """Every name in underprocess/: with recursive, the files of its directories
+        (made by claims; a symlink is a name, never entered)."""
+        try:
+            names = os.listdir(self.underprocess)
+        except FileNotFoundError:
+            return []
+        if not self.recursive:
+            return names
+        found, stack = [], names
+        while stack:
+            name = stack.pop()
+            try:
+                st = os.lstat(self._under + name)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                found.append(name)
+                continue
+            with contextlib.suppress(OSError):
+                stack.extend(f"{name}/{n}" for n in os.listdir(self._under + name))
+        return found
 
     def stat_adopted(self, names: list[str]) -> list[Candidate]:
         """Adopted files as Candidates; one that vanished meanwhile is let go."""
@@ -386,6 +529,9 @@ class FolderQueue:
         for folder in (self.unprocessed, self.underprocess, self.processed, self.failed, self.output):
             if not folder.is_dir():
                 raise SystemFailure(f"{folder} is gone (was the watch dir removed or unmounted?)")
+        for name, fd in list(self._fds.items()):  # a folder made anew: its new descriptor
+            if not os.path.samestat(os.fstat(fd), os.stat(self.root / name)):
+                os.close(self._fds.pop(name))
 
     def close_kept(self) -> None:
         """Close the claim locks' descriptors kept between claims (no descriptors left)."""
@@ -393,7 +539,7 @@ class FolderQueue:
 
     def stat_claimed(self, name: str) -> Candidate:
         """A claimed file as a Candidate (lstat: a symlink stays a symlink)."""
-        st = os.lstat(self._under + name)
+        st = os.lstat(self._under + name) if "/" not in name else lstat_beneath(self._fd("underprocess"), name)
         return Candidate(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
     def reject(self, candidate: Candidate, final_name: str, reason: str) -> bool:
@@ -429,6 +575,9 @@ class FolderQueue:
         ``workers/daemon/census.py``)."""
         result = {}
         for folder in folders:
+            if self.recursive:
+                result[folder] = self._count_tree(folder)
+                continue
             if folder in ("underprocess", "processed"):  # streamed: a million names are never held
                 result[folder] = _count_entries(self.root / folder)
                 continue
@@ -443,6 +592,27 @@ class FolderQueue:
                 names = [n for n in names if self.is_candidate_name(n)]
             result[folder] = sum(1 for n in names if n != PLACEHOLDER)
         return result
+
+    def _count_tree(self, folder: str) -> int:
+        """Files in ``folder`` and its directories, as ``counts`` counts them, one
+        directory listed at a time."""
+        if folder == "unprocessed":
+            return sum(1 for _ in self.waiting())
+        total, stack = 0, [str(self.root / folder)]
+        while stack:
+            path = stack.pop()
+            try:
+                with os.scandir(path) as it:
+                    entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            except OSError:
+                continue
+            names = [n for n, is_dir in entries if not is_dir and n != PLACEHOLDER]
+            stack.extend(f"{path}/{n}" for n, is_dir in entries if is_dir and not n.startswith("."))
+            if folder == "failed":
+                reasons = reason_files(names)
+                names = [n for n in names if n not in reasons and not n.startswith(".")]
+            total += len(names)
+        return total
 
 
 class LockTable:
@@ -585,18 +755,17 @@ def _count_entries(folder: Path) -> int:
         return 0
 
 
-def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    """One regular expression for a list of globs (none: matches nothing)."""
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)", re.DOTALL)
-
-
 def _used(path: str) -> bool:
-    """Whether a name is in use; a name the filesystem refuses (too long) is never free."""
+    """Whether a name is in use; a name the filesystem refuses (too long) is never free;
+    one whose directory is a file or a symlink (NotADirectoryError) cannot be used at
+    all: the caller chooses another directory (``workers.outputs.unique_name``)."""
     try:
         os.lstat(path)
         return True
-    except FileNotFoundError:
+    except (FileNotFoundError):
         return False
+    except NotADirectoryError:
+        raise
     except OSError:
         return True
 

@@ -245,17 +245,19 @@ class Commit:
     def _rename_marked(self) -> None:
         """Committing -> outputs in place -> input in processed/. A fault stops it where
         it is; the renames are idempotent, so the next try goes on from there."""
-        out, renamed = self.queue.output, []
+        out, renamed, into = self.queue.output, [], set[str]()
         for flight in self.flights.in_state(State.COMMITTING):
-            step, _ = self.per_file(flight, "committing its outputs", rename_staged, out, _result(flight).staged,
-                                    False)
+            step, dirs = self.per_file(flight, "committing its outputs", rename_staged, out, _result(flight).staged,
+                                       False, self.workers.durable)
             if step is Step.HELD:  # it and those after it stay COMMITTING
                 break
             if step is Step.DONE:
                 renamed.append((flight, _result(flight), flight.pid))
+                into |= dirs
         if self.workers.durable and renamed:
             try:
-                fsync_dir(out)
+                for parent in sorted(into):
+                    fsync_dir(f"{out}/{parent}" if parent else out)
             except OSError as exc:
                 if not self.held(exc):
                     raise

@@ -8,20 +8,32 @@ One thread reads the inotify descriptor and hands each read's events over as one
 ``FileEvents`` message. watchdog did this before, with three threads and a queue
 handoff per event: measured on 5,000 small files (``--once``, tmpfs), its threads cost
 the supervisor 90 µs of CPU per file, a fifth of its work, most of it for the events
-our own claims cause. Only what the daemon uses is read here (one folder, not
-recursive, on Linux); the pass covers the rest.
+our own claims cause. Only what the daemon uses is read here (on Linux); the pass
+covers the rest.
+
+With ``[watch] recursive = true`` every directory the queue enters has a watch of its
+own, and events name files by their path relative to the folder. A directory that
+appears (created, or renamed in whole) is watched at once and then listed: a file
+created in it before its watch was in place is reported by that listing (the classic
+inotify race), as ``CREATED``, so it settles and is looked at for writers like any new
+file. A directory renamed away loses its names (its watches stay until the kernel
+drops them). When the kernel has no watch left for this user
+(``fs.inotify.max_user_watches``), the directories without one are found by passes
+alone: said once, and the intake passes over the tree every ``poll_interval``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import select
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,15 +76,11 @@ class EventSink(Protocol):
 
 
 def parse(data: bytes) -> tuple[list[FileEvent], bool]:
-    """The events of one read, and whether the folder's watch ended. Directories are
-    not files to process; an overflow is one ``OVERFLOW`` event."""
+    """The events of one read of a flat folder's watch, and whether it ended.
+    Directories are not files to process; an overflow is one ``OVERFLOW`` event."""
     events: list[FileEvent] = []
     ended = False
-    offset, size, unpack = 0, HEADER.size, HEADER.unpack_from
-    while offset + size <= len(data):
-        _, mask, _, length = unpack(data, offset)
-        raw = data[offset + size:offset + size + length].rstrip(b"\0")
-        offset += size + length
+    for _, mask, raw in records(data):
         if mask & IN_Q_OVERFLOW:
             events.append(FileEvent(OVERFLOW, ""))
         elif mask & ENDED:
@@ -83,21 +91,38 @@ def parse(data: bytes) -> tuple[list[FileEvent], bool]:
     return events, ended
 
 
+def records(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(watch descriptor, mask, name) of each event in one read."""
+    out = []
+    offset, size, unpack = 0, HEADER.size, HEADER.unpack_from
+    while offset + size <= len(data):
+        wd, mask, _, length = unpack(data, offset)
+        out.append((wd, mask, data[offset + size:offset + size + length].rstrip(b"\0")))
+        offset += size + length
+    return out
+
+
 class Watch:
     """inotify on one folder and the thread that reads it (``stop`` ends both). A watch
     whose folder went (removed, moved, unmounted) or whose reads fail has ``ended``: the
     intake sets up a new one at its next pass."""
 
-    def __init__(self, folder: Path, sink: EventSink) -> None:
+    def __init__(self, folder: Path, sink: EventSink, enters: Callable[[str], bool] | None = None) -> None:
         self.folder = str(folder)
         self.sink = sink
         self.ended = False
         self.stopped = False
+        self.enters = enters  # recursive: whether a directory (relative path) is watched
+        self.dirs: dict[int, str] = {}  # watch descriptor -> its directory's prefix ("" or "a/b/")
+        self.short = ""  # why some directory has no watch (none left): passes find its files
         fds: list[int] = []
         try:
             self.fd = _call(_LIBC.inotify_init1, IN_NONBLOCK | IN_CLOEXEC)
             fds.append(self.fd)
-            _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(self.folder), WATCHED)
+            self.root = _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(self.folder), WATCHED)
+            self.dirs[self.root] = ""
+            if enters is not None:
+                self._add_tree("", None)
             self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             fds += [self.wake_r, self.wake_w]
             self.thread = threading.Thread(target=self._read, name="file-events", daemon=True)
@@ -138,12 +163,84 @@ class Watch:
             except OSError as exc:
                 self._end(f"its reads fail ({exc})")
                 return
-            events, ended = parse(data)
+            events, ended = parse(data) if self.enters is None else self._parse_tree(data)
             if events:
                 self.sink.put(FileEvents(tuple(events)))
             if ended:
                 self._end("the folder was removed, moved or unmounted")
                 return
+
+    def _parse_tree(self, data: bytes) -> tuple[list[FileEvent], bool]:
+        """``parse`` for a tree: names by their relative path; a new directory watched
+        and listed; an overflow also adds the watches its lost events would have."""
+        events: list[FileEvent] = []
+        ended = False
+        for wd, mask, raw in records(data):
+            prefix = self.dirs.get(wd)
+            if mask & IN_Q_OVERFLOW:
+                events.append(FileEvent(OVERFLOW, ""))
+                self._add_tree("", None)
+            elif mask & ENDED:
+                if wd == self.root:
+                    ended = True
+                elif mask & IN_IGNORED:
+                    self.dirs.pop(wd, None)
+            elif prefix is None or not raw:
+                continue  # a directory renamed away, whose watch the kernel has not dropped yet
+            elif mask & IN_ISDIR:
+                rel = prefix + os.fsdecode(raw)
+                if mask & IN_MOVED_FROM:
+                    self._forget(rel + "/")
+                elif mask & (IN_CREATE | IN_MOVED_TO) and self.enters is not None and self.enters(rel):
+                    self._add_tree(rel, events)
+            else:
+                name = prefix + os.fsdecode(raw)
+                events.extend(FileEvent(kind, name) for bit, kind in KINDS if mask & bit)
+        return events, ended
+
+    def _add_tree(self, top: str, events: list[FileEvent] | None) -> None:
+        """Watch ``top`` (a relative directory, "" the folder) and the directories below
+        it that are entered; with ``events``, each file found is reported ``CREATED``
+        (made before its directory's watch was in place)."""
+        enters = self.enters
+        assert enters is not None
+        stack = [top]
+        while stack:
+            rel = stack.pop()
+            path = f"{self.folder}/{rel}" if rel else self.folder
+            if rel:
+                try:
+                    wd = _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(path), WATCHED)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        self._out_of_watches(rel)
+                        return
+                    continue  # gone meanwhile, or not a directory any more
+                self.dirs[wd] = rel + "/"
+            prefix = rel + "/" if rel else ""
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            if enters(prefix + entry.name):
+                                stack.append(prefix + entry.name)
+                        elif events is not None:
+                            events.append(FileEvent(CREATED, prefix + entry.name))
+            except OSError:
+                continue
+
+    def _forget(self, prefix: str) -> None:
+        """A directory renamed away: its watches name nothing any more (a rename back in
+        is a new directory)."""
+        for wd in [wd for wd, p in self.dirs.items() if p.startswith(prefix)]:
+            del self.dirs[wd]
+
+    def _out_of_watches(self, rel: str) -> None:
+        if not self.short:
+            self.short = f"no inotify watch left for {self.folder}/{rel} (fs.inotify.max_user_watches)"
+            log.warning("%s: directories without a watch are found by passes over the tree every poll_interval",
+                        self.short)
+            self.sink.put(FileEvent(OVERFLOW, ""))
 
     def _end(self, why: str) -> None:
         """The watch is over: said, and a pass over the folder asked for at once."""
@@ -215,17 +312,22 @@ class Watching:
     this user, another OS), passes over the folder alone find files: said once, and
     tried again at each pass."""
 
-    def __init__(self, folder: Path) -> None:
+    RETRY_SHORT_S = 60.0  # a watch short of inotify watches is set up anew this often
+
+    def __init__(self, folder: Path, enters: Callable[[str], bool] | None = None) -> None:
         self.folder = folder
+        self.enters = enters
         self.watch: Watch | None = None
+        self.since = 0.0
         self.sink: EventSink | None = None
         self.unwatched = False  # no events could be had (said once)
 
     def start(self, sink: EventSink) -> None:
         """Events arrive in ``sink`` as ``FileEvents`` messages, one per read."""
         self.sink = sink
+        self.since = time.monotonic()
         try:
-            self.watch = Watch(self.folder, sink)
+            self.watch = Watch(self.folder, sink, self.enters)
         except (OSError, AttributeError) as exc:
             self.watch = None
             if not self.unwatched:
@@ -239,14 +341,26 @@ class Watching:
 
     def renew(self) -> bool:
         """A watch that ended, or never began, set up again; whether one is now."""
-        if self.sink is None or (self.watch is not None and not self.watch.ended):
+        if self.sink is None or (self.watch is not None and not self.watch.ended
+                                 and not (self.watch.short and time.monotonic() - self.since > self.RETRY_SHORT_S)):
             return False
+        short = self.watch.short if self.watch is not None else ""
         self.stop()
         self.start(self.sink)
-        return self.watch is not None
+        if short and self.watch is not None and not self.watch.short:
+            log.info("file events for all of %s again", self.folder)
+            return True
+        return self.watch is not None and not short
 
     def active(self) -> bool:
-        return self.watch is not None
+        """Whether events tell of every file (a watch on every directory entered)."""
+        return self.watch is not None and not self.watch.short
+
+    def problem(self) -> str:
+        """Why some files are found by passes alone ("" if events tell of all)."""
+        if self.watch is None:
+            return "no file events (inotify): passes over the folder find files" if self.sink else ""
+        return self.watch.short
 
     def stop(self) -> None:
         if self.watch is not None:

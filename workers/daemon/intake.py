@@ -101,8 +101,9 @@ class Intake:
         self.once_idle = False  # --once: nothing left to do
         self.writers = WriterWatch(str(queue.unprocessed))
         self.fence = Fence(queue.unprocessed)
-        self.events = Watching(queue.unprocessed)
+        self.events = Watching(queue.unprocessed, queue.enters if queue.recursive else None)
         self.looking = False  # this round met a file that waits for the next look at /proc
+        self.last_tidy = 0.0
 
     # -- what came in ------------------------------------------------------------------
 
@@ -139,7 +140,11 @@ class Intake:
             marked = queue.marked_by(name) if kind != GONE else None
             if marked is not None:
                 backlog.unpark([marked])  # its ready marker came
+            elif queue.dir_marker and kind in (CREATED, MOVED_IN) and name.endswith("/" + queue.dir_marker):
+                self._delivered(name.rpartition("/")[0])
             return
+        if queue.dir_marker and "/" in name and kind != GONE and not queue.marked(name.rpartition("/")[0]):
+            return  # its directory is not delivered yet: its marker's event brings it
         if kind == OPENED:
             self.writers.arrived(name)  # the next claim looks at /proc again too
             self.readiness.note_opened(name)  # not ready until it is closed
@@ -175,6 +180,29 @@ class Intake:
             backlog.put(name, seen.mtime_ns)
         # Otherwise it waits beyond the window, for a later pass (an entry it had in the
         # window, with an older mtime, is dropped when its turn comes).
+
+    def _delivered(self, rel_dir: str) -> None:
+        """A directory's marker came: its files join the backlog (as files renamed in:
+        the marker says they are written; /proc is looked at before each claim)."""
+        backlog = self.backlog
+        for mtime_ns, name, size, _ino, _mode in self.queue.waiting(rel_dir):
+            if backlog.holds(name, mtime_ns):
+                continue
+            backlog.arrived(size)
+            self.writers.arrived(name)
+            if backlog.admits(mtime_ns, name):
+                self.readiness.note_moved_in(name)
+                backlog.put(name, mtime_ns)
+
+    def tidy(self, now: float, after_s: float) -> None:
+        """Directories the queue emptied, removed once they stayed empty ``after_s``."""
+        if self.queue.emptied and now - self.last_tidy >= 1.0:
+            self.last_tidy = now
+            self.queue.remove_empty(now, after_s)
+
+    def events_problem(self) -> str:
+        """Why some files are found by passes alone ("" if file events tell of all)."""
+        return self.events.problem()
 
     def wake(self) -> None:
         """Something changed that events may not tell (a resume, a retry): look again."""

@@ -122,6 +122,7 @@ class Loop:
                 self.parts.commit.retry_moves()
         self.parts.ledger.flush()
         self.parts.retention.step(now)
+        self.parts.intake.tidy(now, self.config.watch.empty_dirs_after)
         self.parts.publisher.tick(now, lambda: self._report(now), self.parts.ledger.count())
         if self.options.once:
             self.show_progress()

@@ -66,7 +66,8 @@ class Daemon:
         self.open_shared = open_shared
         self.start_dashboard = start_dashboard
         w = config.watch
-        self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker)
+        self.queue = FolderQueue(w.dir, w.include, w.exclude, w.ready_marker, w.recursive, w.max_depth,
+                           w.dir_ready_marker)
         self.intake = Intake(self.queue, w.settle, w.poll_interval, options.once, w.backlog_window)
         # Probed before intake resumes: where outputs and the state database are written (the
         # queue folders are on output/'s filesystem: prepare() checks it). Not underprocess/:
