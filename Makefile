@@ -16,8 +16,9 @@ RUNTIME_VENV ?= .venv-runtime
 # no package starts its system service (the file is removed afterwards if make created
 # it). python3-venv: the deployed daemon's venv is built from Debian's python3, which a
 # service user can run (root's own interpreter may be out of its reach).
+# rsync: a producer of trees (tests/test_trees.py).
 SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd \
-	openssh-server openssh-client vsftpd samba smbclient curl python3-venv
+	openssh-server openssh-client vsftpd samba smbclient curl rsync python3-venv
 
 .PHONY: run test lint check bench clean system-deps smoke-runtime
 
@@ -61,6 +62,7 @@ system-deps:
 	test -x /usr/sbin/smbd || missing="$$missing samba"; \
 	command -v smbclient >/dev/null 2>&1 || missing="$$missing smbclient"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -501,3 +501,24 @@ def test_sighup_reaches_celery_nodes_through_the_jobs(tmp_path: Path, daemons, r
     assert "cannot load pipeline version" in (watch / "failed" / "c.log.reason").read_text()
     assert celery_nodes[0].poll() is None
     assert d.stop() == 0
+
+
+def test_a_tree_with_celery_nodes_keeps_relative_paths(tmp_path: Path, daemons, redis_server, celery_nodes) -> None:
+    """With ``recursive = true`` the nodes get and keep relative paths: they read
+    ``underprocess/<rel>`` and stage outputs that take ``output/<rel>`` at commit."""
+    config = celery_config(tmp_path, redis_server)
+    config.write_text(config.read_text().replace("[watch]\n", "[watch]\nrecursive = true\n"))
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    start_node(celery_nodes, config, "alpha")
+    names = [f"region-{i % 3}/day-{i % 2}/t{i:02d}.log" for i in range(12)] + ["region-0/t00.log"]
+    for name in names:
+        path = watch / "stage" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}\n")
+    for top in sorted({n.split("/")[0] for n in names}):
+        os.rename(watch / "stage" / top, watch / "unprocessed" / top)
+    for name in names:
+        assert journalled(watch, name) == ["claimed", "processed"], name
+        assert (watch / "output" / name).read_text() == f"{name.upper()}\n"
+        assert (watch / "processed" / name).read_text() == f"{name}\n"

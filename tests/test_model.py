@@ -72,6 +72,7 @@ from workers.names import collision_name, fit, output_name, reason_files, reason
 
 EXAMPLES = int(os.environ.get("FOLDERMILL_FUZZ_EXAMPLES", "4"))
 STEPS = int(os.environ.get("FOLDERMILL_FUZZ_STEPS", "12"))
+TREE_EXAMPLES = int(os.environ.get("FOLDERMILL_FUZZ_TREE_EXAMPLES", str(max(1, EXAMPLES // 2))))
 SETTLE_S = 1.0  # files written in place wait at least this long: time to rewrite or remove them
 YOUNG_S = SETTLE_S / 2  # a file last written less than this ago cannot have been claimed
 MAX_LINE = 256  # [pipeline] max_line_bytes in the test config
@@ -167,7 +168,7 @@ class Delivery:
 
     @property
     def hidden(self) -> bool:
-        return self.name.startswith(b".")
+        return any(part.startswith(b".") for part in self.name.split(b"/"))
 
     @property
     def path_name(self) -> str:
@@ -251,6 +252,7 @@ class FoldermillModel(RuleBasedStateMachine):
     """One fresh watch dir and one real daemon per example."""
 
     base: Path = Path(tempfile.gettempdir())  # set by the test to its tmp_path
+    CONFIG = CONFIG
 
     def __init__(self) -> None:
         super().__init__()
@@ -262,9 +264,9 @@ class FoldermillModel(RuleBasedStateMachine):
             d.mkdir(parents=True)
         (self.dir / "fuzz.py").write_text(textwrap.dedent(FUZZ_PROCESSOR))
         params = {"settle": SETTLE_S, "max_attempts": MAX_ATTEMPTS, "max_line": MAX_LINE, "flags": self.flags}
-        self.config = write_config(self.dir, CONFIG.format(live="true", **params))
+        self.config = write_config(self.dir, self.CONFIG.format(live="true", **params))
         # The same pipeline without the misbehaviour: what ``run FILE`` gives for the bytes.
-        replay = write_config(self.staging, CONFIG.format(live="false", **params))
+        replay = write_config(self.staging, self.CONFIG.format(live="false", **params))
         cfg = load_config(replay)
         self.graph = compile_graph(cfg.pipelines["default"], str(self.dir))
         self.deliveries: list[Delivery] = []
@@ -448,7 +450,7 @@ class FoldermillModel(RuleBasedStateMachine):
         return status
 
     def _entries(self, folder: str) -> list[bytes]:
-        entries = [n for n in self._listing(folder) if not n.startswith(b".")]
+        entries = [n for n in self._listing(folder) if not _hidden(n)]
         if folder == "failed":
             reasons = {os.fsencode(r) for r in reason_files([os.fsdecode(n) for n in entries])}
             entries = [n for n in entries if n not in reasons]
@@ -623,8 +625,8 @@ class FoldermillModel(RuleBasedStateMachine):
     # -- the invariants once the daemon is quiet ------------------------------------------------
 
     def _quiet(self) -> bool:
-        unprocessed = [n for n in os.listdir(os.fsencode(self.watch / "unprocessed")) if not n.startswith(b".")]
-        underprocess = os.listdir(os.fsencode(self.watch / "underprocess"))
+        unprocessed = [n for n in self._listing("unprocessed") if not _hidden(n)]
+        underprocess = self._listing("underprocess")
         return not unprocessed and not underprocess
 
     def wait_quiet(self) -> None:
@@ -666,7 +668,7 @@ class FoldermillModel(RuleBasedStateMachine):
         found: dict[str, list[tuple[bytes, tuple]]] = {}
         wanted_identities = set(want)
         for folder in ("processed", "failed", "discarded"):
-            entries = [n for n in self._listing(folder) if not n.startswith(b".")]
+            entries = [n for n in self._listing(folder) if not _hidden(n)]
             reasons = {os.fsencode(r) for r in reason_files([os.fsdecode(n) for n in entries])}
             base = os.fsencode(self.watch / folder) + b"/"
             found[folder] = []
@@ -746,8 +748,120 @@ class FoldermillModel(RuleBasedStateMachine):
             wait_for(lambda: not alive(children), 15, "the supervisors' children to exit")
 
 
+def _hidden(name: bytes) -> bool:
+    return any(part.startswith(b".") for part in name.split(b"/"))
+
+
 def _short(counter: Counter) -> list:
     return [(kind, value[:60] if isinstance(value, bytes) else value, n) for (kind, value), n in counter.items()]
+
+
+# -- the same machine on a tree (issue 21) -------------------------------------------------------
+
+DIRS = (b"a", b"b", b"a/b", b"caf\xe9", b"\xff/\xfe", b"d" * 255, b"x y/z")
+
+
+class TreeModel(FoldermillModel):
+    """The machine with ``recursive = true``: names are relative paths (raw bytes in
+    every component, 255-byte components), delivered into directories made on the way
+    (``mkdir -p``, as the daemon removes the ones it emptied), or as a whole directory
+    renamed in; a directory replacing a waiting file is now work too (its file is).
+    The invariants are the same, on relative paths: every folder is read as a tree."""
+
+    CONFIG = CONFIG.replace("settle = {settle}\n", "settle = {settle}\nrecursive = true\nempty_dirs_after = 0.3\n")
+
+    def _name(self, data: st.DataObject) -> bytes:
+        base = super()._name(data)
+        base = base.rpartition(b"/")[2] or b"_"  # a derived name of a nested one keeps only its last component
+        where = data.draw(st.sampled_from([b"", b"", *DIRS]), label="directory")
+        return where + b"/" + base if where else base
+
+    def deliver(self, name: bytes, data: bytes, inplace: bool = False) -> Delivery:
+        parent = os.fsencode(self.watch / "unprocessed") + b"/" + name.rpartition(b"/")[0]
+        if b"/" in name:
+            self._make_dirs(parent)
+        return super().deliver(name, data, inplace)
+
+    def _hand_over(self, put: Callable[[], bool], name: bytes) -> None:
+        """As the flat machine's, making the directories again when the daemon removed
+        them meanwhile (an emptied directory goes after empty_dirs_after)."""
+        parent = os.fsencode(self.watch / "unprocessed") + b"/" + name.rpartition(b"/")[0]
+
+        def again() -> bool:
+            try:
+                return put()
+            except (FileNotFoundError, NotADirectoryError):
+                self._make_dirs(parent)
+                return False
+
+        super()._hand_over(again, name)
+
+    def _make_dirs(self, path: bytes) -> None:
+        with contextlib.suppress(FileExistsError, NotADirectoryError):
+            os.makedirs(path, exist_ok=True)
+
+    def deliver_special(self, name: bytes, kind: str) -> Delivery:
+        """A symlink is rejected as in the flat machine; a directory is walked: the file
+        in it is the delivery."""
+        if kind != "dir":
+            if b"/" in name:
+                self._make_dirs(os.fsencode(self.watch / "unprocessed") + b"/" + name.rpartition(b"/")[0])
+            return super().deliver_special(name, kind)
+        return self.deliver_tree(name, 1)
+
+    def deliver_tree(self, name: bytes, count: int) -> Delivery:
+        """A directory of ``count`` files (one level of subdirectories), built beside and
+        renamed in whole under ``name``, once that name is free."""
+        token = self.token()
+        staged = os.fsencode(self.staging) + f"/{token}.tree".encode()
+        inner = [f"{token}-{i}.log".encode() if i % 2 == 0 else f"sub/{token}-{i}.log".encode()
+                 for i in range(count)]
+        made = []
+        for rel in inner:
+            data = content_for("text", f"{token}-{len(made)}", ["INFO in a tree"])
+            os.makedirs(os.path.dirname(staged + b"/" + rel), exist_ok=True)
+            with open(staged + b"/" + rel, "wb") as f:
+                f.write(data)
+            made.append((rel, data))
+        target = os.fsencode(self.watch / "unprocessed") + b"/" + name
+        if b"/" in name:
+            self._make_dirs(target.rpartition(b"/")[0])
+
+        def put() -> bool:
+            try:
+                os.rename(staged, target)  # onto a file or a full directory: refused, nothing replaced
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                    return False
+                raise
+            return True
+
+        self._hand_over(put, name)
+        now = time.monotonic()
+        found = []
+        for rel, data in made:
+            d = Delivery(name + b"/" + rel, ("file", data), written_at=now, ino=_ino(target + b"/" + rel))
+            self.deliveries.append(d)
+            found.append(d)
+        return found[0]
+
+    @rule(data=st.data(), count=st.integers(1, 6))
+    def rename_a_directory_in(self, data: st.DataObject, count: int) -> None:
+        with self._step():
+            where = data.draw(st.sampled_from([b"", *DIRS]), label="parent directory")
+            top = f"tree-{self.serial}".encode()
+            self.deliver_tree(where + b"/" + top if where else top, count)
+
+    def _listing(self, folder: str) -> list[bytes]:
+        """Every entry but a directory, by its path relative to ``folder``."""
+        top = os.fsencode(self.watch / folder)
+        found = []
+        for dirpath, dirs, names in os.walk(top):
+            rel = os.path.relpath(dirpath, top)
+            prefix = b"" if rel == b"." else rel + b"/"
+            found += [prefix + n for n in names]
+            found += [prefix + n for n in dirs if os.path.islink(os.path.join(dirpath, n))]
+        return sorted(found)
 
 
 # -- the test ------------------------------------------------------------------------------------
@@ -759,6 +873,15 @@ def test_model_of_the_whole_daemon(tmp_path: Path) -> None:
     FoldermillModel.base = tmp_path
     run_state_machine_as_test(FoldermillModel, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300 + 60 * EXAMPLES)
+def test_model_of_the_whole_daemon_on_a_tree(tmp_path: Path) -> None:
+    TreeModel.base = tmp_path
+    run_state_machine_as_test(TreeModel, settings=settings(
+        max_examples=TREE_EXAMPLES, stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]))
 
 
@@ -840,3 +963,38 @@ def test_model_operator_actions_on_raw_names(model: FoldermillModel) -> None:
     model.check()
     assert os.path.lexists(os.fsencode(model.watch / "discarded") + b"/caf\xe9.log")
     assert len(model.kept) == 2
+
+
+@pytest.fixture
+def tree_model(tmp_path: Path) -> Iterator[TreeModel]:
+    TreeModel.base = tmp_path
+    m = TreeModel()
+    try:
+        yield m
+    finally:
+        m.broken = True
+        m.teardown()
+
+
+def test_model_tree_steps_on_relative_paths(tree_model: TreeModel) -> None:
+    """The tree machine's steps, each once, on raw relative paths: nested deliveries
+    (255-byte and non-UTF-8 components, one base name in two directories), a whole
+    directory renamed in, a waiting file replaced by a directory and by a symlink, a
+    SIGKILL of the supervisor amid them, and the operator's actions on nested names."""
+    m = tree_model
+    m.deliver(b"caf\xe9/x.log", content_for("text", m.token(), ["INFO ok"]))
+    m.deliver(b"a/b/x.log", content_for("undecodable", m.token(), []))
+    m.deliver(b"d" * 255 + b"/" + b"L" * 251 + b".log", content_for("text", m.token(), ["ERROR x"]))
+    waiting = m.deliver(b"\xff/\xfe/w.log", content_for("text", m.token(), []), inplace=True)
+    m.deliver_tree(b"x y/z/batch", 5)
+    m.remove(waiting)
+    m.deliver_special(b"\xff/\xfe/w.log", "dir")
+    m.deliver_special(b"a/link", "symlink")
+    m.kill_supervisor()
+    m.check()
+    m.act_on("retry", b"a/b/x.log")
+    m.act_on("replay", b"caf\xe9/x.log")
+    m.check()
+    m.act_on("discard", b"a/b/x.log")
+    m.check()
+    assert os.path.lexists(os.fsencode(m.watch / "discarded") + b"/a/b/x.log")

@@ -9,10 +9,13 @@ enough: the check at commit is the second)."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tests.daemon import BASE_CONFIG, Daemon, dashboard_url, folder, http_json, journal, wait_for
-from tests.deployed import Deployment, Site, Smbd, Sshd, Vsftpd, start_deployed
+from tests.deployed import Deployment, ServiceUser, Site, Smbd, Sshd, Vsftpd, start_deployed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,3 +65,43 @@ def test_uploads_by_sftp_ftp_and_smb_are_processed_whole_once_as_a_service_user(
     assert not [e for e in events if e["file"].endswith(".filepart")]  # never taken half-uploaded
     assert not [e for e in events if e["event"] in ("changed", "retried", "failed")]
     assert d.stop() == 0
+
+
+def test_a_tree_put_by_sftp_is_processed_under_its_relative_paths_as_a_service_user(
+        daemons: list[Daemon], deployment: Deployment, site: Site, deployed_dir: Path, uploader: ServiceUser) -> None:
+    """``sftp put -r``: the server makes each directory as the uploader, with the mode
+    the client asks for (its local directory's) less the server's umask: the service
+    user must be able to move files out of them, so here the client's directories are
+    group-writable and the server's umask 0002 (the setgid bit of unprocessed/ is
+    inherited, so they are the group's); then it writes each file in turn; with ``recursive = true`` every file
+    is processed once, whole, under its path, and the emptied directories go."""
+    site.write_config(BASE_CONFIG.replace("[watch]\n", "[watch]\nrecursive = true\nempty_dirs_after = 0.5\n"))
+    sshd = Sshd(deployed_dir / "sshd-tree", uploader, site.unprocessed, umask=0o002)
+    sshd.start()
+    try:
+        d = start_deployed(daemons, deployment, site)
+        local = deployed_dir / "local-tree"
+        expected = {}
+        for i in range(24):
+            rel = f"partner/{2026 + i % 2}/{i % 3}/batch-{i:02d}.log"
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            expected[rel] = text_of(rel, 20000 + 3000 * i)
+            (local / rel).write_bytes(expected[rel])
+        subprocess.run(["chmod", "-R", "a+rX,g+w", str(local)], check=True)
+        done = subprocess.run(sshd.sftp(f"put -r {local / 'partner'} {site.unprocessed}/partner\n"),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        try:
+            wait_for(lambda: {e["file"] for e in journal(site.watch) if e["event"] == "processed"} >= set(expected),
+                     60, "every file of the tree processed")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{d.log()[-3000:]}") from None
+        for rel, data in expected.items():
+            assert (site.watch / "processed" / rel).read_bytes() == data, f"{rel}: the input as it arrived"
+            assert (site.watch / "output" / rel).read_bytes() == data.upper(), rel
+        events = journal(site.watch)
+        for rel in expected:
+            assert [e["event"] for e in events if e["file"] == rel] == ["claimed", "processed"], rel
+        wait_for(lambda: not (site.unprocessed / "partner").exists(), 10, "the emptied directories removed")
+    finally:
+        sshd.stop()

@@ -241,18 +241,16 @@ class FolderQueue:
         if not self.recursive:
             yield from self._entries(self._unp, "", False)
             return
-        if under and not self.marked(under):
-            return
-        stack = [under]
+        stack = [(under, bool(under) and self.marked(under))]
         while stack:
-            rel = stack.pop()
+            rel, marked = stack.pop()  # marked: it or a directory above holds the marker
             prefix = rel + "/" if rel else ""
-            marked_here = not self.dir_marker or not rel or self._marked_dir(rel)
+            marked = marked or not self.dir_marker or not rel or self._marked_dir(rel)
             for item in self._entries(self._unp + prefix, prefix, True):
                 if stat.S_ISDIR(item[4]):
                     if self.enters(item[1]):
-                        stack.append(item[1])
-                elif marked_here:
+                        stack.append((item[1], marked and bool(rel)))
+                elif marked:
                     yield item
 
     def _entries(self, path: str, prefix: str, dirs: bool) -> Iterator[tuple[int, str, int, int, int]]:

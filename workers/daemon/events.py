@@ -107,8 +107,10 @@ class Watch:
     whose folder went (removed, moved, unmounted) or whose reads fail has ``ended``: the
     intake sets up a new one at its next pass."""
 
-    def __init__(self, folder: Path, sink: EventSink, enters: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, folder: Path, sink: EventSink, enters: Callable[[str], bool] | None = None,
+                 short_said: bool = False) -> None:
         self.folder = str(folder)
+        self.short_said = short_said  # running short of watches was said already (by an earlier watch)
         self.sink = sink
         self.ended = False
         self.stopped = False
@@ -238,6 +240,9 @@ class Watch:
     def _out_of_watches(self, rel: str) -> None:
         if not self.short:
             self.short = f"no inotify watch left for {self.folder}/{rel} (fs.inotify.max_user_watches)"
+            if self.short_said:
+                return
+            self.short_said = True
             log.warning("%s: directories without a watch are found by passes over the tree every poll_interval",
                         self.short)
             self.sink.put(FileEvent(OVERFLOW, ""))
@@ -319,6 +324,7 @@ class Watching:
         self.enters = enters
         self.watch: Watch | None = None
         self.since = 0.0
+        self.short_said = False  # running short of inotify watches is said once
         self.sink: EventSink | None = None
         self.unwatched = False  # no events could be had (said once)
 
@@ -327,7 +333,7 @@ class Watching:
         self.sink = sink
         self.since = time.monotonic()
         try:
-            self.watch = Watch(self.folder, sink, self.enters)
+            self.watch = Watch(self.folder, sink, self.enters, short_said=self.short_said)
         except (OSError, AttributeError) as exc:
             self.watch = None
             if not self.unwatched:
@@ -345,10 +351,12 @@ class Watching:
                                  and not (self.watch.short and time.monotonic() - self.since > self.RETRY_SHORT_S)):
             return False
         short = self.watch.short if self.watch is not None else ""
+        self.short_said = self.short_said or bool(short)
         self.stop()
         self.start(self.sink)
         if short and self.watch is not None and not self.watch.short:
             log.info("file events for all of %s again", self.folder)
+            self.short_said = False
             return True
         return self.watch is not None and not short
 

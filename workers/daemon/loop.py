@@ -349,7 +349,8 @@ class Loop:
                 raise
             self.parts.faults.hit(fault)
         faults = self.parts.faults
-        return dataclasses.replace(self.last_report, machine=faults.describe(), faults=faults.counts())
+        return dataclasses.replace(self.last_report, machine=faults.describe(), faults=faults.counts(),
+                                   file_events=self.parts.intake.events_problem())
 
     def show_progress(self, final: bool = False) -> None:
         """--once: the progress bar or lines."""

@@ -73,7 +73,7 @@ class Publisher:
             "workers": report.workers, "graph": report.graph,
             "graph_layout": report.layout, "pipeline_names": report.pipelines, **report.backend,
             "tracing": self.trace, "url": self.url, "machine_fault": report.machine, "faults": report.faults,
-            "writers": self.writers, **self.stats.snapshot_part(wall),
+            "writers": self.writers, "file_events": report.file_events, **self.stats.snapshot_part(wall),
         }
         with contextlib.suppress(Exception):  # the manager may be gone while stopping
             self.state["snapshot"] = snapshot

@@ -102,6 +102,7 @@ class Report:
     pipelines: list[str]  # their names, in the order configured
     machine: dict[str, Any] | None = None  # the fault of the machine that pauses intake
     faults: dict[str, Any] = field(default_factory=dict)  # episodes by kind
+    file_events: str = ""  # why some files are found by passes alone ("" if events tell of all)
 
 
 class Tally:
