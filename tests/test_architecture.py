@@ -21,7 +21,9 @@ PART_IMPORTS = {
     "inbox": {"types"},
     "backlog": set(),
     "census": set(),
-    "intake": {"types", "events", "backlog", "census"},
+    "claimer": {"types"},
+    "arrivals": {"events", "backlog"},
+    "intake": {"types", "events", "backlog", "census", "claimer", "arrivals"},
     "flights": set(),
     "ledger": {"types", "flights"},
     "commit": {"types", "flights", "ledger", "outcomes"},  # the commit part writes the outcomes into the ledger's book

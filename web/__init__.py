@@ -25,6 +25,7 @@ def create_app(state: Mapping[str, Any], config: Config,
     """Build the app. ``state`` is the manager dict (or any mapping holding "snapshot");
     ``actions`` receives commands (``workers.messages.Command``: "retry" of a name, "pause")."""
     from web.audit import Audit
+    from web.console import NameConverter
     from web.console import bp as console
     from web.dashboard import bp as dashboard
     from web.guard import install
@@ -37,6 +38,7 @@ def create_app(state: Mapping[str, Any], config: Config,
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False
     app.config["FOLDERMILL_AUDIT"] = Audit(config.watch.dir / "audit.log")
+    app.url_map.converters["name"] = NameConverter  # a file's name: "/" and all
     install(app, config.web)
     app.register_blueprint(dashboard)
     app.register_blueprint(console)

@@ -13,8 +13,10 @@ it). Never both at once: a name and a shown name can be two different files.
 from __future__ import annotations
 
 import os
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
 
 from web.guard import audit_targets
 from web.lookup import PREVIEW_BYTES, failed_files, failed_names, names_digest, output_head, search, timeline
@@ -22,8 +24,19 @@ from workers.actions import check
 from workers.config import Config
 from workers.messages import Command
 from workers.names import shown, unshown
+from workers.paths import look, plain
 
 bp = Blueprint("console", __name__)
+
+
+class NameConverter(BaseConverter):
+    """A file's name in a URL, "/" and all (``<name:...>``, registered by ``create_app``):
+    anything, even what is refused (an absolute path, an empty part), so that a view
+    says why; the view reads the name from the path as sent (``path_parts``)."""
+
+    regex = ".+?"
+    part_isolating = False
+
 PAGE_MAX = 200
 QUERY_MAX = 200
 
@@ -32,14 +45,36 @@ def _config() -> Config:
     return current_app.config["FOLDERMILL_CONFIG"]
 
 
-def path_name(segment: int, exact: bool = False) -> str:
-    """The exact name in the request path's ``segment``-th part: PATH_INFO holds the
-    percent-decoded bytes (as latin-1, PEP 3333), so bytes that are not UTF-8 survive.
-    With ``?shown=1`` (unless ``exact``) the part is a shown name, and the name is the
-    one it stands for."""
-    raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace").split(b"/")
-    name = os.fsdecode(raw[segment]) if segment < len(raw) else ""
+def path_parts() -> list[bytes]:
+    """The request path's parts as the client sent them (split at each "/" it typed),
+    each percent-decoded to its exact bytes: a ref's ``%2F`` stays inside its part. The
+    raw URI says that (PATH_INFO is decoded: "a%2Fb" and "a/b" are one there); where
+    it is missing or is not the path routed (a prefix, leading slashes merged),
+    PATH_INFO's parts are used: the same names, joined by "/"."""
+    routed = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
+    raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI") or ""
+    path = raw.partition("?")[0] if raw.startswith("/") else urlsplit(raw).path
+    parts = [unquote_to_bytes(p) for p in path.encode("latin-1", "replace").split(b"/")]
+    sent = b"/".join(parts)
+    # Waitress routes the exact bytes; Werkzeug's own server and test client decode the
+    # path as UTF-8 first (a byte that is not becomes U+FFFD): the same path either way.
+    same = sent == routed or sent.decode("utf-8", "replace").encode() == routed
+    return parts if same else routed.split(b"/")
+
+
+def path_name(parts: list[bytes], exact: bool = False) -> str:
+    """The exact name those parts of the path give (``a%2Fb%2Fx.log`` or ``a/b/x.log``:
+    ``a/b/x.log``), bytes that are not UTF-8 kept (PEP 3333: latin-1). With
+    ``?shown=1`` (unless ``exact``) they are a shown name, and the name is the one it
+    stands for."""
+    name = os.fsdecode(b"/".join(parts))
     return unshown(name) if not exact and request.args.get("shown") == "1" else name
+
+
+def _refused(name: str) -> tuple[Response, int] | None:
+    """400 with the problem if ``name`` cannot be a file's name (``..``, absolute...)."""
+    problem = plain(name)
+    return (jsonify({"error": problem, "file": shown(name)}), 400) if problem else None
 
 
 def _act(command: Command) -> None:
@@ -69,19 +104,33 @@ def files() -> tuple[Response, int]:
     return jsonify({"q": q, "files": search(_config(), q)}), 200
 
 
-@bp.get("/files/<name>", endpoint="file")
-def file(name: str) -> tuple[Response, int]:
-    exact = path_name(2)
+@bp.get("/files/<name:_rest>", endpoint="file", merge_slashes=False)
+def file(_rest: str) -> tuple[Response, int]:
+    """``/files/<name>``: its timeline; ``/files/<name>/outputs/<output>``: the head of
+    one of its outputs (a name or an output with a literal "/" is split at the first
+    part "outputs": its ref, with ``%2F``, never is)."""
+    parts = path_parts()[2:]
+    if b"outputs" in parts[1:-1]:
+        cut = parts.index(b"outputs", 1)
+        return _output(path_name(parts[:cut]), path_name(parts[cut + 1:], exact=True))  # an output: by its ref
+    exact = path_name(parts)
+    refused = _refused(exact)
+    if refused:
+        return refused
     found = timeline(_config(), exact)
     if not found["entries"]:
         return jsonify({"error": f"no journal entry for {shown(exact)}"}), 404
     return jsonify(found), 200
 
 
-@bp.get("/files/<name>/outputs/<output>", endpoint="output")
-def output(name: str, output: str) -> tuple[Response, int]:
+def _output(exact: str, out: str) -> tuple[Response, int]:
     config = _config()
-    exact, out = path_name(2), path_name(4, exact=True)  # an output is named by its ref, always
+    refused = _refused(exact) or _refused(out)
+    if refused:
+        return refused
+    problem = look(config.watch.dir / "output", out)[1]  # a symlinked directory: said as such
+    if problem:
+        return jsonify({"error": problem, "file": shown(out)}), 400
     text = output_head(config, exact, out)
     if text is None:
         return jsonify({"error": f"{shown(out)} is not an output of {shown(exact)} in output/"}), 404
@@ -100,10 +149,10 @@ def audit() -> Response:
 
 def _one(action: str) -> tuple[Response, int]:
     """retry, discard or replay of the file named in the path."""
-    root = _config().watch.dir
-    name = path_name(2)
+    watch = _config().watch
+    name = path_name(path_parts()[2:-1])
     audit_targets([name], action)
-    problem = check(root, action, name)
+    problem = check(watch.dir, action, name, watch.recursive)
     if problem:
         status = 404 if problem.startswith("no such file") else 409 if "already holds" in problem else 400
         return jsonify({"error": problem, "file": shown(name)}), status
@@ -111,18 +160,18 @@ def _one(action: str) -> tuple[Response, int]:
     return jsonify({"accepted": True, "action": action, "file": shown(name)}), 202
 
 
-@bp.post("/failed/<name>/retry", endpoint="retry")
-def retry(name: str) -> tuple[Response, int]:
+@bp.post("/failed/<name:_name>/retry", endpoint="retry", merge_slashes=False)
+def retry(_name: str) -> tuple[Response, int]:
     return _one("retry")
 
 
-@bp.post("/failed/<name>/discard", endpoint="discard")
-def discard(name: str) -> tuple[Response, int]:
+@bp.post("/failed/<name:_name>/discard", endpoint="discard", merge_slashes=False)
+def discard(_name: str) -> tuple[Response, int]:
     return _one("discard")
 
 
-@bp.post("/processed/<name>/replay", endpoint="replay")
-def replay(name: str) -> tuple[Response, int]:
+@bp.post("/processed/<name:_name>/replay", endpoint="replay", merge_slashes=False)
+def replay(_name: str) -> tuple[Response, int]:
     return _one("replay")
 
 

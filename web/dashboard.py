@@ -106,5 +106,6 @@ def health() -> tuple[Response, int]:
         if fault:
             problems.append(f"intake paused by a fault of the machine: {fault.get('message')}")
     body = {"status": "ok" if not problems else "unhealthy", "problems": problems,
-            "machine_fault": s.get("machine_fault"), "writers": s.get("writers", {})}
+            "machine_fault": s.get("machine_fault"), "writers": s.get("writers", {}),
+            "file_events": s.get("file_events", "")}
     return jsonify(body), 200 if not problems else 503

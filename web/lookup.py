@@ -1,7 +1,8 @@
 """What the console reads from the watch dir for itself (never through the supervisor):
 the files in ``failed/`` with their reasons, a search by name, a file's timeline from
 the journal, the head of an output. Nothing outside ``watch_dir`` is read; a symlink is
-never followed (``O_NOFOLLOW``, ``lstat``); every answer is bounded.
+never followed (``O_NOFOLLOW``, ``lstat``; a nested name's directories are opened beneath
+their folder through no symlink, ``workers/paths.py``); every answer is bounded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from workers.actions import files_in
 from workers.config import Config
 from workers.names import reason_files, reason_name, shown, unshown
 from workers.ops import history
+from workers.paths import open_beneath, plain, stat_beneath, tree
 from workers.store import StateReader, state_db_path
 
 REASON_MAX_BYTES = 4096
@@ -33,11 +35,13 @@ def ref(name: str) -> str:
     return quote_from_bytes(os.fsencode(name), safe="")
 
 
-def read_head(path: Path, max_bytes: int) -> bytes | None:
-    """The first ``max_bytes`` of a regular file, never through a symlink; None if it
-    is not one."""
+def read_head(folder: Path, name: str, max_bytes: int) -> bytes | None:
+    """The first ``max_bytes`` of the regular file ``name`` in ``folder``, never through
+    a symlink (``name`` is plain: ``workers/paths.py``); None if it is not one."""
+    if plain(name):
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_beneath(folder, name, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
@@ -57,24 +61,25 @@ class _Listing:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.folder: Path | None = None
+        self.folder: tuple[Path, bool] | None = None
         self.at = -1.0
         self.cost = 0.0
         self.dated: list[tuple[float, str]] = []
         self.digest = ""
 
-    def get(self, folder: Path) -> tuple[list[tuple[float, str]], str]:
+    def get(self, folder: Path, recursive: bool) -> tuple[list[tuple[float, str]], str]:
         """The listing; while one request makes a new one, the others get the old one."""
         now = time.monotonic()
-        fresh = folder == self.folder and now - self.at < LISTING_SHARE * self.cost
-        if fresh or (folder == self.folder and not self.lock.acquire(blocking=False)):
+        key = (folder, recursive)
+        fresh = key == self.folder and now - self.at < LISTING_SHARE * self.cost
+        if fresh or (key == self.folder and not self.lock.acquire(blocking=False)):
             return self.dated, self.digest
-        if folder != self.folder:
+        if key != self.folder:
             self.lock.acquire()
         try:
-            dated, digest = _list_failed(folder)
+            dated, digest = _list_failed(folder, recursive)
             self.dated, self.digest = dated, digest
-            self.folder, self.at, self.cost = folder, now, time.monotonic() - now
+            self.folder, self.at, self.cost = key, now, time.monotonic() - now
             return dated, digest
         finally:
             self.lock.release()
@@ -83,23 +88,21 @@ class _Listing:
 _LISTING = _Listing()
 
 
-def _list_failed(folder: Path) -> tuple[list[tuple[float, str]], str]:
-    """(when it failed, name) of every file in failed/, newest first, and their digest."""
-    try:
-        with os.scandir(folder) as it:
-            entries = {e.name: e for e in it}
-    except OSError:
-        return [], names_digest([])
-    reasons = reason_files(set(entries))
+def _list_failed(folder: Path, recursive: bool) -> tuple[list[tuple[float, str]], str]:
+    """(when it failed, name) of every file in failed/ (with ``recursive``, in its
+    directories too: ``a/b/x.log``), newest first, and their digest. A reason file is
+    one of a file in its own directory."""
     dated = []
-    for name, entry in entries.items():
-        if name.startswith(".") or name in reasons:
-            continue
-        try:
-            when = entries.get(reason_name(name), entry).stat(follow_symlinks=False).st_mtime
-        except OSError:
-            when = 0.0  # gone meanwhile: listed last this time
-        dated.append((when, name))
+    for prefix, entries in tree(folder, recursive):
+        reasons = reason_files(set(entries))
+        for name, entry in entries.items():
+            if name in reasons:
+                continue
+            try:
+                when = entries.get(reason_name(name), entry).stat(follow_symlinks=False).st_mtime
+            except OSError:
+                when = 0.0  # gone meanwhile: listed last this time
+            dated.append((when, prefix + name))
     dated.sort(key=lambda r: (-r[0], r[1]))
     return dated, names_digest([n for _, n in dated])
 
@@ -109,12 +112,12 @@ def failed_files(config: Config, offset: int, limit: int) -> dict[str, Any]:
     total, and ``set``: a digest of every name in it, which "retry all" sends back so
     that a set that changed since the operator confirmed it is refused."""
     folder = config.watch.dir / "failed"
-    dated, digest = _LISTING.get(folder)
+    dated, digest = _LISTING.get(folder, config.watch.recursive)
     page = dated[offset: offset + limit]
     attempts = _state(config).failed_attempts([n for _, n in page])
     items = []
     for when, name in page:
-        head = read_head(folder / reason_name(name), REASON_MAX_BYTES) or b""
+        head = read_head(folder, reason_name(name), REASON_MAX_BYTES) or b""
         items.append({"name": shown(name), "ref": ref(name), "failed_at": when,
                       "reason": head.decode("utf-8", "replace").strip(), "attempts": attempts.get(name)})
     return {"total": len(dated), "set": digest, "offset": offset, "limit": limit, "files": items}
@@ -130,7 +133,7 @@ def names_digest(names: list[str]) -> str:
 
 def failed_names(config: Config) -> list[str]:
     """Every file in failed/ (exact names), as "retry all" sees them."""
-    return files_in(config.watch.dir, "failed")
+    return files_in(config.watch.dir, "failed", config.watch.recursive)
 
 
 def _state(config: Config) -> StateReader:
@@ -157,11 +160,7 @@ def timeline(config: Config, name: str) -> dict[str, Any]:
             if out in seen:
                 continue
             seen.add(out)
-            try:
-                size: int | None = os.lstat(config.watch.dir / "output" / unshown(out)).st_size
-            except OSError:
-                size = None
-            outputs.append({"name": out, "ref": ref(unshown(out)), "bytes": size})
+            outputs.append({"name": out, "ref": ref(unshown(out)), "bytes": _size(config, unshown(out))})
     last = entries[-1] if entries else {}
     left_out = max(0, len(entries) - TIMELINE_ENTRIES)
     return {"file": shown(name), "ref": ref(name), "final": last.get("final"),
@@ -169,15 +168,23 @@ def timeline(config: Config, name: str) -> dict[str, Any]:
             "entries": entries[-TIMELINE_ENTRIES:], "left_out": left_out, "outputs": outputs[-TIMELINE_ENTRIES:]}
 
 
+def _size(config: Config, output: str) -> int | None:
+    """An output's size now (None: gone, or not to be looked at)."""
+    try:
+        return None if plain(output) else stat_beneath(config.watch.dir / "output", output).st_size
+    except OSError:
+        return None
+
+
 def output_head(config: Config, name: str, output: str) -> str | None:
     """The first lines of one of the file's outputs (at most ``PREVIEW_LINES`` lines and
     ``PREVIEW_BYTES`` bytes), or None if it is not one of its outputs or is gone."""
-    if "/" in output or output.startswith("."):  # never a path, never a staged file
+    if plain(output):  # never outside output/, never a staged file
         return None
     wanted = shown(output)
     if not any(wanted in (e.get("output") or []) for e in history(config, name, exact=True)):
         return None
-    head = read_head(config.watch.dir / "output" / output, PREVIEW_BYTES)
+    head = read_head(config.watch.dir / "output", output, PREVIEW_BYTES)
     if head is None:
         return None
     lines = head.split(b"\n")[:PREVIEW_LINES]

@@ -9,8 +9,13 @@ the CLI does both).
   current pipeline; its new outputs get new names by the collision rule, the earlier
   outputs stay, and the journal records ``replayed`` with both names when it is claimed.
 
-A name is a plain name in its folder (no ``/``, not hidden, not ``.``/``..``, not a
-reason file), never followed if it is a symlink (moves are renames of the entry).
+A name is a plain name in its folder or, with ``[watch] recursive = true``, a path
+relative to it: ``failed/a/b/x.log`` -> ``unprocessed/a/b/x.log``, the directories made
+as needed (a discard's collision name is of the last component: ``a/b/x-1.log``). Never
+absolute, no ``..``, ``.``, empty or hidden component (``workers/paths.py``), not a
+reason file. Nothing is followed if it is a symlink: moves are renames of the entry,
+and a nested name's directories are opened beneath their folder through no symlink (a
+symlinked directory is refused, and said to be one).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from workers.fs import move
+from workers.fs import move, move_beneath, unlink_beneath
 from workers.names import REASON_SUFFIX, collision_name, reason_files, reason_name, shown
+from workers.paths import look, opened, plain, stat_beneath, tree
 from workers.queue import FolderQueue
 
 ACTIONS = ("retry", "discard", "replay")
@@ -51,48 +57,47 @@ class Done:
     problem: str = ""
 
 
-def plain(name: str) -> str:
-    """"" if ``name`` can be a queued file's name, else why not."""
-    if name in (".", "..", "") or "/" in name or "\x00" in name or name.startswith("."):
-        return "not a plain file name"
-    return ""
-
-
-def check(root: Path, action: str, name: str) -> str:
+def check(root: Path, action: str, name: str, recursive: bool = False) -> str:
     """"" if ``action`` can be done to ``name`` in the watch dir ``root`` now, else the
-    problem (nothing is moved: the dashboard's process asks this before it forwards)."""
+    problem (nothing is moved: the dashboard's process asks this before it forwards).
+    ``recursive`` is ``[watch] recursive``: without it a name is a plain name."""
     problem = plain(name)
     if problem:
         return problem
-    source = root / SOURCE[action]
-    if not os.path.lexists(source / name):
-        return f"no such file in {SOURCE[action]}/"
+    if "/" in name and not recursive:
+        return "a path, but [watch] recursive is false: names are plain file names"
+    source, target = root / SOURCE[action], root / TARGET[action]
+    held, problem = look(source, name)
+    if problem or not held:
+        return problem or f"no such file in {SOURCE[action]}/"
     if action != "replay" and is_reason_file(source, name):
         return "that is a reason file, not a failed file"
-    if TARGET[action] == "unprocessed" and os.path.lexists(root / "unprocessed" / name):
-        return "unprocessed/ already holds that name"
-    if action == "discard" and os.path.lexists(root / DISCARDED) and not os.path.isdir(root / DISCARDED):
+    if action == "discard" and os.path.lexists(target) and not os.path.isdir(target):
         return f"{DISCARDED}/ is not a directory"
+    taken, problem = look(target, name)
+    if problem:
+        return problem
+    if taken and TARGET[action] == "unprocessed":
+        return "unprocessed/ already holds that name"
     return ""
 
 
 def perform(q: FolderQueue, action: str, name: str, store: Replays | None = None) -> Done:
     """Do it (the checks again first: the folder may have changed since). A replay marks
     the file's record in ``store`` first, so that its claim knows it for one."""
-    problem = check(q.root, action, name)
+    problem = check(q.root, action, name, q.recursive)
     if problem:
         return Done(action, name, problem=problem)
-    source = q.root / SOURCE[action]
     ino = -1
     try:
         if action == "discard":
-            target = _discard(q, name)
+            target = _discard(q.root, name)
         else:
             target = name
             if action == "replay" and store is not None:
-                ino = os.lstat(source / name).st_ino
+                ino = stat_beneath(q.processed, name).st_ino
                 store.replaying(name, ino)
-            move(source / name, q.unprocessed / name)
+            _move(q.root, SOURCE[action], name, "unprocessed", name)
     except FileExistsError:
         return _undone(store, action, name, ino, f"{TARGET[action]}/ already holds that name")
     except FileNotFoundError:
@@ -101,7 +106,7 @@ def perform(q: FolderQueue, action: str, name: str, store: Replays | None = None
         return _undone(store, action, name, ino, f"cannot move it to {TARGET[action]}/: {exc.strerror or exc}")
     if action == "retry":
         with contextlib.suppress(OSError):  # a stale reason left behind goes when the file is claimed
-            (q.failed / reason_name(name)).unlink(missing_ok=True)
+            _unlink(q.failed, reason_name(name))
     return Done(action, name, target)
 
 
@@ -118,46 +123,71 @@ def _undone(store: Replays | None, action: str, name: str, ino: int, problem: st
     return Done(action, name, problem=problem)
 
 
-def _discard(q: FolderQueue, name: str) -> str:
+def _discard(root: Path, name: str) -> str:
     """failed/NAME -> discarded/<free name>, then its reason beside it."""
-    folder = q.root / DISCARDED
+    folder = root / DISCARDED
     folder.mkdir(exist_ok=True)
     if not stat.S_ISDIR(os.lstat(folder).st_mode):
         raise OSError(errno.ENOTDIR, f"{DISCARDED}/ is not a directory (a symlink is not followed)")
     for n in range(10_000):
         target = name if n == 0 else collision_name(name, n)
-        if os.path.lexists(folder / target) or os.path.lexists(folder / reason_name(target)):
+        if look(folder, target)[0] or look(folder, reason_name(target))[0]:
             continue
         try:
-            move(q.failed / name, folder / target)
+            _move(root, "failed", name, DISCARDED, target)
         except FileExistsError:
             continue
         with contextlib.suppress(OSError):  # no reason file (put in failed/ by hand), or it went meanwhile
-            move(q.failed / reason_name(name), folder / reason_name(target))
+            _move(root, "failed", reason_name(name), DISCARDED, reason_name(target))
         return target
     raise FileExistsError(f"no free name in {DISCARDED}/ for {name}")
 
 
-def files_in(root: Path, folder: str) -> list[str]:
+def _move(root: Path, src: str, name: str, dst: str, target: str) -> None:
+    """``src/name`` -> ``dst/target`` (folders of the watch dir ``root``), replacing
+    nothing; a nested name through directories opened beneath their folders, never
+    through a symlink, its directories made in ``dst`` as needed."""
+    if "/" not in name and "/" not in target:
+        move(root / src / name, root / dst / target)
+        return
+    with opened(root / src) as src_fd, opened(root / dst) as dst_fd:
+        move_beneath(src_fd, name, dst_fd, target)
+
+
+def _unlink(folder: Path, name: str) -> None:
+    if "/" not in name:
+        (folder / name).unlink(missing_ok=True)
+        return
+    with opened(folder) as fd:
+        unlink_beneath(fd, name)
+
+
+def files_in(root: Path, folder: str, recursive: bool = False) -> list[str]:
     """Every file an action may take from ``folder`` (exact names, sorted): not hidden,
-    and in failed/ not a reason file. What "retry --all" and "retry all" act on."""
-    present = _listing(root / folder)
-    reasons = reason_files(present) if folder == "failed" else set()
-    return sorted(n for n in present if not n.startswith(".") and n not in reasons)
+    and in failed/ not a reason file (of a file in its own directory); with
+    ``recursive`` the files of its directories too, by their paths (``a/b/x.log``; no
+    hidden or symlinked directory is entered). What "retry --all" and "retry all" act on."""
+    names = []
+    for prefix, entries in tree(root / folder, recursive):
+        reasons = reason_files(set(entries)) if folder == "failed" else set()
+        names += [prefix + n for n in entries if n not in reasons]
+    return sorted(names)
 
 
 def is_reason_file(folder: Path, name: str) -> bool:
-    """``name`` in ``failed/`` is the reason file of another file there (without listing
-    the folder, unless the name was shortened to fit)."""
+    """``name`` in ``failed/`` is the reason file of another file there, in its own
+    directory (without listing the directory, unless the name was shortened to fit)."""
     if not name.endswith(REASON_SUFFIX):
         return False
-    if os.path.lexists(folder / name[: -len(REASON_SUFFIX)]):
+    if look(folder, name[: -len(REASON_SUFFIX)])[0]:
         return True
-    return "~" in name and name in reason_files(_listing(folder))
+    head, _, base = name.rpartition("/")
+    return "~" in base and base in reason_files(_listing(folder, head))
 
 
-def _listing(folder: Path) -> list[str]:
+def _listing(folder: Path, rel_dir: str) -> list[str]:
     try:
-        return os.listdir(folder)
+        with opened(folder, rel_dir) as fd:
+            return os.listdir(fd)
     except OSError:
         return []

@@ -21,11 +21,13 @@ from workers.config import Config
 from workers.engine import run_file
 from workers.errors import InputError
 from workers.graph import Graph
-from workers.names import output_name, shown
+from workers.names import output_name, shown, unshown
 from workers.outputs import StagedOutputs, unique_name
+from workers.paths import plain
 from workers.pipelines import Pipelines
 from workers.progress import Progress
 from workers.readiness import see_writers
+from workers.store import StateError
 
 EXIT_OK = 0
 EXIT_FILES_FAILED = 1
@@ -80,7 +82,11 @@ def cmd_ops(config: Config, args: argparse.Namespace) -> int:
         if bool(args.names) == every:
             print("foldermill: retry needs NAME... or --all (not both)", file=sys.stderr)
             return EXIT_USAGE
-        done, problems = ops.act(config, args.command, args.names, every)
+        try:
+            done, problems = ops.act(config, args.command, args.names, every)
+        except StateError as exc:  # a replay marks its file's record: one line, no traceback
+            print(f"foldermill: {exc}", file=sys.stderr)
+            return EXIT_FATAL
         said = {"retry": "back in unprocessed/, with fresh attempts", "discard": "discarded",
                 "replay": "back in unprocessed/, to be processed again"}[args.command]
         for name in done:
@@ -88,6 +94,10 @@ def cmd_ops(config: Config, args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"foldermill: {problem}", file=sys.stderr)
         return EXIT_FILES_FAILED if problems else EXIT_OK
+    problem = plain(args.name) and plain(unshown(args.name))  # as typed, or in its shown form
+    if problem:
+        print(f"foldermill: {shown(args.name)}: {problem}", file=sys.stderr)
+        return EXIT_FILES_FAILED
     entries = ops.history(config, args.name)
     if not entries:
         print(f"foldermill: no journal entry for {args.name!r}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any
 from workers.actions import DISCARDED, SOURCE, files_in, journal_fields, perform
 from workers.config import Config
 from workers.names import shown, unshown
+from workers.paths import look, plain
 from workers.queue import FolderQueue
 from workers.readiness import see_writers
 from workers.store import Journal, Store, journal_entry, journal_lines, state_db_path, tail_journal
@@ -109,7 +110,7 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
     q = _queue(config)
     source = q.root / SOURCE[action]
     if every:
-        names = files_in(q.root, SOURCE[action])
+        names = files_in(q.root, SOURCE[action], q.recursive)
     w = config.watch
     store = Store(state_db_path(config.watch.dir)) if action == "replay" else None
     journal = Journal(w.dir / "input.log", int(w.journal_max_mb * 1024 * 1024), w.journal_keep,
@@ -133,11 +134,12 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
 
 
 def resolve(folder: Path, name: str) -> str:
-    """A name as the operator typed it: exact, or in its shown form (``caf\\xe9.log``)."""
-    if os.path.lexists(folder / name):
-        return name
-    exact = unshown(name)
-    return exact if os.path.lexists(folder / exact) else name
+    """A name as the operator typed it: exact, or in its shown form (``caf\\xe9.log``,
+    ``d\\xff/x.log``), looked up beneath ``folder``; else as typed, to be refused."""
+    for typed in (name, unshown(name)):
+        if not plain(typed) and look(folder, typed)[0]:
+            return typed
+    return name
 
 
 def history(config: Config, name: str, exact: bool = False) -> list[dict[str, Any]]:

@@ -171,8 +171,12 @@ class FolderQueue:
             move(f"{self.root}/{src}/{name}", f"{self.root}/{dst}/{target}")
             return
         move_beneath(self._fd(src), name, self._fd(dst), target)
+        self.left(src, name)
+
+    def left(self, folder: str, name: str) -> None:
+        """``name`` left ``folder``: its directory may be empty now (``remove_empty``)."""
         if "/" in name:
-            self.emptied[f"{src}/{name.rpartition('/')[0]}"] = time.monotonic()
+            self.emptied[f"{folder}/{name.rpartition('/')[0]}"] = time.monotonic()
 
     def remove_empty(self, now: float, after_s: float) -> int:
         """Directories a move left maybe empty (``emptied``), removed once nothing was

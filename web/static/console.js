@@ -157,7 +157,9 @@ document.getElementById("search-form").addEventListener("submit", async (event) 
 });
 
 // A file in a URL: its exact bytes (ref), or its shown name marked as such (?shown=1):
-// a name and a shown name can be two different files.
+// a name and a shown name can be two different files. Either is one part of the URL: a
+// file in a directory has its "/" as %2F (acme%2F2026-12%2Fx.csv), so that an output's
+// part after "/outputs/" is never mistaken for a directory of the name.
 function fileUrl(path, name, ref, rest) {
   return ref ? `${path}/${ref}${rest || ""}` : `${path}/${encodeURIComponent(name)}${rest || ""}?shown=1`;
 }

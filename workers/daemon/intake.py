@@ -13,72 +13,19 @@ import logging
 import time
 
 from workers.actions import SOURCE, Done, Replays, perform
+from workers.daemon.arrivals import Arrivals
 from workers.daemon.backlog import WINDOW, Backlog
 from workers.daemon.census import COST_SHARE, Census
-from workers.daemon.events import (
-    CLOSED,
-    CLOSED_WRITE,
-    CREATED,
-    GONE,
-    MOVED_IN,
-    OPENED,
-    OVERFLOW,
-    WRITTEN,
-    EventSink,
-    Fence,
-    Watching,
-)
-from workers.daemon.types import SYSTEM_ERRNOS, Claims, Records, not_regular
+from workers.daemon.claimer import Claimer, Facts
+from workers.daemon.events import EventSink, Fence, Watching
+from workers.daemon.types import Claims, Records, not_regular
 from workers.faults import fault_of
-from workers.names import shown
 from workers.queue import Candidate, FolderQueue
 from workers.readiness import Readiness, WriterWatch
 
 log = logging.getLogger("foldermill")
 
 DUE_SHARE = 5.0  # a pass asked for (events lost, a wake) takes at most 1/5 of the time
-
-
-class Facts:
-    """What the ledger says of the files about to be judged, asked once a round."""
-
-    def __init__(self, records: Records, markers: bool) -> None:
-        self.records = records
-        self.backing_off = records.backing_off()
-        self.seen_before = records.seen_before() if markers else set()
-
-
-
-class Claimer:
-    """Claims (a lock and a rename), and the files that cannot be claimed, said once."""
-
-    def __init__(self, queue: FolderQueue) -> None:
-        self.queue = queue
-        self.unclaimable: set[str] = set()  # names a claim failed on (said once)
-
-    def claim(self, name: str) -> bool:
-        """Whether ``name`` is ours now; an error of the system or the machine raises."""
-        try:
-            return self.queue.claim(name)
-        except OSError as exc:
-            if exc.errno in SYSTEM_ERRNOS or fault_of(exc) is not None:
-                raise
-            self._unclaimable(name, exc)
-            return False
-
-    def give_back(self, picked: list[Candidate], exc: Exception | None) -> None:
-        """Claims the ledger could not record: back where they were, said once (a fault
-        of the machine, ``exc`` None, is said by its own line)."""
-        for c in picked:
-            self.queue.put_back(c.name)
-            if exc is not None:
-                self._unclaimable(c.name, OSError(0, f"{type(exc).__name__}: {exc}"))
-
-    def _unclaimable(self, name: str, exc: OSError) -> None:
-        """A file we cannot even move into underprocess/: it stays where it is (said once)."""
-        if name not in self.unclaimable:
-            self.unclaimable.add(name)
-            log.error("cannot claim %s: %s; it stays in unprocessed/", shown(name), exc.strerror or exc)
 
 
 class Intake:
@@ -93,7 +40,6 @@ class Intake:
         self.backlog = Backlog(window)
         self.census = Census(queue)
         self.claimer = Claimer(queue)
-        self.claimed_out: set[str] = set()  # our claims whose "gone" event has not come yet
         self.next_look = float("inf")  # monotonic: when a parked file may be ready
         self.pass_due = True  # a pass over the folder is wanted (start, overflow, a wake)
         self.last_pass = float("-inf")
@@ -104,6 +50,7 @@ class Intake:
         self.events = Watching(queue.unprocessed, queue.enters if queue.recursive else None)
         self.looking = False  # this round met a file that waits for the next look at /proc
         self.last_tidy = 0.0
+        self.arrivals = Arrivals(queue, self.backlog, self.readiness, self.writers, self.fence, self.events_lost)
 
     # -- what came in ------------------------------------------------------------------
 
@@ -128,71 +75,8 @@ class Intake:
         self.events.stop()
 
     def note_event(self, kind: str, name: str) -> None:
-        """A file event: the count and the window follow it; readiness learns how the
-        file arrived. Only the one file is looked at."""
-        if kind == OVERFLOW:
-            self.events_lost()
-            return
-        queue, backlog = self.queue, self.backlog
-        if self.fence.passed(name):
-            return
-        if not queue.is_candidate_name(name):
-            marked = queue.marked_by(name) if kind != GONE else None
-            if marked is not None:
-                backlog.unpark([marked])  # its ready marker came
-            elif queue.dir_marker and kind in (CREATED, MOVED_IN) and name.endswith("/" + queue.dir_marker):
-                self._delivered(name.rpartition("/")[0])
-            return
-        if queue.dir_marker and "/" in name and kind != GONE and not queue.marked(name.rpartition("/")[0]):
-            return  # its directory is not delivered yet: its marker's event brings it
-        if kind == OPENED:
-            self.writers.arrived(name)  # the next claim looks at /proc again too
-            self.readiness.note_opened(name)  # not ready until it is closed
-            return
-        if kind in (CLOSED, CLOSED_WRITE):
-            self.writers.arrived(name)  # a writer the last look at /proc saw may be gone: look again
-            self.readiness.note_closed(name)
-            if kind == CLOSED:
-                backlog.unpark([name])  # judged again in its turn
-                return
-            kind = WRITTEN
-        if kind == GONE:
-            if name in self.claimed_out:  # our claim: an open counted before it was of that file
-                self.claimed_out.discard(name)
-            else:
-                if self.fence.counting():
-                    backlog.departed()
-                backlog.gone(name)
-            self.readiness.gone(name)
-            return
-        seen = queue.look(name)
-        if kind in (MOVED_IN, CREATED) and self.fence.counting() and not (seen and backlog.holds(name, seen.mtime_ns)):
-            backlog.arrived(seen.size if seen else 0)
-        if seen is None:
-            return
-        if kind != WRITTEN:  # new here: the next claim of it looks at /proc afresh
-            self.writers.arrived(name)
-        if kind != MOVED_IN:
-            self.readiness.note_written(name)  # written in place: it must settle
-        if backlog.admits(seen.mtime_ns, name):
-            if kind == MOVED_IN:
-                self.readiness.note_moved_in(name)
-            backlog.put(name, seen.mtime_ns)
-        # Otherwise it waits beyond the window, for a later pass (an entry it had in the
-        # window, with an older mtime, is dropped when its turn comes).
-
-    def _delivered(self, rel_dir: str) -> None:
-        """A directory's marker came: its files join the backlog (as files renamed in:
-        the marker says they are written; /proc is looked at before each claim)."""
-        backlog = self.backlog
-        for mtime_ns, name, size, _ino, _mode in self.queue.waiting(rel_dir):
-            if backlog.holds(name, mtime_ns):
-                continue
-            backlog.arrived(size)
-            self.writers.arrived(name)
-            if backlog.admits(mtime_ns, name):
-                self.readiness.note_moved_in(name)
-                backlog.put(name, mtime_ns)
+        """A file event (``workers/daemon/arrivals.py``)."""
+        self.arrivals.note(kind, name)
 
     def tidy(self, now: float, after_s: float) -> None:
         """Directories the queue emptied, removed once they stayed empty ``after_s``."""
@@ -309,8 +193,8 @@ class Intake:
         self.pass_due = False
         self.last_pass = now
         self.claimed_since_pass = 0
-        if len(self.claimed_out) > self.backlog.window:  # no events come (no inotify here)
-            self.claimed_out.clear()
+        if len(self.arrivals.claimed_out) > self.backlog.window:  # no events come (no inotify here)
+            self.arrivals.claimed_out.clear()
         fence = self.fence.put() if self.events.active() else ""
         self.next_look = float("inf")
         self.backlog.refill(self.queue.waiting())
@@ -395,7 +279,7 @@ class Intake:
         claimed = self.claimer.claim(candidate.name)
         if claimed:
             self.backlog.departed(candidate.size)
-            self.claimed_out.add(candidate.name)
+            self.arrivals.claimed_out.add(candidate.name)
             self.claimed_since_pass += 1
             self.readiness.forget(candidate.name)
         return claimed
@@ -407,5 +291,6 @@ class Intake:
         done = perform(self.queue, action, name, replays)
         if not done.problem:
             self.queue.moved_by_hand(SOURCE[action])
+            self.queue.left(SOURCE[action], name)  # failed/acme/ or processed/acme/ may be empty now
             self.pass_due = True
         return done
