@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if EARLY_SIGNALS:
             return EXIT_OK
     if args.command == "check":
-        return cmd_check(config, pipelines)
+        return cmd_check(config, pipelines, args.paths)
     if args.command == "run":
         return cmd_run(config, pipelines, args.files, args.output_dir, args.trace, args.pipeline)
     if args.command in ("status", "retry", "discard", "replay", "history"):

@@ -12,13 +12,25 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import BASE_CONFIG, Daemon, dashboard_url, http_json, journal, pace, start, wait_for, write_config
+from tests.daemon import (
+    BASE_CONFIG,
+    SUPERVISOR,
+    Daemon,
+    dashboard_url,
+    http_json,
+    journal,
+    pace,
+    start,
+    wait_for,
+    write_config,
+)
 from tests.deployed import Deployment, Site, start_deployed
 from workers.names import shown
 
@@ -313,3 +325,47 @@ def _group_tree(top: Path, files: dict[str, bytes]) -> None:
                 folder.mkdir()
                 folder.chmod(0o2775)
         path.write_bytes(data)
+
+
+ROUTES = """
+[watch]
+recursive = true
+
+[[routes]]
+match = ["acme/**/*.csv"]
+pipeline = "keep"
+
+[[routes]]
+match = ["*.csv", "*.log"]
+pipeline = "up"
+
+[pipelines.keep.nodes.start]
+processor = "lower"
+
+[pipelines.up.nodes.start]
+processor = "upper"
+"""
+
+
+def test_check_and_run_say_which_route_a_path_takes(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ROUTES)
+    check = subprocess.run([sys.executable, str(SUPERVISOR), "-c", str(config), "check", "acme/2026/12/x.csv",
+                            "acme/x.csv.gz", "other/acme/x.csv", "x.txt"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    lines = check.stdout.splitlines()
+    assert "acme/2026/12/x.csv: routes[1] ['acme/**/*.csv'] -> pipeline keep" in lines
+    assert "acme/x.csv.gz: routes[1] ['acme/**/*.csv'] -> pipeline keep (matched as 'acme/x.csv')" in lines
+    assert "other/acme/x.csv: routes[2] ['*.csv', '*.log'] -> pipeline up" in lines
+    assert any(line.startswith("x.txt: no route matches this name") for line in lines)
+    # run FILE routes a file in a queue folder by its path there, one elsewhere by the path typed
+    make_tree(tmp_path / "watch_dir" / "unprocessed", {"acme/9/a.csv": "Mixed\n"})
+    make_tree(tmp_path / "acme", {"b.csv": "Mixed\n"})
+    run = subprocess.run([sys.executable, str(SUPERVISOR), "-c", str(config), "run", "--output-dir",
+                          str(tmp_path / "out"), str(tmp_path / "watch_dir" / "unprocessed" / "acme" / "9" / "a.csv"),
+                          "acme/b.csv", str(tmp_path / "acme" / "b.csv")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "acme/9/a.csv: routes[1] ['acme/**/*.csv'] -> pipeline keep" in run.stdout
+    assert "acme/b.csv: routes[1] ['acme/**/*.csv'] -> pipeline keep" in run.stdout
+    assert "b.csv: routes[2] ['*.csv', '*.log'] -> pipeline up" in run.stdout.splitlines()
+    assert (tmp_path / "out" / "a.csv").read_text() == "mixed\n"

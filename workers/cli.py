@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
     parser.add_argument("--version", action="version", version=f"foldermill {__version__}")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("check", help="validate the config, print the routes and each pipeline's graph")
+    check = sub.add_parser("check", help="validate the config, print the routes and each pipeline's graph")
+    check.add_argument("paths", nargs="*", metavar="PATH",
+                       help="also say which route a file of this name takes (a path relative to unprocessed/)")
     status = sub.add_parser("status", help="queue counts, workers, recent failures (running or not)")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
@@ -106,7 +108,7 @@ def cmd_ops(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check(config: Config, pipelines: Pipelines) -> int:
+def cmd_check(config: Config, pipelines: Pipelines, paths: list[str] | None = None) -> int:
     print(f"config {config.path} is valid")
     print(f"watch dir: {config.watch.dir}")
     unprocessed = config.watch.dir / "unprocessed"
@@ -115,6 +117,8 @@ def cmd_check(config: Config, pipelines: Pipelines) -> int:
         print(f"writers, as user {sight.user} sees them:" + "".join(f"\n  - {w}" for w in sight.describe()))
     for line in pipelines.describe():
         print(line)
+    for path in paths or []:
+        print(pipelines.explain(unshown(path)))
     return EXIT_OK
 
 
@@ -135,15 +139,35 @@ def cmd_run(config: Config, pipelines: Pipelines, files: list[Path], output_dir:
                    before: int = done_bytes) -> None:
             view.update(i, len(files), before + bytes_done, sum(sizes), [(shown(path.name), bytes_done, size)])
 
-        chosen = pipeline or pipelines.route(path.name)
+        name = route_name(config, path)
+        chosen = pipeline or pipelines.route(name)
         if chosen is None:
-            print(f"{shown(str(path))}: failed: {pipelines.unrouted(path.name)}", file=sys.stderr)
+            print(f"{shown(str(path))}: failed: {pipelines.unrouted(name)}", file=sys.stderr)
             failed += 1
-        elif not _run_one(pipelines.graphs[chosen], path, out_dir, trace, report):
-            failed += 1
+        else:
+            if not pipeline and len(pipelines.routes) > 1:  # which route, and why
+                print(pipelines.explain(name))
+            if not _run_one(pipelines.graphs[chosen], path, out_dir, trace, report):
+                failed += 1
         done_bytes += size
     view.update(len(files), len(files), done_bytes, sum(sizes), [], final=True)
     return EXIT_FILES_FAILED if failed else EXIT_OK
+
+
+def route_name(config: Config, path: Path) -> str:
+    """The name a route matches for ``run FILE``: its path relative to a queue folder of
+    the watch dir when it is in one (``unprocessed/acme/x.csv`` -> ``acme/x.csv``), the
+    path as typed when it is relative and stays below here (``acme/x.csv``), else its
+    base name."""
+    try:
+        rel = path.resolve().relative_to(config.watch.dir.resolve())
+        if len(rel.parts) > 1:
+            return str(Path(*rel.parts[1:]))
+    except ValueError:
+        pass
+    if not path.is_absolute() and ".." not in path.parts:
+        return str(path)
+    return path.name
 
 
 def _size(path: Path) -> int:
