@@ -3,7 +3,7 @@ waiting files grows, and the cost of a producer trickling files in meanwhile (a
 benchmark, not a test).
 
     .venv/bin/python tests/bench/backlog.py [--sizes 5000,100000,1000000] [--trickle 200000]
-        [--rate 100] [--workers 2] [--dir DIR] [--filesystem]
+        [--rate 100] [--workers 2] [--dir DIR] [--filesystem] [--tree-dirs 10000]
 
 For each size N: a supervisor (normal mode, 2 workers, ``durable = true``, the built-in
 ``upper`` pipeline, so the figure is the intake's and not a processor's) runs on an empty
@@ -18,6 +18,13 @@ came out of oldest-first order (a claim of a file older than one claimed before 
 ``--rate`` new files a second; throughput against the same T without the producer.
 Targets (issue 11): per-file cost at 1,000,000 <= 1.2x its cost at 5,000; RSS <= 80 MB
 at 1,000,000; the trickle costs <= 10 %.
+
+``--tree-dirs D`` (issue 21): each size but the first is also run as a tree, with
+``recursive = true``: its files spread over D directories (``d00042/a-0000042.log``),
+each directory made and filled beside and renamed into ``unprocessed/`` whole (oldest
+first), as ``mv batch/ unprocessed/`` hands one over; its per-file cost is compared with
+the first size's, flat. Target: 1,000,000 files over 10,000 directories within 1.25x the
+flat 5,000's cost, RSS <= 80 MB.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from tests.daemon import Daemon, PeakRSS, aged_files, alive, event_time, wait_fo
 CONFIG = """\
 [watch]
 dir = "watch_dir"
+recursive = {recursive}
 settle = 0.5
 poll_interval = 1.0
 journal_max_mb = 1024  # the whole run's journal is kept, for the order check
@@ -82,6 +90,23 @@ def make_files(staging: Path, count: int, prefix: str, oldest: float) -> list[st
     return names
 
 
+def make_tree(staging: Path, count: int, dirs: int, oldest: float) -> list[str]:
+    """``count`` one-line files spread over ``dirs`` directories of ``staging``, file i
+    in ``d<i % dirs>/``, mtimes one millisecond apart; their relative paths, oldest first."""
+    names = []
+    for i in range(count):
+        name = f"d{i % dirs:05d}/a-{i:07d}.log"
+        path = staging / name
+        if i < dirs:
+            path.parent.mkdir(parents=True)
+        with open(path, "w") as f:
+            f.write(f"2026-12-01T00:00:00 INFO a {i}\n")
+        os.utime(path, (oldest + i / 1000, oldest + i / 1000))
+        names.append(name)
+    os.sync()
+    return names
+
+
 def out_of_order(watch: Path) -> int:
     """Claims of a file older (by its mtime in the name's order) than one claimed before,
     read from the journal a line at a time."""
@@ -94,21 +119,23 @@ def out_of_order(watch: Path) -> int:
                 entry = json.loads(line)
                 if entry["event"] != "claimed":
                     continue
-                name = entry["file"]
+                name = entry["file"].rpartition("/")[2]
                 if name < newest:  # names sort as their mtimes do (made so; trickle files sort after)
                     count += 1
                 newest = max(newest, name)
     return count
 
 
-def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0) -> Run:
+def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0, dirs: int = 0) -> Run:
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
-    (base / "config.toml").write_text(CONFIG.format(workers=workers))
+    (base / "config.toml").write_text(CONFIG.format(workers=workers, recursive=str(dirs > 0).lower()))
     watch, staging = base / "watch_dir", base / "staging"
     (watch / "unprocessed").mkdir(parents=True)
-    names = make_files(staging, files, "a", time.time() - 3 * 86400)
+    oldest = time.time() - 3 * 86400
+    names = make_tree(staging, files, dirs, oldest) if dirs else make_files(staging, files, "a", oldest)
+    handed = sorted({n.split("/")[0] for n in names}) if dirs else names  # whole directories, or files
     daemon = Daemon(base / "config.toml", name="backlog")
     children: list[int] = []
     stop_trickle = threading.Event()
@@ -120,7 +147,7 @@ def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0) -> 
         sampler = PeakRSS(daemon.pid)
         sampler.start()
         started = time.time()
-        for name in names:
+        for name in handed:
             os.rename(staging / name, watch / "unprocessed" / name)
         if trickle_rate:
             producer = threading.Thread(target=trickle, args=(watch, trickle_rate, stop_trickle, trickled),
@@ -166,7 +193,12 @@ class Done:
         if time.monotonic() < self.next_look:
             return False
         started = time.monotonic()
-        present = os.listdir(self.processed)
+        if any("/" in n for n in self.names[:1]):  # a tree: counted, then the names checked once
+            count = sum(len(files) for _, _, files in os.walk(self.processed))
+            present = [str(Path(d, f).relative_to(self.processed)) for d, _, fs in os.walk(self.processed)
+                       for f in fs] if count >= len(self.names) else []
+        else:
+            present = os.listdir(self.processed)
         cost = time.monotonic() - started
         self.next_look = time.monotonic() + 50 * cost
         if len(present) < len(self.names):
@@ -246,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=ROOT / ".scratch")
+    parser.add_argument("--tree-dirs", type=int, default=0,
+                        help="also run each size but the first as a tree over this many directories")
     parser.add_argument("--filesystem", action="store_true",
                         help="also time the filesystem's own work per file at each size (a hand-written loop)")
     args = parser.parse_args(argv)
@@ -260,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({runs[0].rate / run.rate:4.2f}x the {runs[0].files:,} case), supervisor peak RSS "
                   f"{run.peak_rss / 2**20:6.1f} MB, state.db {run.db_bytes / run.files:6.1f} B/file "
                   f"({run.db_bytes / 2**20:.1f} MB), out of order {run.out_of_order}", flush=True)
+        for n in sizes[1:] if args.tree_dirs else []:
+            run = run_one(Path(tmp) / "run", n, args.workers, dirs=args.tree_dirs)
+            print(f"  {n:>9,} waiting in {args.tree_dirs:,} directories (recursive): {run.rate:8,.0f} files/s, "
+                  f"per-file cost {1 / run.rate * 1000:6.3f} ms ({runs[0].rate / run.rate:4.2f}x the flat "
+                  f"{runs[0].files:,} case), supervisor peak RSS {run.peak_rss / 2**20:6.1f} MB, "
+                  f"out of order {run.out_of_order}", flush=True)
         if args.filesystem:
             floors = [filesystem_alone(Path(tmp) / "fs", n) for n in sizes]
             for n, floor in zip(sizes, floors, strict=True):

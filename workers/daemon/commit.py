@@ -256,7 +256,10 @@ class Commit:
                 into |= dirs
         if self.workers.durable and renamed:
             try:
-                for parent in sorted(into):
+                if len(into) > 1:  # outputs in several directories (recursive): one sync for all
+                    syncfs(out)
+                else:
+                    parent = next(iter(into), "")
                     fsync_dir(f"{out}/{parent}" if parent else out)
             except OSError as exc:
                 if not self.held(exc):

@@ -15,11 +15,13 @@ With ``[watch] recursive = true`` every directory the queue enters has a watch o
 own, and events name files by their path relative to the folder. A directory that
 appears (created, or renamed in whole) is watched at once and then listed: a file
 created in it before its watch was in place is reported by that listing (the classic
-inotify race), as ``CREATED``, so it settles and is looked at for writers like any new
-file. A directory renamed away loses its names (its watches stay until the kernel
-drops them). When the kernel has no watch left for this user
-(``fs.inotify.max_user_watches``), the directories without one are found by passes
-alone: said once, and the intake passes over the tree every ``poll_interval``.
+inotify race), as ``CREATED`` (it settles) in a directory made here, as ``MOVED_IN`` in
+one renamed in whole (a finished hand-off, like a file renamed in); either way /proc is
+looked at for writers before it is claimed, as for any new file. A directory renamed
+away loses its names (its watches stay until the kernel drops them). When the kernel
+has no watch left for this user (``fs.inotify.max_user_watches``), the directories
+without one are found by passes alone: said once, and the intake passes over the tree
+every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -194,16 +196,17 @@ class Watch:
                 if mask & IN_MOVED_FROM:
                     self._forget(rel + "/")
                 elif mask & (IN_CREATE | IN_MOVED_TO) and self.enters is not None and self.enters(rel):
-                    self._add_tree(rel, events)
+                    self._add_tree(rel, events, MOVED_IN if mask & IN_MOVED_TO else CREATED)
             else:
                 name = prefix + os.fsdecode(raw)
                 events.extend(FileEvent(kind, name) for bit, kind in KINDS if mask & bit)
         return events, ended
 
-    def _add_tree(self, top: str, events: list[FileEvent] | None) -> None:
+    def _add_tree(self, top: str, events: list[FileEvent] | None, kind: str = CREATED) -> None:
         """Watch ``top`` (a relative directory, "" the folder) and the directories below
-        it that are entered; with ``events``, each file found is reported ``CREATED``
-        (made before its directory's watch was in place)."""
+        it that are entered; with ``events``, each file found is reported as ``kind``:
+        ``MOVED_IN`` in a directory renamed in whole (a finished hand-off, as a file
+        renamed in is), ``CREATED`` in one made here (written in place: it settles)."""
         enters = self.enters
         assert enters is not None
         stack = [top]
@@ -227,7 +230,7 @@ class Watch:
                             if enters(prefix + entry.name):
                                 stack.append(prefix + entry.name)
                         elif events is not None:
-                            events.append(FileEvent(CREATED, prefix + entry.name))
+                            events.append(FileEvent(kind, prefix + entry.name))
             except OSError:
                 continue
 
