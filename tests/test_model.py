@@ -852,6 +852,24 @@ class TreeModel(FoldermillModel):
             top = f"tree-{self.serial}".encode()
             self.deliver_tree(where + b"/" + top if where else top, count)
 
+    @rule(data=st.data())
+    def remove_a_directory(self, data: st.DataObject) -> None:
+        """The producer takes a directory back (``rm -r``) while the daemon may be
+        claiming from it: what it removed first is gone, what the daemon claimed first
+        stays expected."""
+        with self._step():
+            d = self._pick(data, "file whose directory goes", waiting=False)
+            if d is None or b"/" not in d.name:
+                return
+            top = d.name.split(b"/")[0]
+            for other in self.deliveries:
+                if other.name.startswith(top + b"/") and not other.removed:
+                    self.remove(other)
+            with contextlib.suppress(OSError):  # not empty: a hidden file, or one delivered meanwhile
+                for dirpath, _dirs, _files in os.walk(os.fsencode(self.watch / "unprocessed") + b"/" + top,
+                                                      topdown=False):
+                    os.rmdir(dirpath)
+
     def _listing(self, folder: str) -> list[bytes]:
         """Every entry but a directory, by its path relative to ``folder``."""
         top = os.fsencode(self.watch / folder)

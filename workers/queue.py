@@ -43,7 +43,7 @@ from pathlib import Path
 from workers.errors import FoldermillError, SystemFailure
 from workers.fs import lstat_beneath, make_dirs_beneath, move, move_beneath, unlink_beneath
 from workers.globs import matcher
-from workers.names import base_name, collision_name, output_name, reason_files, reason_name
+from workers.names import NAME_MAX, base_name, collision_name, name_bytes, output_name, reason_files, reason_name
 
 LOCK_COUNT = 1024
 KEEP_FDS_LIMIT = 8 * LOCK_COUNT  # open files allowed from which lock descriptors stay open
@@ -107,6 +107,8 @@ class FolderQueue:
         self._unwanted = matcher(exclude)
         self.recursive = recursive
         self.max_depth = max_depth if recursive else 0
+        # PATH_MAX (4096, with its NUL) less the longest folder prefix and a file's name
+        self._dir_room = 4095 - name_bytes(f"{root}/underprocess/") - 1 - NAME_MAX
         self.dir_marker = dir_marker if recursive else ""
         self._fds: dict[str, int] = {}  # folder -> descriptor, for nested names (``_fd``)
         self.emptied: dict[str, float] = {}  # "folder/dir" a move left maybe empty -> when (monotonic)
@@ -152,10 +154,12 @@ class FolderQueue:
 
     def enters(self, rel_dir: str) -> bool:
         """Whether the walk goes into this directory of unprocessed/ (``a/b``): with
-        recursive, not hidden, not deeper than ``max_depth``. (Symlinks: never, the
-        caller's lstat decides.)"""
+        recursive, not hidden, not deeper than ``max_depth``, and short enough that any
+        file in it has a path within ``PATH_MAX`` in every queue folder (a deeper one
+        would make every call on its files fail). (Symlinks: never, the caller's lstat
+        decides.)"""
         return (self.recursive and rel_dir.count("/") < self.max_depth
-                and not base_name(rel_dir).startswith("."))
+                and not base_name(rel_dir).startswith(".") and name_bytes(rel_dir) <= self._dir_room)
 
     def _fd(self, folder: str) -> int:
         """A descriptor of a queue folder, kept: nested names are resolved beneath it."""
