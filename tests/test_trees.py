@@ -210,7 +210,7 @@ def test_hidden_symlinked_and_too_deep_directories_are_never_entered(tmp_path: P
     make_tree(unprocessed, {".git/objects/x.log": "hidden\n", "a/b/ok.log": "two down\n",
                             "a/b/c/too-deep.log": "three down\n"})
     os.symlink(outside, unprocessed / "a" / "link")
-    start(daemons, config)
+    d = start(daemons, config)
     processed_once(watch, ["a/b/ok.log"])
     wait_for(lambda: (watch / "failed" / "a" / "link").is_symlink(), 10, "the symlinked directory rejected")
     assert "symlink" in (watch / "failed" / "a" / "link.reason").read_text()
@@ -219,6 +219,8 @@ def test_hidden_symlinked_and_too_deep_directories_are_never_entered(tmp_path: P
     assert (unprocessed / ".git" / "objects" / "x.log").exists()
     assert (unprocessed / "a" / "b" / "c" / "too-deep.log").exists()
     assert not [e for e in journal(watch) if "too-deep" in e["file"] or ".git" in e["file"]]
+    said = "unprocessed/a/b/c is not entered: deeper than max_depth = 2"
+    assert d.log().count(said) == 1, d.log()
 
 
 def test_a_directory_waits_for_its_ready_marker(tmp_path: Path, daemons: list[Daemon]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import resource
@@ -43,7 +44,16 @@ from pathlib import Path
 from workers.errors import FoldermillError, SystemFailure
 from workers.fs import lstat_beneath, make_dirs_beneath, move, move_beneath, unlink_beneath
 from workers.globs import matcher
-from workers.names import NAME_MAX, base_name, collision_name, name_bytes, output_name, reason_files, reason_name
+from workers.names import (
+    NAME_MAX,
+    base_name,
+    collision_name,
+    name_bytes,
+    output_name,
+    reason_files,
+    reason_name,
+    shown,
+)
 
 LOCK_COUNT = 1024
 KEEP_FDS_LIMIT = 8 * LOCK_COUNT  # open files allowed from which lock descriptors stay open
@@ -51,6 +61,7 @@ STATE_DIR = ".foldermill"  # in the watch dir: the state database, the superviso
 REASON_TEMP = ".fm-reason."  # a reason file being written: .fm-reason.<pid>.<ns>.tmp in failed/
 FOLDERS = ("unprocessed", "underprocess", "processed", "failed", "output")
 PLACEHOLDER = ".gitkeep"
+log = logging.getLogger("foldermill")
 
 
 class PutBack(Enum):
@@ -110,6 +121,7 @@ class FolderQueue:
         # PATH_MAX (4096, with its NUL) less the longest folder prefix and a file's name
         self._dir_room = 4095 - name_bytes(f"{root}/underprocess/") - 1 - NAME_MAX
         self.dir_marker = dir_marker if recursive else ""
+        self.not_entered: set[str] = set()  # directories the walk leaves out (said once)
         self._fds: dict[str, int] = {}  # folder -> descriptor, for nested names (``_fd``)
         self.emptied: dict[str, float] = {}  # "folder/dir" a move left maybe empty -> when (monotonic)
         self.moved: dict[str, int] = dict.fromkeys(FOLDERS, 0)  # our moves since the last count, per folder
@@ -160,6 +172,15 @@ class FolderQueue:
         decides.)"""
         return (self.recursive and rel_dir.count("/") < self.max_depth
                 and not base_name(rel_dir).startswith(".") and name_bytes(rel_dir) <= self._dir_room)
+
+    def _left_out(self, rel_dir: str) -> None:
+        """A directory the walk does not enter (too deep, or too long a path): said once."""
+        if rel_dir in self.not_entered or len(self.not_entered) >= 1000:
+            return
+        self.not_entered.add(rel_dir)
+        why = (f"deeper than max_depth = {self.max_depth}" if rel_dir.count("/") >= self.max_depth
+               else "its files' paths would be longer than the system allows (PATH_MAX)")
+        log.warning("unprocessed/%s is not entered: %s; its files stay where they are", shown(rel_dir), why)
 
     def _fd(self, folder: str) -> int:
         """A descriptor of a queue folder, kept: nested names are resolved beneath it."""
@@ -258,6 +279,8 @@ class FolderQueue:
                 if stat.S_ISDIR(item[4]):
                     if self.enters(item[1]):
                         stack.append((item[1], marked and bool(rel)))
+                    else:
+                        self._left_out(item[1])
                 elif marked:
                     yield item
 
