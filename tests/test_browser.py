@@ -8,6 +8,7 @@ nor read. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -293,3 +294,51 @@ def test_the_dashboard_says_a_fault_of_the_machine_and_how_writers_are_seen(tmp_
         finally:
             browser.close()
     assert d.alive()
+
+
+def test_the_console_on_a_tree_in_chromium(tmp_path: Path, daemons) -> None:
+    """With ``recursive = true`` the page shows and acts on relative paths: a nested
+    failed file (a directory name that is not UTF-8 too) in the failed panel, retried by
+    a click; found by a search on its directory, its timeline and its output's head."""
+    chromium = require("chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    config = behave_config(tmp_path)
+    config.write_text(config.read_text().replace("[watch]\n", "[watch]\nrecursive = true\n"))
+    watch = tmp_path / "watch_dir"
+    broken = tmp_path / "flags" / "broken"
+    broken.touch()
+    d = start(daemons, config)
+    url = re.search(r"dashboard at (http://\S+)", d.log()).group(1)
+    raw_dir = os.fsdecode(b"caf\xe9")
+    for rel in ("acme/2026-12/one.log", f"{raw_dir}/two.log"):
+        (watch / "stage" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (watch / "stage" / rel).write_text("FAILIF broken\nline <b>two</b>\n")
+    for top in ("acme", raw_dir):
+        os.rename(watch / "stage" / top, watch / "unprocessed" / top)
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(url)
+            failed = page.locator("#failed tbody tr")
+            expect(failed).to_have_count(2, timeout=20_000)
+            expect(page.locator("#failed tbody")).to_contain_text("acme/2026-12/one.log")
+            expect(page.locator("#failed tbody")).to_contain_text("caf\\xe9/two.log")  # shown, never raw
+            broken.unlink()
+            failed.filter(has_text="acme/2026-12/one.log").locator("button[data-action=retry]").click()
+            wait_for(lambda: (watch / "processed" / "acme" / "2026-12" / "one.log").exists(), 20,
+                     "acme/2026-12/one.log retried from the page")
+            failed.filter(has_text="two.log").locator("button[data-action=retry]").click()
+            wait_for(lambda: (watch / "processed" / raw_dir / "two.log").exists(), 20, "the raw-named one retried")
+            page.fill("#search", "2026-12")
+            page.click("#search-form button")
+            page.locator("#search-results a", has_text="acme/2026-12/one.log").click()
+            expect(page.locator("#timeline tbody")).to_contain_text("retry-requested", timeout=10_000)
+            expect(page.locator("#outputs tbody")).to_contain_text("acme/2026-12/one.log")
+            page.locator("#outputs tbody button", has_text="preview").first.click()
+            expect(page.locator("#preview")).to_have_text("FAILIF BROKEN\nLINE <B>TWO</B>\n", timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "console-tree.png"), full_page=True)
+        finally:
+            browser.close()
