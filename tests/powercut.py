@@ -38,6 +38,17 @@ Limits (what it does not simulate)
 - Processes are stopped one after another (microseconds apart), not at one instant:
   the result is a state of some interleaving in which the later ones ran a little
   longer, which a real schedule could also produce.
+- Metadata reaches the disk in the order it changed: ext4's journal puts every
+  change (a ``mkdir``, a ``rename``) in the one running transaction and commits the
+  transactions in order, and an ``fsync`` of *any* file commits the running one. So a
+  directory whose parent was never fsynced, or a rename whose directory was never
+  fsynced, survives as soon as anything later syncs (measured: ``mkdir a``, a synced
+  file renamed into it, then an fsync of an unrelated new file: ``a`` and the rename
+  survive; a rename after that last fsync does not). A left-out directory fsync shows
+  only in a cut before the next sync of anything; a filesystem that does not order
+  metadata (or orders it per inode) may lose more. The tree cycles of
+  ``tests/powercut_cycle.py`` therefore judge directories on the frozen view, at the
+  cut (``check_at_cut``), not only after recovery.
 - Kernel threads are not frozen: the jbd2 commit thread, the loop worker and the
   flusher keep running while the image is copied. ``LoopFs.cut`` compares the loop
   device's write counters (``/sys/block/loopN/stat``) and the journal's transaction

@@ -6,10 +6,11 @@ the real ``supervisor.py`` (2 workers, ``durable = true``, the ``behave`` proces
 *process* (so that it can be frozen with the daemon) drops files the safe way and
 acknowledges each delivery in a file outside the cut filesystem only once it is
 durable (written beside under a hidden name, fsynced, renamed into ``unprocessed/``,
-``unprocessed/`` fsynced). The test polls the folders in a tight loop and cuts the
-power the moment the phase it aims at is seen; the copy of the disk is mounted in
-place, a fresh supervisor runs on it until every file is finished, is stopped with
-SIGTERM, and the invariants are checked, every violation collected with its evidence.
+``unprocessed/`` fsynced; on a tree, see below). The test polls the folders in a
+tight loop and cuts the power the moment the phase it aims at is seen; the copy of
+the disk is mounted in place, a fresh supervisor runs on it until every file is
+finished, is stopped with SIGTERM, and the invariants are checked, every violation
+collected with its evidence.
 
 Phases aimed at (``PHASES``):
 - ``claim``: a file just claimed (in ``underprocess/``, no output yet): its state row
@@ -21,7 +22,34 @@ Phases aimed at (``PHASES``):
   ``large``: a large file's, with a producer that pauses after each large file, so
   that its claim, its worker's fsync and its commit have no other file's ``syncfs``
   between them (the path where the daemon itself syncs least).
-- ``moves``: a file has reached ``processed/`` or ``failed/``.
+- ``moves``: a file has reached ``processed/`` or ``failed/``. Variant ``reason``: a
+  failing file's reason being written (``failed/[dir/].fm-reason.*.tmp``), before the
+  file moves beside it.
+
+Trees (``Aim.tree``): the daemon runs with ``[watch] recursive = true`` and
+``empty_dirs_after`` short, and the producer delivers every burst into a directory it
+makes anew, one or two levels deep (``b0007/`` or ``b0007/s1/``), so directories are
+made (in ``unprocessed/`` by the producer; in ``underprocess/``, ``processed/``,
+``failed/`` and ``output/`` by the daemon's moves and commits) and removed (the ones
+the queue emptied) all the time around the cut. A file's name is then its path relative
+to its queue folder, and every listing and check walks the folders (never through a
+symlink, never into a hidden directory). The producer acknowledges a file only once
+the directory it went into, each directory it made and their parents are fsynced.
+
+What a cycle checks: after recovery, every invariant (``check_invariants``, on relative
+paths on a tree); and at the cut itself, on the frozen processes' view against the
+copy (``check_at_cut``), that every directory of ``output/`` holding an output was on
+the disk (with ``durable = true`` a new directory is durable before any output is
+renamed into it) and that every file in ``processed/`` had its output on the disk (the
+directories renamed into are synced before the input moves). After recovery alone a
+left-out directory fsync would never show: ext4 commits metadata in order, so the next
+sync of anything brings the directory along (``tests/powercut.py``, "Limits"). Shown
+by breaking the daemon on purpose: without the sync of the directories renamed into
+(``_rename_marked``), ``output-not-durable`` in 3 of 4 cycles aimed at ``moves`` (flat
+and tree); with the new directories' own fsyncs (``make_dirs_beneath``) left out too,
+``dir-not-durable`` in 3 of 4 aimed at ``group_commit`` on a tree. The new
+directories' fsyncs alone left out showed in none of 8 (the sync of the directory
+renamed into follows within microseconds and commits them with it).
 
 Whether the cut *landed* in the phase is judged on the frozen processes' view (after
 the copy is taken): for ``moves``, a file in ``processed/``/``failed/`` whose state row
@@ -31,7 +59,7 @@ yet (the file is still in ``underprocess/`` on the copy: the move was not synced
 Every report also says what the processes had done that the disk did not hold.
 
 Run as a module, it is the producer: ``python -m tests.powercut_cycle produce WATCH
-ACKS SEED FAILING QUIET``.
+ACKS SEED FAILING QUIET TREE``.
 """
 
 from __future__ import annotations
@@ -51,7 +79,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.daemon import BEHAVE, ROOT, Daemon, alive, folder, pace, wait_for
+from tests.daemon import BEHAVE, ROOT, Daemon, alive, pace, wait_for
 from tests.powercut import Cut, LoopFs, process_tree, syncfs
 
 __all__ = ["PHASES", "Aim", "CycleReport", "Violation", "check_invariants", "classify", "content_for",
@@ -63,9 +91,11 @@ SELF_SYNC_BYTES = 4 << 20  # workers/worker.py: inputs this big get their output
 LINE = "{name} {i:07d} the quick brown fox jumps over the lazy dog\n"
 LARGE_MIN_BYTES = SELF_SYNC_BYTES + (512 << 10)
 STAGED_BIG_BYTES = 1 << 20  # a staged file this big is a large input's (small outputs are < 1 KiB)
-NAME = re.compile(r"^(?P<kind>small|large|fail)-(?P<index>\d{5})\.log$")
-SECOND_NAME = re.compile(r"^(?P<stem>(?:small|large|fail)-\d{5})-(?P<n>\d+)\.log(?P<suffix>.*)$")
+DIRS = r"(?P<dirs>(?:[^./][^/]*/)*)"  # a tree's directories (``b0007/s1/``), none for a flat name
+NAME = re.compile(rf"^{DIRS}(?P<kind>small|large|fail)-(?P<index>\d{{5}})\.log$")
+SECOND_NAME = re.compile(rf"^{DIRS}(?P<stem>(?:small|large|fail)-\d{{5}})-(?P<n>\d+)\.log(?P<suffix>[^/]*)$")
 MAX_FILES, MAX_LARGE = 2000, 8  # the producer's limits: the disk never fills (8 x 2 x 4.5 MiB)
+DELIVERY_TRIES = 20  # a tree producer makes a directory the daemon keeps removing again at most this often
 QUIET_S = (0.5, 1.0)  # the quiet producer's pauses before a large file and after it (it takes ~0.3 s)
 WARMUP = 12  # an aimed phase is armed after 0..WARMUP files are finished
 AIM_TIMEOUT_S = 8.0  # the phase not seen by then: the cut happens anyway (not landed)
@@ -79,7 +109,7 @@ CONFIG = """\
 dir = "{watch}"
 poll_interval = 0.2
 settle = 0.3
-
+{tree}
 [web]
 port = 0
 
@@ -93,6 +123,12 @@ durable = true
 [pipeline.nodes.start]
 processor = "behave:Behave"
 flags = "{flags}"
+"""
+# A tree: directories the queue emptied go after 0.2 s (the daemon looks once a second),
+# so they are also being removed around the cut.
+TREE_CONFIG = """\
+recursive = true
+empty_dirs_after = 0.2
 """
 
 
@@ -132,30 +168,32 @@ def kinds(failing: bool) -> list[str]:
     return out
 
 
-def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool) -> None:
+def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool, tree: bool = False) -> None:
     """Drop files into ``watch/unprocessed`` forever (until killed or MAX_FILES), in
     bursts; append ``name<TAB>monotonic`` to ``acks`` once a delivery is durable.
     ``quiet``: a pause before a large file (every earlier file is finished) and after
     it (QUIET_S), so that it is claimed, processed and committed with no other file's
-    group commit (``syncfs``) between."""
+    group commit (``syncfs``) between. ``tree``: each burst goes into a directory made
+    anew (``Bursts``), a quiet producer's large file into one of its own."""
     rng = random.Random(seed)
     unprocessed = watch / "unprocessed"
     ack_fd = os.open(acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     dir_fd = os.open(unprocessed, os.O_RDONLY | os.O_DIRECTORY)
+    bursts = Bursts(rng)
+    if tree:
+        bursts.new()
     burst = 0
     for i, kind in enumerate(kinds(failing)):
         name = f"{kind}-{i:05d}.log"
         if quiet and kind == "large":
             pace(QUIET_S[0])
-        tmp = watch / f".producing-{name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, content_for(name))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, unprocessed / name)
-        os.fsync(dir_fd)
+        if tree:
+            if quiet and kind == "large":
+                bursts.new()
+            name = bursts.place(name)
+            deliver_into(unprocessed, name)
+        else:
+            deliver_flat(watch, dir_fd, name)
         os.write(ack_fd, f"{name}\t{time.monotonic():.6f}\n".encode())
         burst -= 1
         if quiet and kind == "large":
@@ -164,6 +202,102 @@ def produce(watch: Path, acks: Path, seed: int, failing: bool, quiet: bool) -> N
         if burst <= 0:  # a burst of 1-6 files, then a pause: batches of several files
             burst = rng.randint(1, 6)
             pace(rng.uniform(0.01, 0.06))
+            if tree:
+                bursts.new()
+
+
+def _write_synced(path: Path | str, data: bytes, dir_fd: int | None = None) -> None:
+    """A new file (``path``, relative to ``dir_fd`` if given), written whole and fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def deliver_flat(watch: Path, unprocessed_fd: int, name: str) -> None:
+    """``name`` written beside (``watch/.producing-<name>``), fsynced, renamed into
+    ``unprocessed/``, ``unprocessed/`` fsynced: durable."""
+    tmp = watch / f".producing-{name}"
+    _write_synced(tmp, content_for(name))
+    os.rename(tmp, watch / "unprocessed" / name)
+    os.fsync(unprocessed_fd)
+
+
+@dataclass
+class Bursts:
+    """Where a tree's files go: each burst into a directory made anew, one or two levels
+    deep: ``b0007/``, or ``b0007/s0/`` and ``b0007/s1/`` (a file into either: the second
+    is made in a directory that exists, maybe one the daemon has emptied already)."""
+
+    rng: random.Random
+    number: int = -1
+    deep: bool = False
+
+    def new(self) -> None:
+        self.number += 1
+        self.deep = self.rng.random() < 0.5
+
+    def place(self, base: str) -> str:
+        top = f"b{self.number:04d}"
+        return f"{top}/s{self.rng.randint(0, 1)}/{base}" if self.deep else f"{top}/{base}"
+
+
+def deliver_into(unprocessed: Path, name: str) -> None:
+    """``name`` (``b0007/s1/x.log``) delivered durably into a tree: its missing
+    directories made, the file written beside under a hidden name and fsynced, renamed
+    in; then the directory it went into, each directory made on the way and the parent
+    of each are fsynced (every entry on its way is on disk). A directory the daemon
+    removes (it had emptied it) while this is under way is made again: once the hidden
+    file is in it, nothing can remove it."""
+    rel_dir, _, base = name.rpartition("/")
+    made: set[Path] = set()
+    for _ in range(DELIVERY_TRIES):
+        into = -1
+        try:
+            made.update(_make_dirs(unprocessed, rel_dir))
+            into = os.open(unprocessed / rel_dir, os.O_RDONLY | os.O_DIRECTORY)
+            _write_synced(f".producing-{base}", content_for(name), dir_fd=into)
+        except FileNotFoundError:  # removed under our feet (a creation in a removed directory fails too)
+            if into >= 0:
+                os.close(into)
+            continue
+        break
+    else:
+        raise RuntimeError(f"{unprocessed / rel_dir} was removed {DELIVERY_TRIES} times while a file was put in it")
+    try:
+        os.rename(f".producing-{base}", base, src_dir_fd=into, dst_dir_fd=into)
+        os.fsync(into)
+    finally:
+        os.close(into)
+    synced = {unprocessed / rel_dir}
+    for path in sorted(made | {d.parent for d in made}, key=lambda p: len(p.parts), reverse=True):
+        if path not in synced:
+            fsync_dir(path)
+            synced.add(path)
+
+
+def _make_dirs(top: Path, rel_dir: str) -> list[Path]:
+    """The missing directories of ``rel_dir`` under ``top``, made; those made."""
+    made = []
+    path = top
+    for part in rel_dir.split("/"):
+        path = path / part
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        made.append(path)
+    return made
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_acks(acks: Path) -> dict[str, float]:
@@ -180,11 +314,49 @@ def read_acks(acks: Path) -> dict[str, float]:
 
 # -- where the cut landed ---------------------------------------------------------------------
 
+def walk(top: Path, hidden: bool = True) -> tuple[list[str], list[str]]:
+    """(names, directories) below ``top``, by their paths relative to it, each sorted. A
+    name is anything but a directory (a symlink is a name: never followed); hidden
+    directories are never entered, as the daemon never enters them; hidden names are
+    kept only with ``hidden``. A directory removed while it is walked is skipped."""
+    names: list[str] = []
+    dirs: list[str] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(top / rel if rel else top) as entries:
+                found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name, is_dir in found:
+            path = f"{rel}/{name}" if rel else name
+            if is_dir and not name.startswith("."):
+                dirs.append(path)
+                stack.append(path)
+            elif not is_dir and (hidden or not name.startswith(".")):
+                names.append(path)
+    return sorted(names), sorted(dirs)
+
+
 def _names(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except FileNotFoundError:
-        return []
+    """Every name below ``path``, hidden ones too (``walk``)."""
+    return walk(path)[0]
+
+
+def folder(watch: Path, name: str) -> list[str]:
+    """The files of a queue folder by their paths relative to it (``b0007/x.log``; a
+    flat folder's names), as ``tests.daemon.folder`` lists a flat one: no hidden
+    names, no reason files in failed/ (in any directory)."""
+    names = walk(watch / name, hidden=False)[0]
+    if name == "failed":
+        names = [n for n in names if not n.endswith(".reason")]
+    return names
+
+
+def base(name: str) -> str:
+    """The last component of a relative path."""
+    return name.rpartition("/")[2]
 
 
 def _staged(watch: Path) -> list[tuple[str, int]]:
@@ -202,10 +374,13 @@ def _staged(watch: Path) -> list[tuple[str, int]]:
     return found
 
 
+# The conditions polled before a cut look up the few files in underprocess/ in output/,
+# rather than list output/ (which grows, and on a tree is a walk of many directories):
+# a tight poll must not miss a phase of a few milliseconds.
+
 def seen_claim(watch: Path) -> str:
-    out = set(_names(watch / "output"))
     for name in folder(watch, "underprocess"):
-        if name not in out:
+        if not os.path.lexists(watch / "output" / name):
             return f"underprocess/{name} claimed, no output yet"
     return ""
 
@@ -218,10 +393,17 @@ def seen_staged(watch: Path, min_bytes: int) -> str:
 
 
 def seen_group_commit(watch: Path, prefix: str = "") -> str:
-    out = set(_names(watch / "output"))
     for name in folder(watch, "underprocess"):
-        if name in out and name.startswith(prefix):
+        if base(name).startswith(prefix) and os.path.lexists(watch / "output" / name):
             return f"output/{name} committed while underprocess/{name} is not moved yet"
+    return ""
+
+
+def seen_reason_written(watch: Path) -> str:
+    """A reason file being written (``.fm-reason.*.tmp``) anywhere in failed/."""
+    for name in _names(watch / "failed"):
+        if base(name).startswith(".fm-reason."):
+            return f"failed/{name} being written"
     return ""
 
 
@@ -252,19 +434,28 @@ QUEUE = ("unprocessed", "underprocess", "processed", "failed", "output")
 
 
 def folders(watch: Path) -> dict[str, set[str]]:
-    """The visible names of each queue folder."""
+    """The visible names of each queue folder (relative paths)."""
     return {f: set(folder(watch, f)) for f in QUEUE}
 
 
-def unsynced(memory: dict[str, set[str]], disk: dict[str, set[str]]) -> dict[str, list[str]]:
+def directories(watch: Path) -> dict[str, set[str]]:
+    """The directories of each queue folder (relative paths; none in a flat cycle)."""
+    return {f: set(walk(watch / f)[1]) for f in QUEUE}
+
+
+def unsynced(memory: dict[str, set[str]], disk: dict[str, set[str]], memory_dirs: dict[str, set[str]],
+             disk_dirs: dict[str, set[str]]) -> dict[str, list[str]]:
     """What the frozen processes had done that the disk did not hold: claims, outputs
-    and moves made in memory (the page cache) but not synced when the power went."""
+    and moves made in memory (the page cache) but not synced when the power went, and
+    directories made or removed (``folder/dir``)."""
     def lacking(source: str, back: tuple[str, ...]) -> list[str]:
         return sorted(n for n in memory[source] if n not in disk[source] and any(n in disk[b] for b in back))
     found = {"claims": lacking("underprocess", ("unprocessed",)),
              "moves": lacking("processed", ("underprocess", "unprocessed")) + lacking("failed", ("underprocess",
                                                                                                  "unprocessed")),
-             "outputs": sorted(memory["output"] - disk["output"])}
+             "outputs": sorted(memory["output"] - disk["output"]),
+             "dirs made": sorted(f"{f}/{d}" for f in QUEUE for d in memory_dirs[f] - disk_dirs[f]),
+             "dirs removed": sorted(f"{f}/{d}" for f in QUEUE for d in disk_dirs[f] - memory_dirs[f])}
     return {k: v for k, v in found.items() if v}
 
 
@@ -281,6 +472,8 @@ def classify(watch: Path) -> dict[str, str]:
         found["group_commit"] = evidence
     if evidence := seen_group_commit(watch, "large-"):
         found["group_commit/large"] = evidence
+    if evidence := seen_reason_written(watch):
+        found["moves/reason"] = evidence
     try:
         rows = live_rows(watch / ".foldermill" / "state.db")
     except sqlite3.Error as exc:
@@ -341,7 +534,7 @@ def second_names(watch: Path) -> dict[str, list[str]]:
     for where in ("processed", "failed", "output"):
         for name in _names(watch / where):
             if match := SECOND_NAME.match(name):
-                found.setdefault(f"{match['stem']}.log", []).append(f"{where}/{name}")
+                found.setdefault(f"{match['dirs']}{match['stem']}.log", []).append(f"{where}/{name}")
     return found
 
 
@@ -370,12 +563,14 @@ def check_second_names(watch: Path, history: dict[str, list[str]]) -> list[Viola
         parts = []
         for path in paths:
             where, second = path.split("/", 1)
-            first = watch / where / (name + second.split(".log", 1)[1])
+            match = SECOND_NAME.match(second)
+            assert match is not None, path  # second_names found it so
+            first = watch / where / (name + match["suffix"])
             size = (watch / path).lstat().st_size
             same = ""
             if first.is_file() and (watch / path).is_file():
                 equal = first.read_bytes() == (watch / path).read_bytes()
-                same = f", {'the same content as' if equal else 'differs from'} {where}/{first.name}"
+                same = f", {'the same content as' if equal else 'differs from'} {where}/{name}{match['suffix']}"
             parts.append(f"{path} ({size} bytes{same})")
         firsts = [f"{f}/{name} {'present' if os.path.lexists(watch / f / name) else 'absent'}"
                   for f in ("processed", "failed", "output")]
@@ -386,7 +581,8 @@ def check_second_names(watch: Path, history: dict[str, list[str]]) -> list[Viola
 
 def check_outputs(watch: Path, history: dict[str, list[str]]) -> list[Violation]:
     """Invariant 2: each processed file has its one output, whole (its input
-    upper-cased); a failing file is in failed/ with no output; inputs are intact."""
+    upper-cased); a failing file is in failed/ with no output and its reason beside it;
+    inputs are intact."""
     out = []
     for where in ("processed", "failed"):
         for name in folder(watch, where):
@@ -401,8 +597,11 @@ def check_outputs(watch: Path, history: dict[str, list[str]]) -> list[Violation]
             if where == "processed" and failing:
                 out.append(Violation("wrong-folder", name, "a file whose processor raises is in processed/; "
                                      f"journal: {history.get(name, [])}"))
+            reason = watch / "failed" / f"{name}.reason"
+            if where == "failed" and not reason.is_file():
+                out.append(Violation("reason", name, f"failed/{name} has no reason beside it; "
+                                     f"journal: {history.get(name, [])}"))
             if where == "failed" and not failing:
-                reason = watch / "failed" / f"{name}.reason"
                 text = reason.read_text(errors="replace")[:300] if reason.exists() else "(no reason file)"
                 out.append(Violation("wrong-folder", name, f"a good file is in failed/: {text!r}; "
                                      f"journal: {history.get(name, [])}"))
@@ -480,6 +679,37 @@ def check_journal(watch: Path) -> list[Violation]:
     return out
 
 
+def check_at_cut(memory: dict[str, set[str]], memory_dirs: dict[str, set[str]], disk: dict[str, set[str]],
+                 disk_dirs: dict[str, set[str]]) -> list[Violation]:
+    """What the daemon had made durable when the power went, judged on the frozen
+    processes' view (``memory``) against the copy (``disk``), before any recovery:
+    - every directory of output/ that held an output is on the disk (with ``durable``,
+      a new directory is on disk before any output is renamed into it);
+    - every file in processed/ has its output on the disk (outputs are renamed into
+      place and the directories renamed into synced before the input moves).
+    A cut lands between system calls, so each holds exactly if the daemon made the
+    entry durable before the step that relies on it; it catches a sync left out even
+    where the journal, committed by any later sync, would hide it after recovery."""
+    out = []
+    for directory in sorted({d for n in memory["output"] for d in _parents(n)} - disk_dirs["output"]):
+        holding = sorted(n for n in memory["output"] if n.startswith(directory + "/"))
+        out.append(Violation("dir-not-durable", f"output/{directory}", f"held {len(holding)} committed outputs "
+                             f"({', '.join(holding[:3])}) when the power went, but the disk has no such directory"
+                             f"{'' if directory in memory_dirs['output'] else ' (nor had the frozen view)'}"))
+    for name in sorted(memory["processed"]):
+        if name not in disk["output"] and (match := NAME.match(name)) is not None and match["kind"] != "fail":
+            where = [f for f in ("processed", "underprocess", "unprocessed") if name in disk[f]]
+            out.append(Violation("output-not-durable", name, f"in processed/ when the power went, its output/{name} "
+                                 f"not on the disk (the input is in {where or 'no folder'} there)"))
+    return out
+
+
+def _parents(name: str) -> list[str]:
+    """``a/b/x.log`` -> ``["a", "a/b"]``."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
 def check_invariants(watch: Path, acked: dict[str, float]) -> list[Violation]:
     """Every violation of invariants 1, 2 and 8 the recovered watch dir shows."""
     history = journal_history(watch)
@@ -495,12 +725,15 @@ def check_invariants(watch: Path, acked: dict[str, float]) -> list[Violation]:
 class Aim:
     """Where a cycle cuts: one of PHASES or "random". ``variant``: for worker_sync,
     "growing" or "complete"; for group_commit, "large" (a large file's commit, with the
-    quiet producer); for random, "quiet" (the quiet producer). ``failing``: some files
-    fail on purpose."""
+    quiet producer); for moves, "reason" (a failing file's reason being written beside
+    it, before it moves: needs ``failing``); for random, "quiet" (the quiet producer).
+    ``failing``: some files fail on purpose. ``tree``: ``recursive = true``, every
+    burst into new directories."""
 
     phase: str
     variant: str = ""
     failing: bool = False
+    tree: bool = False
 
     @property
     def quiet(self) -> bool:
@@ -510,10 +743,11 @@ class Aim:
     @property
     def key(self) -> str:
         """Its name in ``classify``'s findings."""
-        return f"{self.phase}/{self.variant}" if self.variant == "large" else self.phase
+        return f"{self.phase}/{self.variant}" if self.variant in ("large", "reason") else self.phase
 
     def __str__(self) -> str:
-        return self.phase + (f"/{self.variant}" if self.variant else "") + ("+failing" if self.failing else "")
+        return (self.phase + (f"/{self.variant}" if self.variant else "") + ("+failing" if self.failing else "")
+                + ("+tree" if self.tree else ""))
 
 
 @dataclass
@@ -536,12 +770,13 @@ class CycleReport:
         # moves: also a cut after a move and before it was synced (the disk still has the file
         # in underprocess/), the window a power cut in the moves really hits.
         return (self.aim.phase == "random" or self.aim.key in self.landed_in
-                or (self.aim.phase == "moves" and "moves" in self.unsynced))
+                or (self.aim.key == "moves" and "moves" in self.unsynced))
 
     def counts(self) -> dict[str, int]:
         found: dict[str, int] = {}
         for name in self.acked:
-            kind = name.split("-", 1)[0]
+            match = NAME.match(name)
+            kind = match["kind"] if match else "?"
             found[kind] = found.get(kind, 0) + 1
         return found
 
@@ -566,14 +801,15 @@ class CycleReport:
         return "\n".join(lines)
 
 
-def write_config(work: Path, watch: Path) -> Path:
-    """The rig's config (outside the cut filesystem), with the ``behave`` processor."""
+def write_config(work: Path, watch: Path, tree: bool = False) -> Path:
+    """The rig's config (outside the cut filesystem), with the ``behave`` processor;
+    ``tree``: recursive (TREE_CONFIG)."""
     (work / "behave.py").write_text(BEHAVE)
     flags = work / "flags"
     flags.mkdir(exist_ok=True)
     (flags / "always").touch()  # FAILIF always: fails on every attempt
     path = work / "config.toml"
-    path.write_text(textwrap.dedent(CONFIG.format(watch=watch, flags=flags)))
+    path.write_text(textwrap.dedent(CONFIG.format(watch=watch, flags=flags, tree=TREE_CONFIG if tree else "")))
     return path
 
 
@@ -592,7 +828,7 @@ def start_producer(watch: Path, acks: Path, seed: int, aim: Aim, log: Path) -> s
     """The producer, a process of its own (so that the cut freezes it too)."""
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "tests.powercut_cycle", "produce", str(watch), str(acks),
-                                 str(seed), str(int(aim.failing)), str(int(aim.quiet))],
+                                 str(seed), str(int(aim.failing)), str(int(aim.quiet)), str(int(aim.tree))],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -614,6 +850,8 @@ def trigger_for(aim: Aim, watch: Path, rng: random.Random, started: float) -> Ca
         condition = functools.partial(seen_staged, watch, least)
     elif aim.phase == "group_commit":
         condition = functools.partial(seen_group_commit, watch, "large-" if aim.variant == "large" else "")
+    elif aim.phase == "moves" and aim.variant == "reason":
+        condition = functools.partial(seen_reason_written, watch)
     elif aim.phase == "moves":
         condition = functools.partial(seen_moved_after, watch, finished_before)
     else:
@@ -674,7 +912,7 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
     work.mkdir(parents=True, exist_ok=True)
     fs = LoopFs(work / "disk", size_mb)
     watch = fs.mountpoint / "watch_dir"
-    config = write_config(work, watch)
+    config = write_config(work, watch, aim.tree)
     acks = work / "acks.tsv"
     mine: list[Daemon] = []
     producer = None
@@ -703,8 +941,8 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         except AssertionError as exc:
             report.notes.append(f"cut anyway: {exc}")
         lap("aim")
-        report.cut = fs.cut(pids, inspect=lambda: (classify(watch), folders(watch)))
-        report.landed_in, memory = report.cut.inspected
+        report.cut = fs.cut(pids, inspect=lambda: (classify(watch), folders(watch), directories(watch)))
+        report.landed_in, memory, memory_dirs = report.cut.inspected
         if not report.cut.stable:
             report.notes.append("the image kept changing while it was copied (kernel writeback): the copy may "
                                 "mix two instants")
@@ -713,7 +951,9 @@ def run_cycle(work: Path, daemons: list[Daemon], aim: Aim, seed: int, size_mb: i
         producer.wait(timeout=10)
         report.acked = read_acks(acks)
         fs.remount(report.cut.copy)
-        report.unsynced = unsynced(memory, folders(watch))
+        disk, disk_dirs = folders(watch), directories(watch)
+        report.unsynced = unsynced(memory, disk, memory_dirs, disk_dirs)
+        report.violations += check_at_cut(memory, memory_dirs, disk, disk_dirs)
         lap("remount")
         second, why = start_daemon(mine, config, "after-cut")
         if why:
@@ -759,10 +999,11 @@ def table(reports: list[CycleReport]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 6 and argv[0] == "produce":
-        produce(Path(argv[1]), Path(argv[2]), int(argv[3]), argv[4] == "1", argv[5] == "1")
+    if len(argv) == 7 and argv[0] == "produce":
+        produce(Path(argv[1]), Path(argv[2]), int(argv[3]), argv[4] == "1", argv[5] == "1", argv[6] == "1")
         return 0
-    print("usage: python -m tests.powercut_cycle produce WATCH ACKS SEED FAILING(0|1) QUIET(0|1)", file=sys.stderr)
+    print("usage: python -m tests.powercut_cycle produce WATCH ACKS SEED FAILING(0|1) QUIET(0|1) TREE(0|1)",
+          file=sys.stderr)
     return 2
 
 

@@ -4,10 +4,14 @@ First the method is proved on its own (``test_the_method``): what was synced sur
 a cut, what was not does not. Then the real daemon is cut in each phase of a file's
 way (claim, the worker's own fsync of a large output, the group commit, the moves)
 and restarted on what the disk held; every invariant broken is reported with its
-evidence. ``test_power_cut_random`` runs ``FOLDERMILL_POWERCUT_CYCLES`` (default 2)
-cycles cut at random times; for long runs use ``tests/bench/powercut.py``, which
-prints a table. ``FOLDERMILL_POWERCUT_SEED`` replays a cycle's choices (the cut's
-timing itself is never exactly reproducible).
+evidence. The ``+tree`` cases do it on a tree (``recursive = true``, every burst
+delivered into new directories, emptied ones removed after 0.2 s): directories are
+made as the moves and commits need them, durable before anything committed into them
+counts, and every invariant holds on relative paths. ``test_power_cut_random`` runs
+``FOLDERMILL_POWERCUT_CYCLES`` (default 3) cycles cut at random times, flat and on a
+tree; for long runs use ``tests/bench/powercut.py``, which prints a table.
+``FOLDERMILL_POWERCUT_SEED`` replays a cycle's choices (the cut's timing itself is
+never exactly reproducible).
 """
 
 from __future__ import annotations
@@ -171,8 +175,14 @@ def _cycle(tmp_path: Path, daemons: list[Daemon], aim: Aim, seed: int) -> CycleR
 
 # Each phase once; failing files where a failure's own moves and rows add to the phase;
 # group_commit/large is the path where the daemon syncs least (tests/powercut_cycle.py).
+# On a tree, the phases where directories are made: the commit into new directories of
+# output/ (with group_commit/large, made durable by no syncfs but their own fsyncs), the
+# moves into new directories of processed/ and failed/, a reason being written beside its
+# file in a new directory of failed/ (a cut there left its temporary file for good).
 CASES = [Aim("claim", failing=True), Aim("worker_sync", "growing"), Aim("worker_sync", "complete"),
-         Aim("group_commit"), Aim("group_commit", "large"), Aim("moves", failing=True)]
+         Aim("group_commit"), Aim("group_commit", "large"), Aim("moves", failing=True),
+         Aim("group_commit", tree=True), Aim("group_commit", "large", tree=True),
+         Aim("moves", failing=True, tree=True), Aim("moves", "reason", failing=True, tree=True)]
 
 
 @pytest.mark.usefixtures("loop_ready")
@@ -189,13 +199,14 @@ def test_power_cut(tmp_path: Path, daemons: list[Daemon], aim: Aim) -> None:
 
 @pytest.mark.usefixtures("loop_ready")
 def test_power_cut_random(tmp_path: Path, daemons: list[Daemon]) -> None:
-    """FOLDERMILL_POWERCUT_CYCLES cycles (default 2) cut at a random time, alternately
-    with failing files and with the quiet producer; all are run, then every violation
-    of every cycle is reported. (Past ~6 cycles, raise pytest's
+    """FOLDERMILL_POWERCUT_CYCLES cycles (default 3) cut at a random time, in turn with
+    failing files, with the quiet producer, then both on a tree; all are run, then
+    every violation of every cycle is reported. (Past ~6 cycles, raise pytest's
     timeout: ``--timeout 0``; or use tests/bench/powercut.py.)"""
-    cycles = int(os.environ.get("FOLDERMILL_POWERCUT_CYCLES", "2"))
+    cycles = int(os.environ.get("FOLDERMILL_POWERCUT_CYCLES", "3"))
     base = seed_base()
-    aims = [Aim("random", failing=True), Aim("random", "quiet")]
+    aims = [Aim("random", failing=True), Aim("random", "quiet"), Aim("random", failing=True, tree=True),
+            Aim("random", "quiet", tree=True)]
     reports = [_cycle(tmp_path, daemons, aims[i % len(aims)], base + i) for i in range(cycles)]
     broken = [r for r in reports if r.violations]
     if broken:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -136,3 +137,73 @@ def test_recovery_never_robs_a_live_owner_and_takes_back_a_dead_ones_file(tmp_pa
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def make_tree_queue(tmp_path: Path) -> FolderQueue:
+    q = FolderQueue(tmp_path / "w", ("*",), (".*", "*.tmp"), "", recursive=True)
+    q.prepare()
+    return q
+
+
+def test_nested_names_move_through_directories_made_on_the_way(tmp_path: Path) -> None:
+    q = make_tree_queue(tmp_path)
+    (q.unprocessed / "a" / "b").mkdir(parents=True)
+    (q.unprocessed / "a" / "b" / "x.log").write_text("x\n")
+    (q.unprocessed / "a" / ".hidden").mkdir()
+    (q.unprocessed / "a" / ".hidden" / "h.log").write_text("h\n")
+    assert [c.name for c in q.scan()] == ["a/b/x.log"]
+    assert q.claim("a/b/x.log") and (q.underprocess / "a" / "b" / "x.log").is_file()
+    assert q.put_back("a/b/x.log") is PutBack.MOVED
+    assert q.claim("a/b/x.log")
+    assert q.claimed_names() == ["a/b/x.log"]
+    assert q.finish("a/b/x.log", "a/b/x.log", "failed", reason="broke") == "a/b/x.log"
+    assert (q.failed / "a" / "b" / "x.log.reason").read_text() == "broke\n"
+    assert q.counts() == {"unprocessed": 0, "underprocess": 0, "processed": 0, "failed": 1}
+    # The directories the moves emptied go once they stayed so; never the folders.
+    assert q.remove_empty(now=float("inf"), after_s=0.0) >= 2
+    assert not (q.unprocessed / "a" / "b").exists() and not (q.underprocess / "a").exists()
+    assert (q.unprocessed / "a" / ".hidden" / "h.log").exists() and q.unprocessed.is_dir()
+
+
+def test_a_symlinked_directory_is_never_moved_through(tmp_path: Path) -> None:
+    q = make_tree_queue(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.log").write_text("not yours\n")
+    (q.unprocessed / "d").mkdir()
+    (q.unprocessed / "d" / "x.log").write_text("x\n")
+    assert [c.name for c in q.scan()] == ["d/x.log"]
+    (q.unprocessed / "d" / "x.log").unlink()
+    (q.unprocessed / "d").rmdir()
+    (q.unprocessed / "d").symlink_to(outside)  # swapped after the listing, as a hostile producer would
+    try:
+        claimed = q.claim("d/secret.log")
+    except OSError as exc:  # ELOOP or EXDEV: refused, said by the intake
+        claimed = False
+        assert exc.errno in (errno.ELOOP, errno.EXDEV), exc
+    assert not claimed, "a file was claimed through a symlinked directory"
+    assert (outside / "secret.log").read_text() == "not yours\n" and not q.holds("d/secret.log")
+
+
+def test_a_directory_name_taken_by_a_file_gives_the_directory_a_collision_name(tmp_path: Path) -> None:
+    from workers.outputs import unique_name
+
+    q = make_tree_queue(tmp_path)
+    (q.processed / "acme").write_text("a flat file processed earlier\n")
+    assert unique_name("acme/x.csv", lambda n: q.taken(n, ())) == "acme-1/x.csv"
+    (q.output / "acme-1").mkdir()
+    (q.output / "acme-1" / "x.csv").write_text("taken\n")
+    assert unique_name("acme/x.csv", lambda n: q.taken(n, ())) == "acme-1/x-1.csv"
+
+
+def test_a_reason_being_written_in_a_directory_of_failed_is_swept_once_its_writer_is_dead(tmp_path: Path) -> None:
+    q = make_tree_queue(tmp_path)
+    folder = q.failed / "a" / "b"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = folder / f".fm-reason.{int(dead.stdout)}.1.tmp"
+    live = folder / f".fm-reason.{os.getpid()}.2.tmp"
+    left.write_text("half a reason")
+    live.write_text("being written")
+    q.sweep_debris(lambda token: None)
+    assert not left.exists() and live.exists()

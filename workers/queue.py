@@ -537,8 +537,9 @@ class FolderQueue:
         """What a crash or a power cut left behind that nothing will use: staged outputs
         (``output/.fm-<token>.*.tmp``) whose token ``staged_kept`` does not claim (it
         names the ones to keep, None for all), and the temporary files of processes that
-        are gone (reason files being written, probes, pass fences). At start-up, before
-        any claim. Returns how many went."""
+        are gone (reason files being written, probes, pass fences; with recursive, a
+        reason is written beside its file, in a directory of failed/). At start-up,
+        before any claim. Returns how many went."""
         staged: dict[str, list[str]] = {}
         removed = 0
         for folder in (self.output, self.failed, self.unprocessed, self.underprocess, self.state_dir):
@@ -547,6 +548,10 @@ class FolderQueue:
                     staged.setdefault(name[len(".fm-"):].split(".", 1)[0], []).append(name)
                 elif not pid_alive(_debris_pid(name)):
                     removed += _unlink(folder / name)
+        if self.recursive:
+            for path in _nested_names(self.failed, REASON_TEMP):
+                if not pid_alive(_debris_pid(path.name)):
+                    removed += _unlink(path)
         for token, names in staged.items():
             kept = staged_kept(token)
             if kept is not None:
@@ -744,6 +749,27 @@ def _hidden_names(folder: Path, prefixes: tuple[str, ...]) -> list[str]:
             return [e.name for e in entries if e.name.startswith(prefixes)]
     except FileNotFoundError:
         return []
+
+
+def _nested_names(folder: Path, prefix: str) -> list[Path]:
+    """Files named ``prefix...`` in the directories below ``folder`` (not in ``folder``
+    itself), one directory read at a time; hidden and symlinked directories are never
+    entered."""
+    found: list[Path] = []
+    stack = [str(folder)]
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not entry.name.startswith("."):
+                            stack.append(entry.path)
+                    elif entry.name.startswith(prefix) and path != str(folder):
+                        found.append(Path(entry.path))
+        except OSError:
+            continue
+    return found
 
 
 def _debris_pid(name: str) -> int:

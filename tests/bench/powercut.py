@@ -8,9 +8,11 @@ Each cycle (``tests/powercut_cycle.py``): a fresh ext4 on a loop device in /dev/
 the real supervisor (2 workers, ``durable = true``) and a producer on it, a power cut
 aimed at one phase (or at a random time), the daemon restarted on what the disk held,
 the invariants checked. Cycles take the aims in turn (default: every phase, then
-random, with and without failing files). Printed: one line per cycle as it ends, then a
-table per aim (how often the cut landed in the phase aimed at, violations by kind),
-the per-cycle timings, and the first violations of each kind with their evidence.
+random, with and without failing files, then on trees: ``+tree``, ``recursive = true``
+with every burst delivered into new directories). Printed: one line per cycle as it
+ends, then a table per aim (how often the cut landed in the phase aimed at, violations
+by kind), the per-cycle timings, and the first violations of each kind with their
+evidence.
 A cycle takes about 3-5 s.
 """
 
@@ -33,14 +35,18 @@ from tests.powercut_cycle import TABLE_HEAD, Aim, CycleReport, run_cycle, table,
 
 DEFAULT_AIMS = ("claim", "claim+failing", "worker_sync/growing", "worker_sync/complete", "group_commit",
                 "group_commit+failing", "group_commit/large", "moves", "moves+failing", "random", "random+failing",
-                "random/quiet")
+                "random/quiet", "claim+failing+tree", "group_commit+tree", "group_commit/large+tree",
+                "moves+failing+tree", "moves/reason+failing+tree", "random+failing+tree", "random/quiet+tree")
 
 
 def parse_aim(text: str) -> Aim:
-    """``phase[/variant][+failing]``, e.g. ``worker_sync/complete`` or ``moves+failing``."""
+    """``phase[/variant][+failing][+tree]``, e.g. ``worker_sync/complete`` or
+    ``moves+failing+tree`` (as ``str(Aim)`` writes it)."""
+    tree = text.endswith("+tree")
+    text = text.removesuffix("+tree")
     failing = text.endswith("+failing")
     phase, _, variant = text.removesuffix("+failing").partition("/")
-    return Aim(phase, variant, failing)
+    return Aim(phase, variant, failing, tree)
 
 
 def summary(reports: list[CycleReport]) -> str:
