@@ -207,3 +207,16 @@ def test_a_reason_being_written_in_a_directory_of_failed_is_swept_once_its_write
     live.write_text("being written")
     q.sweep_debris(lambda token: None)
     assert not left.exists() and live.exists()
+
+
+def test_the_cleanup_of_empty_directories_never_goes_through_a_symlink(tmp_path: Path) -> None:
+    q = make_tree_queue(tmp_path)
+    (q.unprocessed / "a" / "b").mkdir(parents=True)
+    (q.unprocessed / "a" / "b" / "x.log").write_text("x\n")
+    assert q.claim("a/b/x.log")  # unprocessed/a/b is noted as maybe empty
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    os.rename(q.unprocessed / "a", tmp_path / "moved-away")
+    (q.unprocessed / "a").symlink_to(outside)  # a producer swaps the directory for a symlink
+    q.remove_empty(now=float("inf"), after_s=0.0)
+    assert (outside / "b").is_dir() and (q.unprocessed / "a").is_symlink()

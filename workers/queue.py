@@ -42,7 +42,14 @@ from enum import Enum
 from pathlib import Path
 
 from workers.errors import FoldermillError, SystemFailure
-from workers.fs import lstat_beneath, make_dirs_beneath, move, move_beneath, unlink_beneath
+from workers.fs import (
+    lstat_beneath,
+    make_dirs_beneath,
+    move,
+    move_beneath,
+    open_dir_beneath,
+    unlink_beneath,
+)
 from workers.globs import matcher
 from workers.names import (
     NAME_MAX,
@@ -173,13 +180,14 @@ class FolderQueue:
         return (self.recursive and rel_dir.count("/") < self.max_depth
                 and not base_name(rel_dir).startswith(".") and name_bytes(rel_dir) <= self._dir_room)
 
-    def _left_out(self, rel_dir: str) -> None:
-        """A directory the walk does not enter (too deep, or too long a path): said once."""
+    def _left_out(self, rel_dir: str, why: str = "") -> None:
+        """A directory the walk does not enter (too deep, too long a path, not readable):
+        said once."""
         if rel_dir in self.not_entered or len(self.not_entered) >= 1000:
             return
         self.not_entered.add(rel_dir)
-        why = (f"deeper than max_depth = {self.max_depth}" if rel_dir.count("/") >= self.max_depth
-               else "its files' paths would be longer than the system allows (PATH_MAX)")
+        why = why or (f"deeper than max_depth = {self.max_depth}" if rel_dir.count("/") >= self.max_depth
+                      else "its files' paths would be longer than the system allows (PATH_MAX)")
         log.warning("unprocessed/%s is not entered: %s; its files stay where they are", shown(rel_dir), why)
 
     def _fd(self, folder: str) -> int:
@@ -217,24 +225,43 @@ class FolderQueue:
             folder, _, rel = key.partition("/")
             below = False  # a directory below was just removed: that change of its mtime is ours
             while rel:
-                path = f"{self.root}/{folder}/{rel}"
-                try:
-                    st = os.lstat(path)
-                    if not stat.S_ISDIR(st.st_mode):
-                        break
-                    idle = time.time() - st.st_mtime
-                    if idle < after_s and not below:  # touched since: looked at again when it may be idle
-                        self.emptied[f"{folder}/{rel}"] = now - idle
-                        break
-                    if folder == "unprocessed" and self.dir_marker and os.listdir(path) == [self.dir_marker]:
-                        os.unlink(f"{path}/{self.dir_marker}")
-                    os.rmdir(path)
-                except OSError:
-                    break  # not empty, or gone: left as it is
+                if not self._remove_if_idle(folder, rel, after_s, now, below):
+                    break
                 removed += 1
                 below = True
                 rel = rel.rpartition("/")[0]
         return removed
+
+    def _remove_if_idle(self, folder: str, rel: str, after_s: float, now: float, below: bool) -> bool:
+        """``folder/rel`` removed if it is an empty directory nothing touched for
+        ``after_s`` (``below``: the last change was our removal of a directory in it).
+        Through its parent opened beneath the folder: a symlink is never followed."""
+        parent, _, base = rel.rpartition("/")
+        try:
+            fd = open_dir_beneath(self._fd(folder), parent)
+        except OSError:
+            return False  # gone, or a symlink now
+        try:
+            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                return False
+            idle = time.time() - st.st_mtime
+            if idle < after_s and not below:  # touched since: looked at again when it may be idle
+                self.emptied[f"{folder}/{rel}"] = now - idle
+                return False
+            if folder == "unprocessed" and self.dir_marker:
+                inside = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    if os.listdir(inside) == [self.dir_marker]:  # delivered, and all of it taken
+                        os.unlink(self.dir_marker, dir_fd=inside)
+                finally:
+                    os.close(inside)
+            os.rmdir(base, dir_fd=fd)
+            return True
+        except OSError:
+            return False  # not empty, or gone: left as it is
+        finally:
+            os.close(fd)
 
     def make_parent(self, folder: str, name: str, durable: bool = False) -> None:
         """The directories of ``name`` in ``folder``, made if missing (durable: on disk)."""
@@ -270,12 +297,29 @@ class FolderQueue:
         if not self.recursive:
             yield from self._entries(self._unp, "", False)
             return
+        # Each directory is opened beneath unprocessed/ through no symlink (a producer may
+        # swap one in at any moment): a listing never strays outside the watch dir.
         stack = [(under, bool(under) and self.marked(under))]
         while stack:
             rel, marked = stack.pop()  # marked: it or a directory above holds the marker
-            prefix = rel + "/" if rel else ""
-            marked = marked or not self.dir_marker or not rel or self._marked_dir(rel)
-            for item in self._entries(self._unp + prefix, prefix, True):
+            try:
+                fd = open_dir_beneath(self._fd("unprocessed"), rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone, or swapped for a file, since its parent was listed
+            except PermissionError:
+                self._left_out(rel, "this user may not read it")
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EXDEV):
+                    raise
+                continue  # swapped for a symlink since its parent was listed: never entered
+            try:
+                prefix = rel + "/" if rel else ""
+                marked = marked or not self.dir_marker or not rel or _lexists_at(fd, self.dir_marker)
+                items = list(self._entries(fd, prefix, True))  # one directory's entries at a time
+            finally:
+                os.close(fd)
+            for item in items:
                 if stat.S_ISDIR(item[4]):
                     if self.enters(item[1]):
                         stack.append((item[1], marked and bool(rel)))
@@ -284,7 +328,7 @@ class FolderQueue:
                 elif marked:
                     yield item
 
-    def _entries(self, path: str, prefix: str, dirs: bool) -> Iterator[tuple[int, str, int, int, int]]:
+    def _entries(self, path: str | int, prefix: str, dirs: bool) -> Iterator[tuple[int, str, int, int, int]]:
         try:
             entries = os.scandir(path)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -319,11 +363,17 @@ class FolderQueue:
         return os.path.lexists(f"{self._unp}{rel_dir}/{self.dir_marker}")
 
     def look(self, name: str) -> Candidate | None:
-        """``name`` in ``unprocessed/`` as it is now (lstat), or None if it is not there."""
+        """``name`` in ``unprocessed/`` as it is now (lstat), or None if it is not there
+        (or cannot be reached: a directory on its way swapped for a symlink loop, made
+        unreadable; its claim would refuse it anyway)."""
         try:
             st = os.lstat(self._unp + name)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+                return None
+            raise
         return Candidate(name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
 
     def holds_failed(self, name: str, final_name: str) -> bool:
@@ -799,6 +849,14 @@ def _unlink(path: Path) -> int:
         return 1
     except FileNotFoundError:
         return 0
+
+
+def _lexists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
 
 
 def _count_entries(folder: Path) -> int:
