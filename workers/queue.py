@@ -289,11 +289,13 @@ class FolderQueue:
         found.sort(key=lambda c: (c.mtime_ns, c.name))
         return found
 
-    def waiting(self, under: str = "") -> Iterator[tuple[int, str, int, int, int]]:
+    def waiting(self, under: str = "", entering: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[int, str, int, int, int]]:
         """(mtime_ns, name, size, inode, mode) of each candidate in ``unprocessed/`` (or
         in its directory ``under``, and below), in directory order, one at a time (lstat:
         symlinks are never followed). With recursive, directories are walked (a
-        directory's files wait for its ``dir_marker``, if one is set), not returned."""
+        directory's files wait for its ``dir_marker``, if one is set), not returned;
+        ``entering(rel)`` is called just before each is listed (its file events)."""
         if not self.recursive:
             yield from self._entries(self._unp, "", False)
             return
@@ -302,6 +304,8 @@ class FolderQueue:
         stack = [(under, bool(under) and self.marked(under))]
         while stack:
             rel, marked = stack.pop()  # marked: it or a directory above holds the marker
+            if entering is not None and rel:
+                entering(rel)
             try:
                 fd = open_dir_beneath(self._fd("unprocessed"), rel)
             except (FileNotFoundError, NotADirectoryError):

@@ -7,7 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from workers.daemon.backlog import Backlog
-from workers.daemon.events import CLOSED, CLOSED_WRITE, CREATED, GONE, MOVED_IN, OPENED, OVERFLOW, WRITTEN, Fence
+from workers.daemon.events import (
+    CLOSED,
+    CLOSED_WRITE,
+    CREATED,
+    DIR_CREATED,
+    DIR_MOVED_IN,
+    GONE,
+    MOVED_IN,
+    OPENED,
+    OVERFLOW,
+    WRITTEN,
+    Fence,
+)
 from workers.queue import FolderQueue
 from workers.readiness import Readiness, WriterWatch
 
@@ -16,13 +28,14 @@ class Arrivals:
     """The intake's reading of file events (``note``)."""
 
     def __init__(self, queue: FolderQueue, backlog: Backlog, readiness: Readiness, writers: WriterWatch,
-                 fence: Fence, lost: Callable[[], None]) -> None:
+                 fence: Fence, lost: Callable[[], None], cover: Callable[[str], None]) -> None:
         self.queue = queue
         self.backlog = backlog
         self.readiness = readiness
         self.writers = writers
         self.fence = fence
         self.lost = lost  # events were lost: the intake passes over the folder soon
+        self.cover = cover  # a directory about to be listed: watched first
         self.claimed_out: set[str] = set()  # our claims whose "gone" event has not come yet
 
     def note(self, kind: str, name: str) -> None:
@@ -30,6 +43,9 @@ class Arrivals:
         file arrived. Only the one file is looked at."""
         if kind == OVERFLOW:
             self.lost()
+            return
+        if kind in (DIR_MOVED_IN, DIR_CREATED):
+            self.listed(name, MOVED_IN if kind == DIR_MOVED_IN else CREATED)
             return
         queue, backlog = self.queue, self.backlog
         if self.fence.passed(name):
@@ -82,12 +98,23 @@ class Arrivals:
     def delivered(self, rel_dir: str) -> None:
         """A directory's marker came: its files join the backlog (as files renamed in:
         the marker says they are written; /proc is looked at before each claim)."""
-        backlog = self.backlog
-        for mtime_ns, name, size, _ino, _mode in self.queue.waiting(rel_dir):
+        self.listed(rel_dir, MOVED_IN)
+
+    def listed(self, rel_dir: str, kind: str) -> None:
+        """A directory appeared (or was delivered): its files, and its subdirectories'
+        (each watched before it is listed), join the count and, as far as the window
+        goes, the backlog, as files renamed in (``MOVED_IN``) or written in place
+        (``CREATED``: they settle); /proc is looked at before each is claimed."""
+        backlog, counting = self.backlog, self.fence.counting()
+        for mtime_ns, name, size, _ino, _mode in self.queue.waiting(rel_dir, entering=self.cover):
             if backlog.holds(name, mtime_ns):
                 continue
-            backlog.arrived(size)
-            self.writers.arrived(name)
+            if counting:
+                backlog.arrived(size)
             if backlog.admits(mtime_ns, name):
-                self.readiness.note_moved_in(name)
+                self.writers.arrived(name)
+                if kind == MOVED_IN:
+                    self.readiness.note_moved_in(name)
+                else:
+                    self.readiness.note_written(name)
                 backlog.put(name, mtime_ns)

@@ -13,12 +13,13 @@ covers the rest.
 
 With ``[watch] recursive = true`` every directory the queue enters has a watch of its
 own, and events name files by their path relative to the folder. A directory that
-appears (created, or renamed in whole) is watched at once and then listed: a file
-created in it before its watch was in place is reported by that listing (the classic
-inotify race), as ``CREATED`` (it settles) in a directory made here, as ``MOVED_IN`` in
-one renamed in whole (a finished hand-off, like a file renamed in); either way /proc is
-looked at for writers before it is claimed, as for any new file. A directory renamed
-away loses its names (its watches stay until the kernel drops them). When the kernel
+appears (created, or renamed in whole) is watched at once, then reported
+(``DIR_CREATED``, ``DIR_MOVED_IN``): the intake lists it, so a file made in it before
+its watch was in place is found too (the classic inotify race), and its subdirectories
+are watched as that listing enters them (``cover``). The reader itself never lists: a
+tree of a million files renamed in costs it one event per directory, and what the
+intake takes in stays within its window. A directory renamed away loses its names (its
+watches stay until the kernel drops them). When the kernel
 has no watch left for this user (``fs.inotify.max_user_watches``), the directories
 without one are found by passes alone: said once, and the intake passes over the tree
 every ``poll_interval``.
@@ -51,6 +52,8 @@ CLOSED = "closed"  # closed without writing (IN_CLOSE_NOWRITE)
 GONE = "gone"  # deleted, or moved out (our claims too)
 OPENED = "opened"  # opened, for reading or writing: not ready until it is closed
 OVERFLOW = "overflow"  # the kernel dropped events (or the watch ended): look at the whole folder
+DIR_MOVED_IN = "dir_moved_in"  # recursive: a directory renamed in whole (watched now: list it)
+DIR_CREATED = "dir_created"  # recursive: a directory made here (watched now: list it)
 
 # <sys/inotify.h>
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_CLOSE_NOWRITE = 0x2, 0x4, 0x8, 0x10
@@ -67,7 +70,7 @@ for _mask, _ in KINDS:
 ENDED = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the folder itself went
 POLL_S = 1.0  # the reader's poll wakes this often at the least (a stop wakes it at once)
 HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; then the name, NUL-padded
-READ_BYTES = 1 << 16
+READ_BYTES = 1 << 18
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -109,24 +112,27 @@ class Watch:
     whose folder went (removed, moved, unmounted) or whose reads fail has ``ended``: the
     intake sets up a new one at its next pass."""
 
-    def __init__(self, folder: Path, sink: EventSink, enters: Callable[[str], bool] | None = None,
-                 short_said: bool = False) -> None:
+    def __init__(self, folder: Path, sink: EventSink, enters: Callable[[str], bool] | None = None) -> None:
         self.folder = str(folder)
-        self.short_said = short_said  # running short of watches was said already (by an earlier watch)
         self.sink = sink
         self.ended = False
         self.stopped = False
         self.enters = enters  # recursive: whether a directory (relative path) is watched
+        # The directories watched, both ways; the reader and the loop (``cover``) change them.
         self.dirs: dict[int, str] = {}  # watch descriptor -> its directory's prefix ("" or "a/b/")
-        self.short = ""  # why some directory has no watch (none left): passes find its files
+        self.known: set[str] = set()  # the prefixes watched
+        self.lock = threading.Lock()
+        self.unwatched: set[str] = set()  # directories no watch could be had for (none left)
+        self.short = ""  # why some directory has no watch: passes find its files
+        self.short_said = False
         fds: list[int] = []
         try:
             self.fd = _call(_LIBC.inotify_init1, IN_NONBLOCK | IN_CLOEXEC)
             fds.append(self.fd)
             self.root = _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(self.folder), WATCHED)
             self.dirs[self.root] = ""
-            if enters is not None:
-                self._add_tree("", None)
+            # The directories below are watched by the intake's first pass (``cover``), each
+            # just before it is listed: nothing is made unseen, and no event is read twice.
             self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             fds += [self.wake_r, self.wake_w]
             self.thread = threading.Thread(target=self._read, name="file-events", daemon=True)
@@ -176,19 +182,21 @@ class Watch:
 
     def _parse_tree(self, data: bytes) -> tuple[list[FileEvent], bool]:
         """``parse`` for a tree: names by their relative path; a new directory watched
-        and listed; an overflow also adds the watches its lost events would have."""
+        and listed."""
         events: list[FileEvent] = []
         ended = False
         for wd, mask, raw in records(data):
             prefix = self.dirs.get(wd)
-            if mask & IN_Q_OVERFLOW:
+            if mask & IN_Q_OVERFLOW:  # the pass it asks for watches what the lost events made
                 events.append(FileEvent(OVERFLOW, ""))
-                self._add_tree("", None)
             elif mask & ENDED:
                 if wd == self.root:
                     ended = True
                 elif mask & IN_IGNORED:
-                    self.dirs.pop(wd, None)
+                    with self.lock:
+                        gone = self.dirs.pop(wd, None)
+                        if gone is not None:
+                            self.known.discard(gone)
             elif prefix is None or not raw:
                 continue  # a directory renamed away, whose watch the kernel has not dropped yet
             elif mask & IN_ISDIR:
@@ -196,58 +204,57 @@ class Watch:
                 if mask & IN_MOVED_FROM:
                     self._forget(rel + "/")
                 elif mask & (IN_CREATE | IN_MOVED_TO) and self.enters is not None and self.enters(rel):
-                    self._add_tree(rel, events, MOVED_IN if mask & IN_MOVED_TO else CREATED)
+                    self._watch_dir(rel, WATCHED)  # first: a file made in it from now on has its event
+                    events.append(FileEvent(DIR_MOVED_IN if mask & IN_MOVED_TO else DIR_CREATED, rel))
             else:
                 name = prefix + os.fsdecode(raw)
                 events.extend(FileEvent(kind, name) for bit, kind in KINDS if mask & bit)
         return events, ended
 
-    def _add_tree(self, top: str, events: list[FileEvent] | None, kind: str = CREATED) -> None:
-        """Watch ``top`` (a relative directory, "" the folder) and the directories below
-        it that are entered; with ``events``, each file found is reported as ``kind``:
-        ``MOVED_IN`` in a directory renamed in whole (a finished hand-off, as a file
-        renamed in is), ``CREATED`` in one made here (written in place: it settles)."""
-        enters = self.enters
-        assert enters is not None
-        stack = [top]
-        while stack:
-            rel = stack.pop()
-            path = f"{self.folder}/{rel}" if rel else self.folder
-            if rel:
-                try:
-                    wd = _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(path), WATCHED)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        self._out_of_watches(rel)
-                        return
-                    continue  # gone meanwhile, or not a directory any more
-                self.dirs[wd] = rel + "/"
-            prefix = rel + "/" if rel else ""
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        if entry.is_dir(follow_symlinks=False):
-                            if enters(prefix + entry.name):
-                                stack.append(prefix + entry.name)
-                        elif events is not None:
-                            events.append(FileEvent(kind, prefix + entry.name))
-            except OSError:
-                continue
+    def cover(self, rel: str) -> None:
+        """The intake's pass is about to list ``rel``: watched first, if it is not (made
+        while events were lost, or when no watch was left)."""
+        if rel and rel + "/" not in self.known:
+            self._watch_dir(rel, WATCHED)
+
+    def _watch_dir(self, rel: str, mask: int) -> bool:
+        """An inotify watch of ``rel`` with ``mask`` (a new one, or the mask of the one
+        it has); False if it cannot be had (gone, not a directory, none left)."""
+        try:
+            wd = _call(_LIBC.inotify_add_watch, self.fd, os.fsencode(f"{self.folder}/{rel}"), mask)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._out_of_watches(rel)
+            return False
+        with self.lock:
+            self.dirs[wd] = rel + "/"
+            self.known.add(rel + "/")
+            if self.unwatched and rel in self.unwatched:
+                self.unwatched.discard(rel)
+                if not self.unwatched:
+                    self.short = ""
+                    log.info("file events for all of %s again", self.folder)
+        return True
 
     def _forget(self, prefix: str) -> None:
         """A directory renamed away: its watches name nothing any more (a rename back in
         is a new directory)."""
-        for wd in [wd for wd, p in self.dirs.items() if p.startswith(prefix)]:
-            del self.dirs[wd]
+        with self.lock:
+            for wd in [wd for wd, p in self.dirs.items() if p.startswith(prefix)]:
+                self.known.discard(self.dirs.pop(wd))
 
     def _out_of_watches(self, rel: str) -> None:
+        """No inotify watch left for this user: passes find the files of ``rel`` (said
+        once; each pass tries again, and says when every directory has one)."""
+        with self.lock:
+            if len(self.unwatched) < 100_000:
+                self.unwatched.add(rel)
         if not self.short:
             self.short = f"no inotify watch left for {self.folder}/{rel} (fs.inotify.max_user_watches)"
-            if self.short_said:
-                return
-            self.short_said = True
-            log.warning("%s: directories without a watch are found by passes over the tree every poll_interval",
-                        self.short)
+            if not self.short_said:
+                self.short_said = True
+                log.warning("%s: directories without a watch are found by passes over the tree every "
+                            "poll_interval", self.short)
             self.sink.put(FileEvent(OVERFLOW, ""))
 
     def _end(self, why: str) -> None:
@@ -320,23 +327,18 @@ class Watching:
     this user, another OS), passes over the folder alone find files: said once, and
     tried again at each pass."""
 
-    RETRY_SHORT_S = 60.0  # a watch short of inotify watches is set up anew this often
-
     def __init__(self, folder: Path, enters: Callable[[str], bool] | None = None) -> None:
         self.folder = folder
         self.enters = enters
         self.watch: Watch | None = None
-        self.since = 0.0
-        self.short_said = False  # running short of inotify watches is said once
         self.sink: EventSink | None = None
         self.unwatched = False  # no events could be had (said once)
 
     def start(self, sink: EventSink) -> None:
         """Events arrive in ``sink`` as ``FileEvents`` messages, one per read."""
         self.sink = sink
-        self.since = time.monotonic()
         try:
-            self.watch = Watch(self.folder, sink, self.enters, short_said=self.short_said)
+            self.watch = Watch(self.folder, sink, self.enters)
         except (OSError, AttributeError) as exc:
             self.watch = None
             if not self.unwatched:
@@ -350,22 +352,20 @@ class Watching:
 
     def renew(self) -> bool:
         """A watch that ended, or never began, set up again; whether one is now."""
-        if self.sink is None or (self.watch is not None and not self.watch.ended
-                                 and not (self.watch.short and time.monotonic() - self.since > self.RETRY_SHORT_S)):
+        if self.sink is None or (self.watch is not None and not self.watch.ended):
             return False
-        short = self.watch.short if self.watch is not None else ""
-        self.short_said = self.short_said or bool(short)
         self.stop()
         self.start(self.sink)
-        if short and self.watch is not None and not self.watch.short:
-            log.info("file events for all of %s again", self.folder)
-            self.short_said = False
-            return True
-        return self.watch is not None and not short
+        return self.watch is not None
 
     def active(self) -> bool:
         """Whether events tell of every file (a watch on every directory entered)."""
         return self.watch is not None and not self.watch.short
+
+    def cover(self, rel: str) -> None:
+        """A directory the intake's pass is about to list: watched first."""
+        if self.watch is not None and self.enters is not None:
+            self.watch.cover(rel)
 
     def problem(self) -> str:
         """Why some files are found by passes alone ("" if events tell of all)."""

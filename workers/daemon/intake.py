@@ -50,7 +50,8 @@ class Intake:
         self.events = Watching(queue.unprocessed, queue.enters if queue.recursive else None)
         self.looking = False  # this round met a file that waits for the next look at /proc
         self.last_tidy = 0.0
-        self.arrivals = Arrivals(queue, self.backlog, self.readiness, self.writers, self.fence, self.events_lost)
+        self.arrivals = Arrivals(queue, self.backlog, self.readiness, self.writers, self.fence, self.events_lost,
+                                 self.events.cover)
 
     # -- what came in ------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class Intake:
             self.arrivals.claimed_out.clear()
         fence = self.fence.put() if self.events.active() else ""
         self.next_look = float("inf")
-        self.backlog.refill(self.queue.waiting())
+        self.backlog.refill(self.queue.waiting(entering=self.events.cover))
         self.fence.raised(fence)  # events count again once the fence's own event comes
         self.backlog.unpark(timed_only=not everything)  # looked at again, in their turn
         self.readiness.bound(self.backlog.window)
