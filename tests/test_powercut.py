@@ -8,7 +8,7 @@ evidence. The ``+tree`` cases do it on a tree (``recursive = true``, every burst
 delivered into new directories, emptied ones removed after 0.2 s): directories are
 made as the moves and commits need them, durable before anything committed into them
 counts, and every invariant holds on relative paths. ``test_power_cut_random`` runs
-``FOLDERMILL_POWERCUT_CYCLES`` (default 3) cycles cut at random times, flat and on a
+``FOLDERMILL_POWERCUT_CYCLES`` (default 2) cycles cut at random times, flat and on a
 tree; for long runs use ``tests/bench/powercut.py``, which prints a table.
 ``FOLDERMILL_POWERCUT_SEED`` replays a cycle's choices (the cut's timing itself is
 never exactly reproducible).
@@ -181,8 +181,7 @@ def _cycle(tmp_path: Path, daemons: list[Daemon], aim: Aim, seed: int) -> CycleR
 # file in a new directory of failed/ (a cut there left its temporary file for good).
 CASES = [Aim("claim", failing=True), Aim("worker_sync", "growing"), Aim("worker_sync", "complete"),
          Aim("group_commit"), Aim("group_commit", "large"), Aim("moves", failing=True),
-         Aim("group_commit", tree=True), Aim("group_commit", "large", tree=True),
-         Aim("moves", failing=True, tree=True), Aim("moves", "reason", failing=True, tree=True)]
+         Aim("group_commit", tree=True), Aim("moves", "reason", failing=True, tree=True)]
 
 
 @pytest.mark.usefixtures("loop_ready")
@@ -199,14 +198,14 @@ def test_power_cut(tmp_path: Path, daemons: list[Daemon], aim: Aim) -> None:
 
 @pytest.mark.usefixtures("loop_ready")
 def test_power_cut_random(tmp_path: Path, daemons: list[Daemon]) -> None:
-    """FOLDERMILL_POWERCUT_CYCLES cycles (default 3) cut at a random time, in turn with
-    failing files, with the quiet producer, then both on a tree; all are run, then
+    """FOLDERMILL_POWERCUT_CYCLES cycles (default 2) cut at a random time, in turn flat
+    with failing files, on a tree with the quiet producer, then the other way round; all are run, then
     every violation of every cycle is reported. (Past ~6 cycles, raise pytest's
     timeout: ``--timeout 0``; or use tests/bench/powercut.py.)"""
-    cycles = int(os.environ.get("FOLDERMILL_POWERCUT_CYCLES", "3"))
+    cycles = int(os.environ.get("FOLDERMILL_POWERCUT_CYCLES", "2"))
     base = seed_base()
-    aims = [Aim("random", failing=True), Aim("random", "quiet"), Aim("random", failing=True, tree=True),
-            Aim("random", "quiet", tree=True)]
+    aims = [Aim("random", failing=True), Aim("random", "quiet", tree=True), Aim("random", "quiet"),
+            Aim("random", failing=True, tree=True)]
     reports = [_cycle(tmp_path, daemons, aims[i % len(aims)], base + i) for i in range(cycles)]
     broken = [r for r in reports if r.violations]
     if broken:
