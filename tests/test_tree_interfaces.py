@@ -12,12 +12,10 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from tests.daemon import ROOT, behave_config, dashboard_url, journal, start, wait_for
+from tests.test_console import call
 
 RAW_DIR = b"d\xff".decode("utf-8", "surrogateescape")  # a directory name that is not UTF-8
 RAW_NAME = f"{RAW_DIR}/y.log"
@@ -34,19 +32,6 @@ def tree_config(tmp_path: Path) -> Path:
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "supervisor.py"), "-c", str(config), *args],
                           capture_output=True, text=True, timeout=60)
-
-
-def call(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            kind = response.headers.get_content_type()
-            return response.status, json.loads(raw) if kind == "application/json" else raw.decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def deliver(watch: Path, name: str, content: str) -> None:

@@ -150,20 +150,7 @@ def open_dir_beneath(dir_fd: int, rel: str) -> int:
         if code not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter refused the call
             raise OSError(code, os.strerror(code), os.fsdecode(path))
         _openat2_works = False
-    fd = os.open(".", DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        for part in path.split(b"/"):
-            if part in (b"..", b"") or part == b".":
-                if part == b"..":
-                    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fsdecode(path))
-                continue
-            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _walk_beneath(dir_fd, path, make=False)
 
 
 def make_dirs_beneath(dir_fd: int, rel: str, durable: bool = False) -> int:
@@ -171,16 +158,25 @@ def make_dirs_beneath(dir_fd: int, rel: str, durable: bool = False) -> int:
     0o777 less the umask), as a descriptor; with ``durable`` each new entry is on disk
     (its parent fsynced) before it is used. A component that exists and is not a
     directory (a file, a symlink) is an error: nothing is ever replaced or followed."""
+    return _walk_beneath(dir_fd, os.fsencode(rel), make=True, durable=durable)
+
+
+def _walk_beneath(dir_fd: int, path: bytes, make: bool, durable: bool = False) -> int:
+    """The directory ``path`` beneath ``dir_fd``, one component at a time, each opened
+    with ``O_NOFOLLOW`` (a symlink is an error, never followed; ``..`` is EXDEV); with
+    ``make``, a missing component is made first (``durable``: its parent fsynced)."""
     fd = os.open(".", DIR_FLAGS, dir_fd=dir_fd)
     try:
-        for part in os.fsencode(rel).split(b"/"):
+        for part in path.split(b"/"):
             if part in (b"", b"."):
                 continue
             if part == b"..":
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), rel)
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), os.fsdecode(path))
             try:
                 nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
+                if not make:
+                    raise
                 with contextlib.suppress(FileExistsError):  # made meanwhile by another process
                     os.mkdir(part, dir_fd=fd)
                     if durable:
