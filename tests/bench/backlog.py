@@ -56,6 +56,7 @@ recursive = {recursive}
 settle = 0.5
 poll_interval = 1.0
 journal_max_mb = 1024  # the whole run's journal is kept, for the order check
+backlog_window = {window}
 
 [web]
 port = 0
@@ -129,11 +130,12 @@ def out_of_order(watch: Path) -> int:
     return count
 
 
-def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0, dirs: int = 0) -> Run:
+def run_one(base: Path, files: int, workers: int, trickle_rate: float = 0.0, dirs: int = 0,
+            window: int = 100_000) -> Run:
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
-    (base / "config.toml").write_text(CONFIG.format(workers=workers, recursive=str(dirs > 0).lower()))
+    (base / "config.toml").write_text(CONFIG.format(workers=workers, recursive=str(dirs > 0).lower(), window=window))
     watch, staging = base / "watch_dir", base / "staging"
     (watch / "unprocessed").mkdir(parents=True)
     oldest = time.time() - 3 * 86400
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=ROOT / ".scratch")
+    parser.add_argument("--window", type=int, default=100_000, help="[watch] backlog_window of every run")
     parser.add_argument("--tree-dirs", type=int, default=0,
                         help="run each size but the first as a tree over this many directories")
     parser.add_argument("--filesystem", action="store_true",
@@ -292,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fm-backlog-", dir=args.dir) as tmp:
         runs = []
         for n in sizes[:1] if args.tree_dirs else sizes:  # with --tree-dirs the others run as trees only
-            run = run_one(Path(tmp) / "run", n, args.workers)
+            run = run_one(Path(tmp) / "run", n, args.workers, window=args.window)
             runs.append(run)
             print(f"  {n:>9,} waiting: {run.rate:8,.0f} files/s, per-file cost {1 / run.rate * 1000:6.3f} ms "
                   f"({runs[0].rate / run.rate:4.2f}x the {runs[0].files:,} case), supervisor peak RSS "
                   f"{run.peak_rss / 2**20:6.1f} MB, state.db {run.db_bytes / run.files:6.1f} B/file "
                   f"({run.db_bytes / 2**20:.1f} MB), out of order {run.out_of_order}", flush=True)
         for n in sizes[1:] if args.tree_dirs else []:
-            run = run_one(Path(tmp) / "run", n, args.workers, dirs=args.tree_dirs)
+            run = run_one(Path(tmp) / "run", n, args.workers, dirs=args.tree_dirs, window=args.window)
             print(f"  {n:>9,} waiting in {args.tree_dirs:,} directories (recursive): {run.rate:8,.0f} files/s, "
                   f"per-file cost {1 / run.rate * 1000:6.3f} ms ({runs[0].rate / run.rate:4.2f}x the flat "
                   f"{runs[0].files:,} case), supervisor peak RSS {run.peak_rss / 2**20:6.1f} MB, "
