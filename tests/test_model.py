@@ -888,18 +888,19 @@ class TreeModel(FoldermillModel):
 @pytest.mark.slow
 @pytest.mark.timeout(300 + 60 * EXAMPLES)
 def test_model_of_the_whole_daemon(tmp_path: Path) -> None:
-    FoldermillModel.base = tmp_path
-    run_state_machine_as_test(FoldermillModel, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]))
+    run_machine(FoldermillModel, tmp_path, EXAMPLES)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300 + 60 * EXAMPLES)
 def test_model_of_the_whole_daemon_on_a_tree(tmp_path: Path) -> None:
-    TreeModel.base = tmp_path
-    run_state_machine_as_test(TreeModel, settings=settings(
-        max_examples=TREE_EXAMPLES, stateful_step_count=STEPS, deadline=None,
+    run_machine(TreeModel, tmp_path, TREE_EXAMPLES)
+
+
+def run_machine(machine: type[FoldermillModel], tmp_path: Path, examples: int) -> None:
+    machine.base = tmp_path
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=STEPS, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]))
 
 
@@ -908,8 +909,12 @@ def test_model_of_the_whole_daemon_on_a_tree(tmp_path: Path) -> None:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Iterator[FoldermillModel]:
-    FoldermillModel.base = tmp_path
-    m = FoldermillModel()
+    yield from one_machine(FoldermillModel, tmp_path)
+
+
+def one_machine(machine: type[FoldermillModel], tmp_path: Path) -> Iterator[FoldermillModel]:
+    machine.base = tmp_path
+    m = machine()
     try:
         yield m
     finally:
@@ -984,14 +989,8 @@ def test_model_operator_actions_on_raw_names(model: FoldermillModel) -> None:
 
 
 @pytest.fixture
-def tree_model(tmp_path: Path) -> Iterator[TreeModel]:
-    TreeModel.base = tmp_path
-    m = TreeModel()
-    try:
-        yield m
-    finally:
-        m.broken = True
-        m.teardown()
+def tree_model(tmp_path: Path) -> Iterator[FoldermillModel]:
+    yield from one_machine(TreeModel, tmp_path)
 
 
 def test_model_tree_steps_on_relative_paths(tree_model: TreeModel) -> None:
