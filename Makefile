@@ -20,7 +20,7 @@ RUNTIME_VENV ?= .venv-runtime
 SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd \
 	openssh-server openssh-client vsftpd samba smbclient curl rsync python3-venv
 
-.PHONY: run test lint check bench clean system-deps smoke-runtime
+.PHONY: run test lint check bench clean system-deps smoke-runtime docs docs-serve
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "foldermill needs Python 3.11 or newer (set PYTHON=...)")'
@@ -83,10 +83,19 @@ system-deps:
 test: $(VENV)/.dev system-deps smoke-runtime
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or
+# anchor, or a reference generator that fails (docs/hooks.py), is an error.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 bench: $(VENV)/.dev
 	$(PY) tests/bench/engine.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(RUNTIME_VENV) site .pytest_cache .ruff_cache .mypy_cache .hypothesis

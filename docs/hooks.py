@@ -1,0 +1,106 @@
+"""MkDocs hook: the references that are made from the code when the site is built.
+
+A page asks for one with a marker line, ``<!-- generated: cli -->`` or
+``<!-- generated: metrics -->``; the hook puts the text made from the argument parser
+(``workers.cli.build_parser``) or from the Prometheus collector (``web.metrics``) in its
+place, so these references cannot drift from the code. An unknown marker fails the
+build. The configuration and processor references are written by hand (they explain)
+and checked against the loader and the processors by ``tests/test_docs.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
+HELP_COLUMNS = "88"
+
+
+def cli_reference() -> str:
+    """Every option and command of ``foldermill`` (``python supervisor.py``), as its
+    ``--help`` prints them."""
+    from workers.cli import build_parser
+
+    os.environ["COLUMNS"] = HELP_COLUMNS  # argparse wraps to the terminal's width
+    parser = build_parser()
+    parser.prog = "foldermill"
+    parts = ["## foldermill", "", "```text", parser.format_help().rstrip(), "```", ""]
+    for name, command in _commands(parser).items():
+        parts += [f"## foldermill {name}", "", command.description or _help_of(parser, name), "",
+                  "```text", command.format_help().rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _help_of(parser: argparse.ArgumentParser, name: str) -> str:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                if choice.dest == name:
+                    return (choice.help or "").capitalize() + "."
+    return ""
+
+
+def sample_snapshot() -> dict[str, Any]:
+    """A snapshot in which every metric family has a sample (the broker's queue depth
+    is there only with the Celery backend)."""
+    return {
+        "totals_since_start": {"files_processed": 0, "files_failed": 0, "lines_processed": 0},
+        "attempts_failed": {"crash": 0}, "restarts": {"crash": 0},
+        "pipeline_names": ["default"], "pipelines": {},
+        "nodes": {"default/start": {"lines_in": 0, "lines_out": 0, "errors": 0}},
+        "folders": {"unprocessed": 0}, "oldest_unprocessed_age_s": 0,
+        "workers": [{"slot": 0, "state": "idle", "rss": 0}],
+        "broker": {"queue_depth": 0}, "histogram": None, "faults": {},
+    }
+
+
+def metrics_reference() -> str:
+    """Every metric ``/metrics`` exposes: its name as scraped, type, labels and help."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from web.metrics import FoldermillCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FoldermillCollector(sample_snapshot))
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = sorted({k for s in family.samples for k in s.labels if k != "le"})
+        rows.append(f"| `{name}` | {family.type} | {', '.join(f'`{k}`' for k in labels) or '—'} "
+                    f"| {family.documentation} |")
+    return "\n".join(rows) + "\n"
+
+
+GENERATORS: dict[str, Callable[[], str]] = {"cli": cli_reference, "metrics": metrics_reference}
+
+
+def generate(markdown: str, where: str = "") -> str:
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in GENERATORS:
+            raise ValueError(f"{where}: no generator {name!r} (known: {', '.join(GENERATORS)})")
+        return GENERATORS[name]()
+
+    return MARKER.sub(one, markdown)
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    return generate(markdown, page.file.src_path)
