@@ -1,5 +1,5 @@
-"""Who may import whom (STYLE.md, README "Architecture"), and how big a daemon part may
-grow: checked by scanning the sources."""
+"""Who may import whom, and how big a daemon part may grow (docs/design/architecture.md,
+"Contributing"): checked by scanning the sources."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURE_DOC = ROOT / "docs" / "design" / "architecture.md"
 DAEMON = ROOT / "workers" / "daemon"
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 300
@@ -132,7 +133,8 @@ def test_supervisor_py_is_a_thin_main() -> None:
 
 def test_no_module_reads_another_objects_private_attributes() -> None:
     """``x._name`` only on ``self`` (or ``cls``, ``super()``): what one part asks of
-    another goes through its methods (STYLE: a part never pokes another's attributes).
+    another goes through its methods (docs/design/architecture.md, "Contributing": a part
+    never pokes another's attributes).
     The standard library's own private names are not ours to police."""
     allowed = {"os._exit", "zlib._Decompress"}
     for path in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "web").rglob("*.py"), ROOT / "supervisor.py"]:
@@ -181,24 +183,33 @@ def test_every_transition_of_the_diagram_is_used_and_no_other() -> None:
     assert set(State) == targets | {State.WAITING}
 
 
-def test_the_readme_describes_every_state_of_a_flight() -> None:
-    """README "A file in flight": its table has one row per state, and its diagram names each."""
+def file_in_flight_section() -> str:
+    """docs/design/architecture.md, "A file in flight": from its heading to the next one
+    of its level."""
+    text = ARCHITECTURE_DOC.read_text()
+    found = re.search(r"^## A file in flight\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
+    assert found, f"{ARCHITECTURE_DOC.relative_to(ROOT)} has no section \"A file in flight\""
+    return found.group(1)
+
+
+def test_the_docs_describe_every_state_of_a_flight() -> None:
+    """docs/design/architecture.md, "A file in flight": its table has one row per state,
+    and its diagram names each."""
     from workers.daemon.flights import State
 
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### A file in flight"):text.index("## Project layout")]
+    section = file_in_flight_section()
     rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
     assert rows == [s.value for s in State]
     for state in State:
         assert state.name in section, f"the diagram lacks {state.name}"
 
 
-def test_the_readme_lists_exactly_the_transitions_of_the_table() -> None:
-    """README "A file in flight": its list of transitions is TRANSITIONS, no more, no less."""
+def test_the_docs_list_exactly_the_transitions_of_the_table() -> None:
+    """docs/design/architecture.md, "A file in flight": its list of transitions is
+    TRANSITIONS, no more, no less."""
     from workers.daemon.flights import TRANSITIONS, State
 
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### A file in flight"):text.index("## Project layout")]
+    section = file_in_flight_section()
     listed = re.findall(r"^\| (\w+) → (\w+) \|", section, re.MULTILINE)
     assert len(listed) == len(set(listed)), "a transition is listed twice"
     assert {(State(a), State(b)) for a, b in listed} == set(TRANSITIONS)
