@@ -10,7 +10,8 @@ empty, binary, undecodable, without a final newline, CRLF, with a line past the
 limit, or that make the processor fail or crash once, SIGKILLs of a busy worker
 and of the supervisor, and the operator's actions through the dashboard's API on its
 real port, as the page sends them (the name's exact bytes percent-encoded): retry and
-discard a failed file, replay a processed one. Its invariants are the README's:
+discard a failed file, replay a processed one. Its invariants are the guarantees'
+(docs/design/guarantees.md):
 
 - every delivery (not every name) ends in exactly one of ``processed/``, ``failed/``
   or (discarded by the operator) ``discarded/``; deliveries are told apart by a unique

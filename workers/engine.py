@@ -7,7 +7,7 @@ batches of lines, or of CSV records in a ``format = "csv"`` pipeline
 (``workers/records.py``), and, for each batch, runs the nodes until no unit is pending,
 then writes the units that reached ``end``. Below, "line" means the pipeline's unit.
 
-Order (README, "Order of output lines"). Each copy of a line carries a key: its input
+Order (docs/guide/pipelines.md, "Order of output lines"). Each copy of a line carries a key: its input
 line number, extended by the copy's position among its siblings whenever a node
 emitted more than one pair for one line. Lines reaching ``end`` are written in key
 order, which is the order a depth-first, one-line-at-a-time run would produce: all

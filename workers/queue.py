@@ -1,7 +1,7 @@
 """The folder queue: which files are ready, claiming them with filelock, moving them on.
 
 No processes and no multiprocessing here: the supervisor calls these functions from its
-loop. The protocol (README, "Guarantees"):
+loop. The protocol (docs/design/guarantees.md, "How claiming works"):
 
 - A file's lock is one of ``LOCK_COUNT`` files in ``watch_dir/.locks/``, chosen by a
   stable hash of its name (filelock never deletes Unix lock files, so one lock per

@@ -5,7 +5,7 @@ A file is identified by (name, inode) while it is live: renames between queue fo
 keep both, so a file keeps its attempts and its final name across retries and restarts,
 while a new delivery that reuses a name (a new inode) is a new file. SQLite in WAL mode is safe for
 several supervisors on one host; on a network filesystem its locking is not, and
-several supervisors there must each have their own watch dir (README, "Operations").
+several supervisors there must each have their own watch dir (docs/operations/state.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a processor is, as the engine sees it.
 
-The public contract (README, "Writing a processor") is small: a plain function, or a
+The public contract (docs/guide/writing-processors.md) is small: a plain function, or a
 class instantiated once per file with the node's options as keyword arguments, whose
 ``process(lines: list[str])`` returns ``(tag, line)`` pairs; an optional ``finish()``
 yields more pairs at end of file; an optional ``start(ctx)`` receives the file's
