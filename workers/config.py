@@ -13,6 +13,7 @@ its name (first match wins).
 from __future__ import annotations
 
 import codecs
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -417,6 +418,50 @@ def _parse_nodes(t: _Table) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key the loader accepts: its table as the docs write it (``watch``,
+    ``pipeline``, ``pipeline.nodes.<tag>``, ``routes``), its name, its TOML type
+    (``str``, ``int``, ``float``, ``bool``, ``list``) and default (None: required)."""
+
+    table: str
+    name: str
+    kind: type
+    default: Any
+
+
+# While config_keys() loads its probe documents, every key read is noted here.
+_READS: contextvars.ContextVar[list[tuple[str, type, Any]] | None] = contextvars.ContextVar("_READS", default=None)
+# The probes: every table the loader knows, so every key is read (the first with one
+# [pipeline], the second with [pipelines.<name>] and [[routes]]).
+_PROBES: tuple[dict[str, Any], ...] = (
+    {"pipeline": {"nodes": {"start": {"processor": "upper"}}}},
+    {"pipelines": {"probe": {"nodes": {"start": {"processor": "upper"}}}},
+     "routes": [{"match": ["*"], "pipeline": "probe"}]},
+)
+
+
+def config_keys() -> list[Key]:
+    """Every key ``parse_config`` reads, found by loading probe documents and noting each
+    read: what the configuration reference (docs/reference/configuration.md) must list,
+    no more and no less (tests/test_docs.py)."""
+    reads: list[tuple[str, type, Any]] = []
+    token = _READS.set(reads)
+    try:
+        for probe in _PROBES:
+            parse_config(probe, Path("config.toml").resolve())
+    finally:
+        _READS.reset(token)
+    keys: dict[tuple[str, str], Key] = {}
+    for dotted, kind, default in reads:
+        table, _, name = dotted.rpartition(".")
+        table = re.sub(r"^pipelines\.probe\b", "pipeline", table)
+        table = re.sub(r"^(pipeline\.nodes)\.start$", r"\1.<tag>", table)
+        table = re.sub(r"^routes\[\d+\]$", "routes", table)
+        keys.setdefault((table, name), Key(table, name, kind, default))
+    return list(keys.values())
+
+
 class _Table:
     """One TOML table being validated: remembers which keys were read."""
 
@@ -437,6 +482,9 @@ class _Table:
     def get(self, name: str, kind: type, default: Any, check: Callable | None = None) -> Any:
         self.seen.add(name)
         key = self.dotted(name)
+        reads = _READS.get()
+        if reads is not None:
+            reads.append((key, kind, default))
         if name not in self.data:
             if default is None:
                 raise ConfigError(key, "is required")
