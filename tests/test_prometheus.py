@@ -18,7 +18,7 @@ from tests.components import free_port, require
 from tests.daemon import behave_config, drop, start, wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "operations" / "monitoring.md"
 
 
 def dashboard_exprs() -> list[str]:
