@@ -98,4 +98,4 @@ bench: $(VENV)/.dev
 	$(PY) tests/bench/engine.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) site .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(RUNTIME_VENV) site .pytest_cache .ruff_cache .mypy_cache .hypothesis build *.egg-info

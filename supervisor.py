@@ -61,8 +61,10 @@ from workers.worker import manager_init
 log = logging.getLogger("foldermill")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "supervisor.py", early_signals: list[int] | None = None) -> int:
+    """``early_signals``: those counted before this module was imported (foldermill.py's)."""
+    early = EARLY_SIGNALS if early_signals is None else early_signals
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is not None:  # a verb, not the daemon: signals act as usual again
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if EARLY_SIGNALS:
+        if early:
             return EXIT_OK
     if args.command == "check":
         return cmd_check(config, pipelines, args.paths)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format)
     options = Options(once=args.once, trace=args.trace, workers=args.workers or config.workers.worker_count())
     daemon = Daemon(config, pipelines, options, open_shared, start_dashboard)
-    daemon.catch_signals(EARLY_SIGNALS)  # before anything starts: a SIGTERM during start-up stops cleanly
+    daemon.catch_signals(early)  # before anything starts: a SIGTERM during start-up stops cleanly
     try:
         daemon.start()
     except (QueueSetupError, SystemFailure, StateError, OSError, sqlite3.OperationalError) as exc:

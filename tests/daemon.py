@@ -81,15 +81,17 @@ def drop_file_override() -> None:
 
 
 class Daemon:
-    """One ``python supervisor.py -c CONFIG`` process; stderr goes to a log file."""
+    """One ``python supervisor.py -c CONFIG`` process; stderr goes to a log file.
+    ``program``: another way to run it (the installed ``foldermill`` command)."""
 
     def __init__(self, config: Path, *args: str, name: str = "supervisor", unprivileged: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, program: tuple[str, ...] = (sys.executable, str(SUPERVISOR))
+                 ) -> None:
         self.config = config
         self.log_path = config.parent / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()/kill()
         preexec = drop_file_override if unprivileged and os.geteuid() == 0 else None
-        self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), "-c", str(config), *args],
+        self.proc = subprocess.Popen([*program, "-c", str(config), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=config.parent,
                                      preexec_fn=preexec, env={**os.environ, **env} if env else None)
         self.ps = psutil.Process(self.proc.pid)

@@ -38,8 +38,9 @@ EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: a fault of the machine at start-up; systemd's
 log = logging.getLogger("foldermill")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supervisor.py", description="foldermill hot-folder processor")
+def build_parser(prog: str = "supervisor.py") -> argparse.ArgumentParser:
+    """The command line; ``prog``: the name usage lines give it (``foldermill`` when installed)."""
+    parser = argparse.ArgumentParser(prog=prog, description="foldermill hot-folder processor")
     parser.add_argument("-c", "--config", default="config.toml", help="path to config.toml (default: %(default)s)")
     parser.add_argument("--once", action="store_true", help="process what is ready, wait for it, exit 0")
     parser.add_argument("--trace", action="store_true", help="trace line routes and log every file transition")
