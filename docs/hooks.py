@@ -32,13 +32,21 @@ def cli_reference() -> str:
     from workers.cli import build_parser
 
     os.environ["COLUMNS"] = HELP_COLUMNS  # argparse wraps to the terminal's width
-    parser = build_parser()
-    parser.prog = "foldermill"
+    parser = build_parser("foldermill")
     parts = ["## foldermill", "", "```text", parser.format_help().rstrip(), "```", ""]
     for name, command in _commands(parser).items():
         parts += [f"## foldermill {name}", "", command.description or _help_of(parser, name), "",
                   "```text", command.format_help().rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+def exit_statuses() -> str:
+    """The exit statuses, from ``workers.cli.EXIT_MEANINGS``."""
+    from workers.cli import EXIT_MEANINGS
+
+    rows = ["| status | meaning |", "|---|---|"]
+    rows += [f"| `{code}` | {meaning} |" for code, meaning in sorted(EXIT_MEANINGS.items())]
+    return "\n".join(rows) + "\n"
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -89,7 +97,8 @@ def metrics_reference() -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS: dict[str, Callable[[], str]] = {"cli": cli_reference, "metrics": metrics_reference}
+GENERATORS: dict[str, Callable[[], str]] = {"cli": cli_reference, "exit-statuses": exit_statuses,
+                                             "metrics": metrics_reference}
 
 
 def generate(markdown: str, where: str = "") -> str:

@@ -34,6 +34,16 @@ EXIT_FILES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_FATAL = 3
 EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: a fault of the machine at start-up; systemd's Restart= tries again
+# What each exit status means, for the command-line reference (docs/hooks.py makes it from this).
+EXIT_MEANINGS = {
+    EXIT_OK: "done (the daemon: stopped by SIGTERM or SIGINT, or `--once` finished)",
+    EXIT_FILES_FAILED: "`run`: some file failed; `retry`, `discard`, `replay`: some name was refused; "
+                       "`history`: no journal entry for the name",
+    EXIT_USAGE: "a bad configuration or usage; the message names the key or the argument",
+    EXIT_FATAL: "a failure that needs a person: the watch dir gone, an I/O error, a corrupt state database",
+    EXIT_TEMPFAIL: "a fault of the machine met while starting (a full disk, no descriptors): start it again "
+                   "once it clears (the shipped systemd unit does)",
+}
 
 log = logging.getLogger("foldermill")
 
