@@ -75,7 +75,7 @@ def sample_snapshot() -> dict[str, Any]:
         "nodes": {"default/start": {"lines_in": 0, "lines_out": 0, "errors": 0}},
         "folders": {"unprocessed": 0}, "oldest_unprocessed_age_s": 0,
         "workers": [{"slot": 0, "state": "idle", "rss": 0}],
-        "broker": {"queue_depth": 0}, "histogram": None, "faults": {},
+        "broker": {"queue_depth": 0}, "histogram": None, "faults": {}, "loop_tick": 0.0,
     }
 
 

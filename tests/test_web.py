@@ -17,7 +17,19 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import BASE_CONFIG, behave_config, drop, folder, journal, start, wait_for, write_config
+from tests.daemon import (
+    BASE_CONFIG,
+    behave_config,
+    dashboard_url,
+    drop,
+    folder,
+    http_json,
+    journal,
+    metric_value,
+    start,
+    wait_for,
+    write_config,
+)
 from web import create_app
 from workers.config import load_config
 from workers.messages import Command
@@ -304,3 +316,23 @@ def test_a_port_in_use_is_a_clear_start_up_error(tmp_path: Path, daemons) -> Non
         d = start(daemons, config, "--once")
         assert d.wait(30) == 3
         assert f"the dashboard cannot listen on 127.0.0.1:{port}" in d.log()
+
+
+def test_a_stuck_loop_shows_in_metrics_while_scrapes_succeed(tmp_path: Path, daemons) -> None:
+    """The dashboard's process answers from the last published state: a supervisor that
+    stops stepping (SIGSTOP here) leaves /metrics answering, and only the loop's last-step
+    time, standing still, says so (deploy/alerts.yml, FoldermillStalled)."""
+    d = start(daemons, behave_config(tmp_path))
+    url = dashboard_url(d)
+    name = "foldermill_loop_last_step_timestamp_seconds"
+    wait_for(lambda: (metric_value(url, name) or 0) > time.time() - 5, 20, f"{name} to be within 5 s of now")
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: http_json(url + "health")[0] == 503, 20, "/health to say the loop has not ticked")
+        stopped_at = metric_value(url, name)
+        assert stopped_at is not None and time.time() - stopped_at >= 5, stopped_at
+        assert metric_value(url, "foldermill_workers", state="idle") is not None  # the rest still answers
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    wait_for(lambda: (metric_value(url, name) or 0) > time.time() - 5, 20, f"{name} to move again after SIGCONT")
+    assert "the supervisor loop has not ticked" not in json.dumps(http_json(url + "health")[1])

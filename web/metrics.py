@@ -45,6 +45,11 @@ class FoldermillCollector:
         age = s.get("oldest_unprocessed_age_s")
         yield GaugeMetricFamily("foldermill_oldest_unprocessed_age_seconds",
                                 "Age of the oldest file waiting in unprocessed/ (0 when none).", value=age or 0)
+        # The state of the loop's last step is what every other value here shows: a value
+        # that stops moving while scrapes succeed is a stuck loop (alert FoldermillStalled).
+        yield GaugeMetricFamily("foldermill_loop_last_step_timestamp_seconds",
+                                "Unix time of the supervisor loop's last step; the other values are the state "
+                                "of then (0 before the first).", value=s.get("loop_tick") or 0)
         yield from self._workers(s.get("workers", []))
         broker = s.get("broker") or {}
         if broker.get("queue_depth") is not None:
