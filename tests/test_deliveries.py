@@ -229,6 +229,8 @@ def test_a_file_rewritten_while_waiting_for_its_retry_keeps_its_attempts(tmp_pat
     os.utime(path, (1_000_000_000, 1_000_000_000))
     start(daemons, config)
     wait_for(lambda: folder(watch, "failed") == ["poison.log"], 30, "poison.log in failed/ after 3 attempts")
+    # The journal says "failed" once the move is done: just after it, not before.
+    wait_for(lambda: any(e["event"] == "failed" for e in journal(watch)), 10, "the journal's failed entry")
     attempts = [(e["event"], e["attempt"], e["final"]) for e in journal(watch) if e["event"] in ("retried", "failed")]
     assert attempts == [("retried", 1, "poison.log"), ("retried", 2, "poison.log"), ("failed", 3, "poison.log")]
     drop(watch, "poison.log", "fine\n")  # no stale record reserves a name: the collision rule alone applies
