@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from workers.actions import DISCARDED, SOURCE, files_in, journal_fields, perform
+from workers.actions import DISCARDED, SOURCE, check, files_in, journal_fields, perform
 from workers.config import Config
 from workers.names import shown, unshown
 from workers.paths import look, plain
@@ -118,12 +118,23 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
     done, problems = [], []
     try:
         for name in names:
-            result = perform(q, action, resolve(source, name), store)
+            name = resolve(source, name)
+            # A file sent back to unprocessed/ may be claimed by a running daemon at once: its
+            # request goes in the journal before the move, so that the journal's order is
+            # the order of events (a move that then fails is journalled as refused).
+            early = action != "discard" and not check(q.root, action, name, q.recursive)
+            if early:
+                journal.write([journal_entry(f"{action}-requested", name, by="cli")])
+            result = perform(q, action, name, store)
             if result.problem:
                 problems.append(f"{shown(result.name)}: {result.problem}")
+                if early:
+                    journal.write([journal_entry("action-refused", name, action=action, reason=result.problem,
+                                                 by="cli")])
                 continue
-            event, fields = journal_fields(result)
-            journal.write([journal_entry(event, result.name, by="cli", **fields)])  # each as it is done
+            if not early:
+                event, fields = journal_fields(result)
+                journal.write([journal_entry(event, result.name, by="cli", **fields)])  # each as it is done
             done.append(shown(result.name) if action != "discard" else
                         f"{shown(result.name)} -> {DISCARDED}/{shown(result.target)}")
     finally:
