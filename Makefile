@@ -20,6 +20,11 @@ RUNTIME_VENV ?= .venv-runtime
 SYSTEM_PACKAGES := prometheus chromium redis-server faketime gzip bzip2 xz-utils zstd \
 	openssh-server openssh-client vsftpd samba smbclient curl rsync python3-venv
 
+# The suite runs on this many pytest-xdist workers (most tests wait on a clock, not on a
+# core); the "as deployed" tests share one worker (tests/conftest.py), and the tests that
+# change something of the whole machine (marked serial) run alone afterwards.
+TEST_WORKERS ?= 2
+
 .PHONY: run test lint check bench clean system-deps smoke-runtime docs docs-serve
 
 $(VENV)/.runtime: requirements.txt
@@ -84,7 +89,8 @@ test: $(VENV)/.dev system-deps smoke-runtime
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	$(PY) -m pytest -m serial
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or
 # anchor, or a reference generator that fails (docs/hooks.py), is an error.

@@ -39,6 +39,18 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
 
 
+# The fixtures of the "as deployed" tests: session-scoped users and a venv built for the
+# service user (tens of seconds). Under pytest-xdist (make test) their tests share one
+# worker, so each is built once.
+DEPLOYED_FIXTURES = {"deployed_group", "service_user", "uploader", "deployment"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if DEPLOYED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("deployed"))
+
+
 @pytest.fixture
 def daemons() -> Iterator[list[Daemon]]:
     """Supervisors started by a test go in this list; teardown kills what is left and

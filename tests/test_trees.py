@@ -287,6 +287,7 @@ def test_a_supervisor_killed_amid_a_tree_leaves_every_file_processed_once(tmp_pa
 MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 
 
+@pytest.mark.serial  # the limit is the machine's: lowered, it would starve the tests running beside it
 def test_out_of_inotify_watches_the_tree_is_found_by_passes_and_said_once(
         daemons: list[Daemon], deployment: Deployment, site: Site) -> None:
     """The service user may hold 4 inotify watches (``fs.inotify.max_user_watches``, a
