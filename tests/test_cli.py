@@ -196,6 +196,11 @@ def test_status_retry_and_history_against_a_stopped_and_a_running_supervisor(tmp
              "flaky.log retried by the running supervisor and failed again")
     assert attempts() == [("retried", 1), ("failed", 2), ("retried", 1), ("failed", 2)]
     assert "attempt 2 of 2" in (watch / "failed" / "flaky.log.reason").read_text()
+    # The journal's order is the order of events: the request, then the running daemon's
+    # claim of the file it sent back (the CLI writes it before the move).
+    events = [e["event"] for e in journal(watch) if e["file"] == "flaky.log"]
+    after = events[events.index("retry-requested"):]
+    assert after[:2] == ["retry-requested", "claimed"], events
     assert d.stop() == 0
 
     stopped = json.loads(cli("-c", config, "status", "--json").stdout)

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from workers.actions import DISCARDED, SOURCE, check, files_in, journal_fields, perform
+from workers.actions import DISCARDED, SOURCE, Done, check, files_in, journal_fields, perform
 from workers.config import Config
 from workers.names import shown, unshown
 from workers.paths import look, plain
@@ -121,11 +121,17 @@ def act(config: Config, action: str, names: list[str], every: bool = False) -> t
             name = resolve(source, name)
             # A file sent back to unprocessed/ may be claimed by a running daemon at once: its
             # request goes in the journal before the move, so that the journal's order is
-            # the order of events (a move that then fails is journalled as refused).
+            # the order of events (a move that then fails, or raises, is journalled refused).
             early = action != "discard" and not check(q.root, action, name, q.recursive)
             if early:
-                journal.write([journal_entry(f"{action}-requested", name, by="cli")])
-            result = perform(q, action, name, store)
+                event, fields = journal_fields(Done(action, name))
+                journal.write([journal_entry(event, name, by="cli", **fields)])
+            try:
+                result = perform(q, action, name, store)
+            except Exception as exc:
+                if early:
+                    journal.write([journal_entry("action-refused", name, action=action, reason=str(exc), by="cli")])
+                raise
             if result.problem:
                 problems.append(f"{shown(result.name)}: {result.problem}")
                 if early:
