@@ -21,3 +21,7 @@ def main() -> int:
     import supervisor  # after the handlers: see above
 
     return supervisor.main(prog="foldermill", early_signals=early)
+
+
+if __name__ == "__main__":  # python foldermill.py: the same as the installed command
+    raise SystemExit(main())

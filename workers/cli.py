@@ -40,7 +40,10 @@ EXIT_MEANINGS = {
     EXIT_FILES_FAILED: "`run`: some file failed; `retry`, `discard`, `replay`: some name was refused; "
                        "`history`: no journal entry for the name",
     EXIT_USAGE: "a bad configuration or usage; the message names the key or the argument",
-    EXIT_FATAL: "a failure that needs a person: the watch dir gone, an I/O error, a corrupt state database",
+    EXIT_FATAL: "a failure that needs a person, at start-up or later: the watch dir cannot be created or written, "
+                "or is gone or unmounted, its folders are on different filesystems, locks are not supported there, "
+                "an I/O error, a corrupt state database, every loop step failing the same way (`replay`: the state "
+                "database cannot be written)",
     EXIT_TEMPFAIL: "a fault of the machine met while starting (a full disk, no descriptors): start it again "
                    "once it clears (the shipped systemd unit does)",
 }
