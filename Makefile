@@ -90,7 +90,7 @@ test: $(VENV)/.dev system-deps smoke-runtime
 	$(PY) -m mypy
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
-	$(PY) -m pytest -m serial
+	$(PY) -m pytest -m serial || [ $$? = 5 ]  # 5: no test is marked serial
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or
 # anchor, or a reference generator that fails (docs/hooks.py), is an error.

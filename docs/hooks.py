@@ -31,12 +31,19 @@ def cli_reference() -> str:
     ``--help`` prints them."""
     from workers.cli import build_parser
 
-    os.environ["COLUMNS"] = HELP_COLUMNS  # argparse wraps to the terminal's width
-    parser = build_parser("foldermill")
-    parts = ["## foldermill", "", "```text", parser.format_help().rstrip(), "```", ""]
-    for name, command in _commands(parser).items():
-        parts += [f"## foldermill {name}", "", command.description or _help_of(parser, name), "",
-                  "```text", command.format_help().rstrip(), "```", ""]
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_COLUMNS  # argparse wraps to the terminal's width: the same on every machine
+    try:
+        parser = build_parser("foldermill")
+        parts = ["## foldermill", "", "```text", parser.format_help().rstrip(), "```", ""]
+        for name, command in _commands(parser).items():
+            parts += [f"## foldermill {name}", "", command.description or _help_of(parser, name), "",
+                      "```text", command.format_help().rstrip(), "```", ""]
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(parts)
 
 

@@ -95,7 +95,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     made = run([sys.executable, "-m", "venv", venv], base)
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
-    pip = run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", clone], base, 240)
+    # The versions requirements.txt pins, within pyproject's ranges (checked below): the
+    # install is the one tested everywhere else, not whatever PyPI's newest is today. A
+    # constraint names no extra (celery[redis] -> celery).
+    pins = re.sub(r"\[[^]]*\]", "", (Path(clone) / "requirements.txt").read_text())
+    (base / "constraints.txt").write_text(pins)
+    pip = run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "-c", str(base / "constraints.txt"), clone], base, 240)
     assert pip.returncode == 0, f"pip install failed:\n{pip.stdout}\n{pip.stderr}"
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base)
     return Install(venv / "bin" / "foldermill", python, Path(site.stdout.strip()),

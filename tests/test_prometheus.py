@@ -14,11 +14,23 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from docs.hooks import sample_snapshot
 from tests.components import free_port, require
 from tests.daemon import behave_config, drop, start, wait_for
+from web.metrics import FoldermillCollector
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
-README = Path(__file__).resolve().parents[1] / "docs" / "operations" / "monitoring.md"
+def sample_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FoldermillCollector(sample_snapshot))
+    return registry
+
+
+MONITORING = Path(__file__).resolve().parents[1] / "docs" / "operations" / "monitoring.md"
+ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "alerts.yml"
 
 
 def dashboard_exprs() -> list[str]:
@@ -71,7 +83,9 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 20, "a worker busy on busy.log"))
     os.kill(pid, signal.SIGKILL)
 
+    # The shipped alerting rules too, as docs/operations/alerts.md loads them.
     server, base = start_prometheus(prometheus, tmp_path,
+                                    f"rule_files: ['{ALERTS}']\n"
                                     f"scrape_configs:\n  - job_name: foldermill\n    static_configs:\n"
                                     f"      - targets: ['{target}']\n")
     try:
@@ -86,11 +100,25 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
                 return reply["data"]["result"]
 
             wait_for(answer, 30, f"data for {query}")
+        # Every alerting rule evaluated against the real exposition, without an error; and
+        # none of them firing: a worker was killed, but nothing an operator must hear of.
+        def rules() -> list[dict[str, Any]]:
+            found = [r for g in api(base, "/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+            return found if found and all(r.get("lastEvaluation", "").startswith("20") for r in found) else []
+
+        evaluated = wait_for(rules, 30, "every alerting rule of deploy/alerts.yml evaluated")
+        assert len(evaluated) >= 10 and all(r["health"] == "ok" for r in evaluated), evaluated
+        assert not [r["name"] for r in evaluated if r["state"] == "firing"], evaluated
         # promtool lints the exposition itself (names, types, _total suffixes).
         with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
             exposition = response.read()
         lint = subprocess.run([require("promtool"), "check", "metrics"], input=exposition, capture_output=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr
+        # The metrics reference (made from docs/hooks.py's sample snapshot) lists what a
+        # real daemon exposes: the broker's gauge is the Celery backend's alone.
+        real = {f.name for f in text_string_to_metric_families(exposition.decode())}
+        documented = {f.name for f in text_string_to_metric_families(generate_latest(sample_registry()).decode())}
+        assert real == documented - {"foldermill_broker_queue_jobs"}, (real ^ documented)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -122,7 +150,7 @@ def _ready(base: str) -> bool:
 
 
 def test_protect_reads_with_the_readmes_scrape_config(tmp_path: Path, daemons) -> None:
-    """With ``protect_reads``, Prometheus scrapes with the README's ``authorization``
+    """With ``protect_reads``, Prometheus scrapes with the docs' ``authorization``
     block; a job without it is refused (401: the target is down)."""
     prometheus = require("prometheus")
     config = behave_config(tmp_path)
@@ -131,9 +159,10 @@ def test_protect_reads_with_the_readmes_scrape_config(tmp_path: Path, daemons) -
     config.write_text(text.replace("[web]\nport = 0\n", '[web]\nport = 0\ntoken = "s3cret"\nprotect_reads = true\n'))
     d = start(daemons, config)
     target = re.search(r"dashboard at http://(\S+)/", d.log()).group(1)
-    # The README's block itself, with this test's token and target, beside a job without it.
-    block = re.search(r"Prometheus then scrapes with:\n\n  ```yaml\n(.*?)  ```", README.read_text(), re.S)
-    assert block, "the README's scrape config block"
+    # The docs' block itself (docs/operations/monitoring.md), with this test's token and target,
+    # beside a job without it.
+    block = re.search(r"Prometheus then scrapes with:\n\n  ```yaml\n(.*?)  ```", MONITORING.read_text(), re.S)
+    assert block, "the scrape config block of docs/operations/monitoring.md"
     readme = textwrap.dedent(block.group(1)).replace("the token", "s3cret").replace("127.0.0.1:8000", target)
     assert "authorization: {type: Bearer" in readme
     server, base = start_prometheus(prometheus, tmp_path, readme.replace("job_name: foldermill", "job_name: with-token")
