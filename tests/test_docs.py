@@ -39,7 +39,9 @@ from workers.processors import BUILTINS
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted([ROOT / "README.md", *DOCS.rglob("*.md")])
-TOURS = [ROOT / "README.md", DOCS / "getting-started.md"]
+# The pages whose ```console blocks are run; the first two start the daemon (`make run`).
+TOURS = [ROOT / "README.md", DOCS / "getting-started.md", DOCS / "guide" / "writing-processors.md"]
+DAEMON_TOURS = TOURS[:2]
 FENCE = re.compile(r"^(\s*)(```+)\s*([\w-]*)(.*)$")
 NAMED = re.compile(r"^# ([\w.-]+\.(?:py|toml))\s*$")  # a block's first line naming its file
 
@@ -384,7 +386,9 @@ def test_the_tour_runs_as_the_page_shows(page: Path, tmp_path: Path) -> None:
                     ran += 1
     finally:
         stopped = tour.stop()
-    assert ran >= 5, f"{rel(page)} has {ran} commands in ```console blocks: where is its tour?"
+    assert ran >= 4, f"{rel(page)} has {ran} commands in ```console blocks: where is its tour?"
+    if page not in DAEMON_TOURS:
+        return
     assert tour.daemon is not None, f"{rel(page)}'s tour never starts the daemon (`$ make run`)"
     log = (tmp_path / "make-run.log").read_text()
     assert stopped and "foldermill stopped" in log, f"the daemon did not stop cleanly on SIGTERM:\n{log}"
