@@ -95,6 +95,7 @@ test: $(VENV)/.dev system-deps smoke-runtime
 # The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or
 # anchor, or a reference generator that fails (docs/hooks.py), is an error.
 docs: $(VENV)/.dev
+	$(PY) docs/hooks.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 docs-serve: $(VENV)/.dev

@@ -1,11 +1,14 @@
-"""MkDocs hook: the references that are made from the code when the site is built.
+"""The references made from the code: the CLI's (``workers.cli.build_parser``), the exit
+statuses (``workers.cli.EXIT_MEANINGS``) and the metrics (``web.metrics``).
 
-A page asks for one with a marker line, ``<!-- generated: cli -->`` or
-``<!-- generated: metrics -->``; the hook puts the text made from the argument parser
-(``workers.cli.build_parser``) or from the Prometheus collector (``web.metrics``) in its
-place, so these references cannot drift from the code. An unknown marker fails the
-build. The configuration and processor references are written by hand (they explain)
-and checked against the loader and the processors by ``tests/test_docs.py``.
+A page holds one between two marker lines, ``<!-- generated: cli -->`` and
+``<!-- end of generated: cli -->``. The text between them is committed, so the page
+reads whole on the forge too; ``python docs/hooks.py`` (run by ``make docs``) makes it
+again from the code, the site's build (this file is also its MkDocs hook) always shows
+what the code says, and ``tests/test_docs.py`` fails while a committed page differs. An
+unknown marker fails the build. The configuration and processor references are written
+by hand (they explain) and checked against the loader and the processors by
+``tests/test_docs.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
+BLOCK = re.compile(r"^<!-- generated: ([a-z-]+) -->\n(.*?)^<!-- end of generated: \1 -->$", re.M | re.S)
 HELP_COLUMNS = "88"
 
 
@@ -109,14 +112,30 @@ GENERATORS: dict[str, Callable[[], str]] = {"cli": cli_reference, "exit-statuses
 
 
 def generate(markdown: str, where: str = "") -> str:
+    """``markdown`` with the text of each generated block made again from the code."""
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in GENERATORS:
             raise ValueError(f"{where}: no generator {name!r} (known: {', '.join(GENERATORS)})")
-        return GENERATORS[name]()
+        return f"<!-- generated: {name} -->\n\n{GENERATORS[name]().strip()}\n\n<!-- end of generated: {name} -->"
 
-    return MARKER.sub(one, markdown)
+    return BLOCK.sub(one, markdown)
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     return generate(markdown, page.file.src_path)
+
+
+def main() -> int:
+    """Write the generated blocks of every page again; say which pages changed."""
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        new = generate(text, str(page.relative_to(ROOT)))
+        if new != text:
+            page.write_text(new)
+            print(f"docs/hooks.py: made {page.relative_to(ROOT)} again from the code")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

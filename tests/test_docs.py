@@ -7,8 +7,8 @@
 - The README's tour and the getting-started page are run, command by command, against a
   copy of the project, and what each command prints is compared with what the page shows.
 
-The CLI and metrics references need no test: docs/hooks.py makes them from the argument
-parser and the collector when the site is built (``make test`` builds it, strictly).
+- The CLI, exit-status and metrics references are what docs/hooks.py makes from the
+  argument parser and the collector (the site's build makes them again, too).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 import pytest
 
+from docs.hooks import GENERATORS, generate
 from tests.daemon import wait_for
 from tests.redis_server import free_port
 from workers.config import config_keys
@@ -247,6 +248,15 @@ def test_the_project_layout_names_every_module_and_test_file() -> None:
     missing = [p for p in tracked.split() if not p.startswith(("tests/bench/", "docs/"))
                and not p.endswith("__init__.py") and Path(p).name not in layout]
     assert not missing, f"docs/design/architecture.md's project layout does not name: {missing}"
+
+
+def test_the_generated_references_are_current() -> None:
+    """The CLI, exit-status and metrics references are committed as docs/hooks.py makes
+    them from the code: `make docs` (or `python docs/hooks.py`) writes them again."""
+    stale = [rel(p) for p in PAGES if "<!-- generated: " in p.read_text()
+             and generate(p.read_text(), rel(p)) != p.read_text()]
+    assert not stale, f"stale generated references in {stale}: run make docs and commit them"
+    assert all(f"<!-- generated: {name} -->" in "".join(p.read_text() for p in PAGES) for name in GENERATORS)
 
 
 def test_the_readmes_links_lead_somewhere() -> None:
