@@ -92,6 +92,43 @@ def test_run_with_a_user_processor_beside_the_config(tmp_path: Path) -> None:
     assert (tmp_path / "outs" / "data.txt").read_text() == "01 a\n02 b\n"
 
 
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_processors_own_side_output_never_replaces_another_files_output(tmp_path: Path, declared: bool) -> None:
+    """A side output a processor opens itself (ctx.side_output) is reserved with the file's
+    final name when declared (side_outputs), so the output/x.log.audit of a file named
+    x.log.audit is never replaced by x.log's; an undeclared one fails the file instead."""
+    (tmp_path / "processors.py").write_text(textwrap.dedent(f"""
+        class Audited:
+            emits = ["end"]
+            side_outputs = {["audit"] if declared else []!r}
+            def start(self, ctx):
+                self.audit = ctx.side_output("audit")
+            def process(self, lines):
+                for line in lines:
+                    self.audit.write("seen " + line + "\\n")
+                    yield "end", line
+    """))
+    config = write_config(tmp_path, """
+        [watch]
+        dir = "queue"
+        [pipeline.nodes.start]
+        processor = "processors:Audited"
+    """)
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    (outs / "x.log.audit").write_text("another file's output\n")  # a file named x.log.audit, processed earlier
+    data = tmp_path / "x.log"
+    data.write_text("a\n")
+    proc = cli("-c", config, "run", data, "--output-dir", outs, cwd=ROOT)
+    assert (outs / "x.log.audit").read_text() == "another file's output\n"
+    if declared:
+        assert proc.returncode == 0, proc.stderr
+        assert (outs / "x-1.log").read_text() == "a\n" and (outs / "x-1.log.audit").read_text() == "seen a\n"
+    else:
+        assert proc.returncode == 1 and "side output 'audit' is not declared" in proc.stdout + proc.stderr
+        assert sorted(p.name for p in outs.iterdir()) == ["x.log.audit"]
+
+
 def test_run_reports_a_failing_file_and_commits_nothing_for_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, '[pipeline.nodes.start]\nprocessor = "upper"\n')
     good, bad = tmp_path / "good.txt", tmp_path / "bad.bin"

@@ -73,6 +73,25 @@ class OutputSink:
         return self._side(suffix)
 
 
+class DeclaredOutputs:
+    """What a processor's ``start(ctx)`` gets: the file's name and its side outputs, only
+    those the pipeline declares (its write nodes', its processors' ``side_outputs``).
+    Those are reserved when the file gets its final name; another could be another
+    file's output, which the commit's rename would replace."""
+
+    def __init__(self, sink: OutputSink, declared: list[str]) -> None:
+        self.name = sink.name
+        self.headed = sink.headed  # shared by the write nodes of one suffix (CSV headers)
+        self._sink = sink
+        self._declared = set(declared)
+
+    def side_output(self, suffix: str) -> IO[str]:
+        if suffix not in self._declared:
+            raise ValueError(f"side output {suffix!r} is not declared: list it in the processor's side_outputs "
+                             f"(declared: {', '.join(sorted(self._declared)) or 'none'})")
+        return self._sink.side_output(suffix)
+
+
 @dataclass
 class NodeStats:
     lines_in: int = 0
@@ -143,10 +162,11 @@ class _FileRun:
         router = Router(graph, errors, self._tracer, self._pending, self._end)
         alone = len(graph.nodes) == 1 and not errors.skips_lines() and not trace_every
         self._calls = Caller(errors, router, alone)
+        context = DeclaredOutputs(sink, graph.side_outputs())
         for node in self._nodes.values():
             start = getattr(node.instance, "start", None)
             if callable(start):
-                start(sink)
+                start(context)
 
     # -- the file ------------------------------------------------------------------
 

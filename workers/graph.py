@@ -18,7 +18,7 @@ from typing import Any
 from workers.config import NodeConfig, PipelineConfig
 from workers.errors import ConfigError
 from workers.processors import BUILTINS
-from workers.processors.base import OptionError
+from workers.processors.base import OptionError, require_suffix
 
 END = "end"
 START = "start"
@@ -33,6 +33,7 @@ class NodeSpec:
     options: Mapping[str, Any]
     emits: Mapping[str, str] | None  # declared tag -> option key; None: not declared
     builtin: bool
+    side_outputs: tuple[str, ...] = ()  # the suffixes a user processor declares it opens
 
     def instantiate(self) -> Any:
         """A fresh processor for one file (a plain function is shared: it has no state)."""
@@ -55,8 +56,11 @@ class Graph:
         return {tag: str(s.options["output"]) for tag, s in self.nodes.items() if s.builtin and s.processor == "write"}
 
     def side_outputs(self) -> list[str]:
-        """Suffixes of the side outputs the built-in ``write`` nodes produce."""
-        return list(self.sinks().values())
+        """Suffixes of the side outputs the pipeline may write: its ``write`` nodes', and
+        those its processors declare (``side_outputs``). Each is reserved when a file gets
+        its final name, and a file may open no other (``workers/engine.py``)."""
+        declared = [s for spec in self.nodes.values() for s in spec.side_outputs]
+        return list(dict.fromkeys([*self.sinks().values(), *declared]))
 
     def layout(self) -> list[dict[str, Any]]:
         """The nodes in rank order, each with the tags it may emit (None: not declared)
@@ -72,7 +76,8 @@ class Graph:
         for tag in sorted(self.nodes, key=self.rank.__getitem__):
             spec = self.nodes[tag]
             emits = ", ".join(spec.emits) if spec.emits is not None else "(not declared)"
-            side = f"  [side output <name>.{sinks[tag]}]" if tag in sinks else ""
+            suffixes = [sinks[tag]] if tag in sinks else list(spec.side_outputs)
+            side = "".join(f"  [side output <name>.{s}]" for s in suffixes)
             out.append(f"{tag} -> {spec.processor} -> {emits or '(nothing)'}{side}")
         return out
 
@@ -128,7 +133,8 @@ def _compile_node(node: NodeConfig, pipeline: PipelineConfig) -> NodeSpec:
         raise ConfigError(f"{pipeline.key}.header", f"node {node.tag!r} ({node.processor}) names columns "
                           f"({', '.join(map(repr, names))}): that needs header = true, or give their 0-based indexes")
     emits = _declared_emits(instance, where)
-    return NodeSpec(node.tag, node.processor, factory, is_class, options, emits, builtin)
+    return NodeSpec(node.tag, node.processor, factory, is_class, options, emits, builtin,
+                    _declared_side_outputs(instance, where))
 
 
 def _resolve(name: str, key: str) -> tuple[Callable[..., Any], bool]:
@@ -187,6 +193,19 @@ def _declared_emits(instance: Any, where: str) -> dict[str, str] | None:
     if isinstance(declared, Mapping):
         return {str(t): str(k) for t, k in declared.items()}
     return {str(t): "emits" for t in declared}
+
+
+def _declared_side_outputs(instance: Any, where: str) -> tuple[str, ...]:
+    """A user processor's ``side_outputs``: the suffixes it opens with ctx.side_output."""
+    declared = getattr(instance, "side_outputs", ())
+    if callable(declared):
+        declared = declared()
+    if isinstance(declared, str) or not isinstance(declared, Iterable):
+        raise ConfigError(f"{where}.processor", "side_outputs must be a list of suffixes")
+    try:
+        return tuple(require_suffix("side_outputs", s) for s in declared)
+    except OptionError as exc:
+        raise ConfigError(f"{where}.processor", f"side_outputs: {exc.message}") from None
 
 
 def _rank(nodes: Mapping[str, NodeSpec]) -> dict[str, int]:

@@ -4,7 +4,8 @@ The public contract (docs/guide/writing-processors.md) is small: a plain functio
 class instantiated once per file with the node's options as keyword arguments, whose
 ``process(lines: list[str])`` returns ``(tag, line)`` pairs; an optional ``finish()``
 yields more pairs at end of file; an optional ``start(ctx)`` receives the file's
-context (its name, side outputs); an optional ``emits`` names the tags it may emit.
+context (its name, side outputs); an optional ``emits`` names the tags it may emit,
+an optional ``side_outputs`` the suffixes it opens (only declared ones may be opened).
 
 Built-ins may also offer ``process_batch(lines)``, a fast path that returns
 :data:`Routes`: for each tag, which input positions go there and, where the text
@@ -15,12 +16,10 @@ disjoint), so the engine can keep each line's identity without per-line bookkeep
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    import re
+from typing import IO, Protocol
 
 # One entry per destination tag: (tag, positions or None for "every input line",
 # new texts aligned with those positions or None for "unchanged").
@@ -44,7 +43,8 @@ class FileContext(Protocol):
     name: str
 
     def side_output(self, suffix: str) -> IO[str]:
-        """The open text stream for ``output/<name>.<suffix>``, committed with the file."""
+        """The open text stream for ``output/<name>.<suffix>``, committed with the file;
+        ``suffix`` must be declared (a write node's, or in ``side_outputs``)."""
 
 
 @dataclass
@@ -75,6 +75,20 @@ def require_tag(key: str, value: object) -> str:
 def require_str(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise OptionError(key, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+# A side output's suffix: a file-name suffix, no path separator, no leading dot.
+_SUFFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def require_suffix(key: str, value: object) -> str:
+    """A side output's suffix (``errors`` for ``output/<name>.errors``)."""
+    value = require_str(key, value)
+    # ".tmp" is what the engine uses for files it has not committed yet.
+    if not _SUFFIX.fullmatch(value) or value.endswith(".tmp"):
+        raise OptionError(key, f"must be a file suffix like 'errors.log' ([A-Za-z0-9_.-], no leading dot, "
+                               f"not ending in .tmp), got {value!r}")
     return value
 
 

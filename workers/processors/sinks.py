@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from typing import IO
 
 from workers.records import RecordFormat
 
-from .base import FileContext, OptionError, Pair, Processor, Routes, optional_tag, require_str
-
-# A file-name suffix: no path separators, no leading dot.
-_SUFFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+from .base import FileContext, Pair, Processor, Routes, optional_tag, require_suffix
 
 
 class Write(Processor):
@@ -21,15 +17,7 @@ class Write(Processor):
     name = "write"
 
     def __init__(self, *, output: str, next: str = "") -> None:
-        require_str("output", output)
-        # ".tmp" is what the engine uses for files it has not committed yet.
-        if not _SUFFIX.fullmatch(output) or output.endswith(".tmp"):
-            raise OptionError(
-                "output",
-                f"must be a file suffix like 'errors.log' ([A-Za-z0-9_.-], no leading"
-                f" dot, not ending in .tmp), got {output!r}",
-            )
-        self.output = output
+        self.output = require_suffix("output", output)
         self.next = optional_tag("next", next)
         self.stream: IO[str] | None = None
         self.header: str | None = None  # CSV records: the header line, written before the first record
