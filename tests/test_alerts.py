@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # PyYAML: comes with MkDocs (requirements-dev.txt)
+import yaml  # PyYAML (requirements-dev.txt)
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -143,3 +143,20 @@ def test_the_dashboards_threshold_lines_are_the_rules_thresholds(alert: str, thr
     assert found, f"{alert}: no threshold in {expr!r}"
     line = red_line(dashboard_panels(), panel)
     assert line == float(found.group(1)), f"{panel!r} draws its red line at {line}, {alert} fires above {found[1]}"
+
+
+def test_the_pages_tables_say_each_alerts_for_and_severity() -> None:
+    """docs/operations/alerts.md's table of the alerts (for, severity) and its table of
+    severities are the rules' own."""
+    text = PAGE.read_text()
+    rules = alerts()
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+        if line.startswith("| Foldermill"))}
+    assert set(rows) == set(rules), f"the page's table lists {sorted(rows)}, the rules are {sorted(rules)}"
+    for name, rule in rules.items():
+        assert rows[name][-2:] == [rule["for"], rule["labels"]["severity"]], (name, rows[name])
+    for severity in SEVERITIES:
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{severity}` |"))
+        listed = set(re.findall(r"Foldermill\w+", row))
+        assert listed == {n for n, r in rules.items() if r["labels"]["severity"] == severity}, (severity, row)

@@ -51,6 +51,10 @@ EXIT_MEANINGS = {
 log = logging.getLogger("foldermill")
 
 
+NAME_HELP = ("a file in {folder}, by its name as typed or as shown (caf\\xe9.log); with [watch] recursive, "
+             "its path there (acme/x.csv)")
+
+
 def build_parser(prog: str = "supervisor.py") -> argparse.ArgumentParser:
     """The command line; ``prog``: the name usage lines give it (``foldermill`` when installed)."""
     parser = argparse.ArgumentParser(prog=prog, description="foldermill hot-folder processor")
@@ -67,15 +71,15 @@ def build_parser(prog: str = "supervisor.py") -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="queue counts, workers, recent failures (running or not)")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     retry = sub.add_parser("retry", help="move failed files back to unprocessed/ with fresh attempts")
-    retry.add_argument("names", nargs="*", metavar="NAME")
+    retry.add_argument("names", nargs="*", metavar="NAME", help=NAME_HELP.format(folder="failed/"))
     retry.add_argument("--all", action="store_true", help="every file in failed/")
     discard = sub.add_parser("discard", help="move failed files to discarded/ (never deleted), journalled")
-    discard.add_argument("names", nargs="+", metavar="NAME")
+    discard.add_argument("names", nargs="+", metavar="NAME", help=NAME_HELP.format(folder="failed/"))
     replay = sub.add_parser("replay", help="process processed files again with the current pipeline "
                                            "(new outputs get new names; the earlier ones stay)")
-    replay.add_argument("names", nargs="+", metavar="NAME")
+    replay.add_argument("names", nargs="+", metavar="NAME", help=NAME_HELP.format(folder="processed/"))
     history = sub.add_parser("history", help="every journal entry for one file")
-    history.add_argument("name", metavar="NAME")
+    history.add_argument("name", metavar="NAME", help="the file's name as it came in, or its final name")
     history.add_argument("--json", action="store_true", help="JSON lines")
     run = sub.add_parser("run", help="run files through their pipelines directly (no folders, no pool)")
     run.add_argument("files", nargs="+", type=Path, metavar="FILE")
