@@ -195,10 +195,12 @@ def drop(watch: Path, name: str, content: str | bytes) -> Path:
 
 
 def journal(watch: Path) -> list[dict[str, Any]]:
+    """Every journal entry, oldest first. A line the daemon is still writing (no line end
+    yet: a read can meet a write half done) is not an entry yet."""
     entries = []
     for path in sorted(watch.glob("input.log*"), reverse=True):
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            entries.extend(json.loads(line) for line in f if line.strip())
+            entries.extend(json.loads(line) for line in f if line.strip() and line.endswith("\n"))
     return entries
 
 
