@@ -460,7 +460,8 @@ class FoldermillModel(RuleBasedStateMachine):
     def _journalled(self, event: str, name: bytes) -> int:
         text = shown(os.fsdecode(name))
         with contextlib.suppress(FileNotFoundError), open(self.watch / "input.log", encoding="utf-8") as f:
-            return sum(1 for line in f if f'"event":"{event}"' in line and json.loads(line)["file"] == text)
+            return sum(1 for line in f if f'"event":"{event}"' in line and line.endswith("\n")  # written whole
+                       and json.loads(line)["file"] == text)
         return 0
 
     def _settled_entries(self, folder: str) -> list[bytes]:
