@@ -251,8 +251,13 @@ def test_a_writer_that_holds_the_file_open_is_waited_for_past_settle(tmp_path: P
     assert len(claims) == 1 and claims[0]["size"] == len("".join(f"line {i}\n" for i in range(4)))
 
 
-def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
+def test_a_rename_in_is_picked_up_by_its_event_not_by_the_next_pass(tmp_path: Path, daemons) -> None:
+    """With passes 30 s apart, a file renamed in is claimed within seconds: its file event
+    wakes the loop. (How fast is a benchmark's question: BENCHMARKS.md, pickup latency,
+    median 5 ms; a timed bound here would measure the machine's load.)"""
     config = write_config(tmp_path)
+    config.write_text(re.sub(r"(?m)^poll_interval = .*$", "poll_interval = 30", config.read_text(), count=1))
+    assert "poll_interval = 30" in config.read_text()
     watch = tmp_path / "watch_dir"
     start(daemons, config)
     latencies = []
@@ -264,8 +269,7 @@ def test_rename_in_is_picked_up_within_100_ms(tmp_path: Path, daemons) -> None:
         wait_for(lambda i=i: outcome(watch, f"x{i}") == "processed", 10, f"x{i} processed")
         claimed = next(e for e in journal(watch) if e["event"] == "claimed" and e["file"] == f"x{i}")
         latencies.append(event_time(claimed) - renamed_at)
-    latencies.sort()
-    assert latencies[len(latencies) // 2] < 0.1, latencies
+    assert max(latencies) < 5, latencies  # the first pass after start is 30 s away
 
 
 # -- 6. limits ---------------------------------------------------------------------------------
