@@ -259,6 +259,14 @@ def test_the_generated_references_are_current() -> None:
     assert all(f"<!-- generated: {name} -->" in "".join(p.read_text() for p in PAGES) for name in GENERATORS)
 
 
+def test_the_readmes_guarantees_are_the_guarantees_pages() -> None:
+    """The README lists the guarantees by number and title; the code cites them so
+    (docs/design/guarantees.md, guarantee 7): the page's headings must say the same."""
+    readme = re.findall(r"(?m)^(\d)\. \*\*(.+?)\*\*", (ROOT / "README.md").read_text())
+    page = re.findall(r"(?m)^## (\d)\. (.+)$", (DOCS / "design" / "guarantees.md").read_text())
+    assert len(readme) == 8 and [(n, t.rstrip(".")) for n, t in readme] == [(n, t.rstrip(".")) for n, t in page]
+
+
 def test_the_readmes_links_lead_somewhere() -> None:
     """The README is read on the forge, outside the site: its relative links must name
     files of the repository (the site's own links are checked by mkdocs --strict)."""
