@@ -251,6 +251,28 @@ def test_a_writer_that_holds_the_file_open_is_waited_for_past_settle(tmp_path: P
     assert len(claims) == 1 and claims[0]["size"] == len("".join(f"line {i}\n" for i in range(4)))
 
 
+def test_the_journal_counts_every_skipped_line_not_only_those_reported(tmp_path: Path, daemons) -> None:
+    """on_error = "skip_line": a file with 150 bad lines is processed; its journal entry
+    counts 150 skipped, though only the first 100 are reported with their line."""
+    (tmp_path / "skipper.py").write_text(textwrap.dedent("""
+        def fail_on_x(lines):
+            for line in lines:
+                if line.startswith("x"):
+                    raise ValueError("a line starting with x")
+                yield "end", line
+    """))
+    config = write_config(tmp_path, BASE_CONFIG.replace('[pipeline.nodes.start]\nprocessor = "upper"\n', ""),
+                          '[pipeline]\non_error = "skip_line"\n'
+                          '[pipeline.nodes.start]\nprocessor = "skipper:fail_on_x"\n')
+    watch = tmp_path / "watch_dir"
+    start(daemons, config)
+    drop(watch, "bad.log", "ok\n" + "x\n" * 150 + "ok\n")
+    entry = wait_for(lambda: next((e for e in journal(watch) if e["event"] == "processed"), None), 20,
+                     "bad.log processed")
+    assert entry["skipped"] == 150 and entry["lines_in"] == 152 and entry["lines_out"] == 2, entry
+    assert (watch / "output" / "bad.log").read_text() == "ok\nok\n"
+
+
 def test_a_rename_in_is_picked_up_by_its_event_not_by_the_next_pass(tmp_path: Path, daemons) -> None:
     """With passes 30 s apart, a file renamed in is claimed within seconds: its file event
     wakes the loop. (How fast is a benchmark's question: BENCHMARKS.md, pickup latency,

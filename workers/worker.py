@@ -71,7 +71,8 @@ class ItemResult:
     permanent: bool = False  # a retry cannot help (binary, undecodable, ...)
     error_node: str = ""
     error_line: int | None = None
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_REPORTED_ERRORS, reported
+    skipped_count: int = 0  # every line skipped (on_error = "skip_line"), reported or not
     routes: list[tuple[int, list[str]]] = field(default_factory=list)
     digest: str = ""  # content hash, when [watch] dedupe = "content"
     duplicate_of: str = ""  # the final name of an earlier file with the same content
@@ -207,7 +208,8 @@ def run_item(args: WorkerArgs, pipelines: Pipelines, out_dir: Path, in_dir: Path
         acc[2] += s.errors
         acc[3] += s.seconds
     return ItemResult(item.file_id, True, pairs, result.lines_in, result.lines_out, result.bytes_in,
-                      time.monotonic() - started, skipped=result.errors, routes=result.routes, digest=digest,
+                      time.monotonic() - started, skipped=result.errors, skipped_count=result.error_count,
+                      routes=result.routes, digest=digest,
                       synced=synced)
 
 

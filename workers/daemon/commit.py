@@ -309,7 +309,7 @@ class Commit:
                                       output=[res.duplicate_of], reason="its content was processed before")
         else:
             self.ledger.journal_event("processed", flight, worker=pid, seconds=round(res.seconds, 6),
-                                      lines_in=res.lines_in, lines_out=res.lines_out, skipped=len(res.skipped),
+                                      lines_in=res.lines_in, lines_out=res.lines_out, skipped=res.skipped_count,
                                       output=outputs)
         return "processed"
 
