@@ -107,7 +107,7 @@ class Reconcile:
             else:
                 events.append(event_entry("reconciled", name, final=shown(final), status=status,
                                           reason=f"found in {status}/ while its record said it was in flight "
-                                          "(its last change was lost: a power cut)"))
+                                          "(its owner died, or the power went, between the move and its record)"))
         if closed:
             self.store.finished(closed)
         return events
