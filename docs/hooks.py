@@ -39,8 +39,8 @@ def cli_reference() -> str:
     try:
         parser = build_parser("foldermill")
         parts = ["## foldermill", "", "```text", parser.format_help().rstrip(), "```", ""]
-        for name, command in _commands(parser).items():
-            parts += [f"## foldermill {name}", "", command.description or _help_of(parser, name), "",
+        for name, (command, summary) in _commands(parser).items():
+            parts += [f"## foldermill {name}", "", command.description or summary.capitalize() + ".", "",
                       "```text", command.format_help().rstrip(), "```", ""]
     finally:
         if columns is None:
@@ -59,20 +59,14 @@ def exit_statuses() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def _commands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """Each command's parser and its one-line help (argparse keeps them in its
+    subparsers action: there is no public way to list them)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            return {name: (command, helps.get(name, "")) for name, command in action.choices.items()}
     return {}
-
-
-def _help_of(parser: argparse.ArgumentParser, name: str) -> str:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for choice in action._choices_actions:
-                if choice.dest == name:
-                    return (choice.help or "").capitalize() + "."
-    return ""
 
 
 def sample_snapshot() -> dict[str, Any]:
@@ -89,17 +83,19 @@ def sample_snapshot() -> dict[str, Any]:
     }
 
 
-def metrics_reference() -> str:
-    """Every metric ``/metrics`` exposes: its name as scraped, type, labels and help."""
-    from prometheus_client import CollectorRegistry, generate_latest
+def sample_families() -> list[Any]:
+    """The metric families /metrics gives for ``sample_snapshot()``, parsed."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from web.metrics import FoldermillCollector
+    from web.metrics import exposition
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FoldermillCollector(sample_snapshot))
+    return list(text_string_to_metric_families(exposition(sample_snapshot).decode()))
+
+
+def metrics_reference() -> str:
+    """Every metric ``/metrics`` exposes: its name as scraped, type, labels and help."""
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in sample_families():
         name = family.name + "_total" if family.type == "counter" else family.name
         labels = sorted({k for s in family.samples for k in s.labels if k != "le"})
         rows.append(f"| `{name}` | {family.type} | {', '.join(f'`{k}`' for k in labels) or '—'} "

@@ -14,12 +14,9 @@ from typing import Any
 
 import pytest
 import yaml  # PyYAML (requirements-dev.txt)
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-from docs.hooks import sample_snapshot
+from docs.hooks import sample_families
 from tests.components import require
-from web.metrics import FoldermillCollector
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "alerts.yml"
@@ -80,10 +77,8 @@ def test_every_alert_says_how_urgent_it_is_and_what_to_do() -> None:
 def exposed() -> dict[str, set[str]]:
     """Every sample name /metrics gives, with its labels (the collector over the sample
     snapshot the metrics reference is made from)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FoldermillCollector(sample_snapshot))
     names: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in sample_families():
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels)
     return names

@@ -14,21 +14,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from docs.hooks import sample_snapshot
+from docs.hooks import sample_families
 from tests.components import free_port, require
 from tests.daemon import behave_config, drop, start, wait_for
-from web.metrics import FoldermillCollector
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "web" / "grafana" / "foldermill.json"
-def sample_registry() -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FoldermillCollector(sample_snapshot))
-    return registry
-
-
 MONITORING = Path(__file__).resolve().parents[1] / "docs" / "operations" / "monitoring.md"
 ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "alerts.yml"
 
@@ -117,7 +109,7 @@ def test_prometheus_scrapes_foldermill_and_the_dashboard_queries_return_data(tmp
         # The metrics reference (made from docs/hooks.py's sample snapshot) lists what a
         # real daemon exposes: the broker's gauge is the Celery backend's alone.
         real = {f.name for f in text_string_to_metric_families(exposition.decode())}
-        documented = {f.name for f in text_string_to_metric_families(generate_latest(sample_registry()).decode())}
+        documented = {f.name for f in sample_families()}
         assert real == documented - {"foldermill_broker_queue_jobs"}, (real ^ documented)
     finally:
         server.terminate()

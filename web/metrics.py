@@ -136,11 +136,17 @@ def _labelled(kind: type, name: str, doc: str, label: str, values: Mapping[str, 
     return family
 
 
+def exposition(source: Callable[[], dict[str, Any]]) -> bytes:
+    """The text format of the collector over ``source``, in a private registry: what
+    /metrics answers (and what the metrics reference is made from, docs/hooks.py)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FoldermillCollector(source))
+    return generate_latest(registry)
+
+
 @bp.get("/metrics", endpoint="metrics")
 def metrics() -> Response:
     from web.dashboard import snapshot
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FoldermillCollector(snapshot))
     # content_type, not mimetype: CONTENT_TYPE_LATEST has its charset already (Flask would add another).
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(snapshot), content_type=CONTENT_TYPE_LATEST)
