@@ -271,3 +271,57 @@ def test_journal_lines_a_full_disk_refused_are_written_first_once_it_takes_them(
             ("claimed", "a.log"), ("processed", "a.log"), ("claimed", "b.log")]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False, timeout=30)
+
+
+class Compressed(Folders):
+    """Name rules where ``x.gz``'s output is ``x``'s, as the daemon's are."""
+
+    def derived(self, name: str) -> list[str]:
+        return [f"output/{name.removesuffix('.gz')}", f"failed/{name}"]
+
+    def taken(self, name: str) -> bool:
+        return (self.output / name.removesuffix(".gz")).exists() or (self.failed / name).exists()
+
+
+def test_one_batch_of_claims_never_gives_two_files_one_name(tmp_path: Path) -> None:
+    """A batch's names are chosen in one transaction of few statements (its rows and its
+    reservations looked up at once, written at once): still, no two files of it, nor a
+    file of it and a live file of an earlier batch or a file on disk, share a name."""
+    folders = Compressed(tmp_path)
+    store = Store(tmp_path / "state.db")
+    (folders.output / "on-disk.log").write_text("an earlier file's output\n")
+    earlier = claim(store, folders, ["live.log"], first_ino=1)  # live: its names stay reserved
+    failed = claim(store, folders, ["back.log"], first_ino=2)
+    store.finished([(failed["back.log"], "failed")])
+    names = ["a.log", "a.log.gz", "on-disk.log", "live.log.gz", "back.log", "back.log.gz", "b.log"]
+    inodes = {"back.log": 2}
+    records = store.claim([Candidate(n, 1, 1, inodes.get(n, 50 + i), 0o100644) for i, n in enumerate(names)],
+                          "me", folders)
+    final = {r.name: r.final_name for r in records}
+    assert final["a.log"] == "a.log" and final["b.log"] == "b.log"
+    assert final["a.log.gz"] == "a.log-1.gz"  # a.log, earlier in the batch, has output/a.log
+    assert final["on-disk.log"] == "on-disk-1.log"
+    assert final["live.log.gz"] == "live.log-1.gz"  # live.log, claimed before, holds output/live.log
+    assert final["back.log"] == "back.log"  # seen before: a file moved back keeps its name if it is free
+    assert final["back.log.gz"] == "back.log-1.gz"  # ... which it reserved again, in this batch
+    assert [r.known for r in records] == [False, False, False, False, True, False, False]
+    keys = [k for r in records for k in folders.derived(r.final_name)] + folders.derived("live.log")
+    assert len(keys) == len(set(keys))
+    rows = dict(sqlite3.connect(tmp_path / "state.db").execute("SELECT key, file_id FROM reserved"))
+    assert {rows[k] for k in folders.derived("live.log")} == {earlier["live.log"]}
+    assert all(rows[k] == r.id for r in records for k in folders.derived(r.final_name))
+
+
+def test_a_batch_bigger_than_a_lookup_finds_every_file_seen_before(tmp_path: Path) -> None:
+    """More names than one ``IN (...)`` lookup takes: the rows of files claimed before
+    are found in every chunk (their ids kept), the new ones get rows of their own."""
+    folders = Folders(tmp_path)
+    store = Store(tmp_path / "state.db")
+    names = [f"f{i:04d}.log" for i in range(1000)]
+    before = claim(store, folders, names[::3])  # inodes 100, 101...: each name's own below
+    inodes = {n: 100 + i for i, n in enumerate(names[::3])}
+    records = store.claim([Candidate(n, 1, 1, inodes.get(n, 5000 + i), 0o100644) for i, n in enumerate(names)],
+                          "me", folders)
+    assert [r.final_name for r in records] == names
+    assert {r.name: r.id for r in records if r.known} == before
+    assert len({r.id for r in records}) == len(names)

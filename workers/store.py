@@ -188,27 +188,35 @@ class Store:
         return {(unshown(name), ino) for name, ino in rows}
 
     def claim(self, claims: Iterable[Candidate], owner: str, names: NameRules) -> list[FileRecord]:
-        """Record files just claimed; choose each new file's final name once, for good."""
+        """Record files just claimed; choose each new file's final name once, for good.
+
+        A batch is one transaction of few statements: the rows of its names are looked
+        up at once, and so are the reservations of its new files' own names (the usual
+        final name); their rows are inserted one by one (each needs its id) and their
+        reservations written at once. A name in use, and a file seen before, take the
+        slower way, a statement or more each."""
         taken, derived = names.taken, names.derived
+        batch = list(claims)
         now = time.time()
         records = []
         with self._tx() as db:
-            for c in claims:
+            known = _latest_rows(db, batch)
+            fresh = _FreshNames(db, [c.name for c in batch if (shown(c.name), c.ino) not in known], derived)
+            for c in batch:
                 name = shown(c.name)
-                row = db.execute(
-                    "SELECT id, final_name, attempts, status, commit_pairs, replay_of FROM files "
-                    "WHERE name = ? AND ino = ? ORDER BY id DESC LIMIT 1", (name, c.ino)).fetchone()
+                row = known.get((name, c.ino))
                 if row is None:  # new: its name chosen first (it reserves nothing yet), then one INSERT
-                    final, keys = self._free_name(db, NO_FILE, c.name, taken, derived)
+                    final, keys = fresh.choose(c.name, taken, self._free_name)
                     cur = db.execute(
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
                         "VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?)",
                         (name, c.ino, c.size, c.mtime_ns, shown(final), owner, now))
                     file_id = cur.lastrowid
                     assert file_id is not None  # an INSERT gives its row's id
-                    self._reserve(db, file_id, keys, fresh=True)
+                    fresh.reserve(file_id, keys)
                     records.append(FileRecord(file_id, c.name, final, 0))
                     continue
+                fresh.write()  # what is reserved so far is in the table before any other look at it
                 file_id, final_shown, attempts, status, pairs, replay_shown = row
                 final = unshown(final_shown)
                 committed: tuple[tuple[str, str], ...] = ()
@@ -224,6 +232,7 @@ class Store:
                         final = self._reserve_free_name(db, file_id, c.name, taken, derived)
                     else:
                         self._reserve(db, file_id, derived(final))
+                    fresh.reserved_elsewhere(derived(final))
                 db.execute(
                     "UPDATE files SET status = ?, owner = ?, attempts = ?, final_name = ?, size = ?, mtime_ns = ?, "
                     "updated = ? WHERE id = ?",
@@ -231,6 +240,7 @@ class Store:
                      now, file_id))
                 records.append(FileRecord(file_id, c.name, final, attempts, committed, known=True,
                                           replay_of=replay_of, replay_begins=status == "replay"))
+            fresh.write()
         return records
 
     def reserve_anew(self, files: list[tuple[int, str, str]], names: NameRules) -> dict[int, str]:
@@ -497,6 +507,77 @@ class StateReader:
         """The final name of the file that processed this content (shown), or ""."""
         rows = self._rows("SELECT final_name FROM digests WHERE digest = ?", (digest,))
         return rows[0][0] if rows else ""
+
+
+SQL_CHUNK = 400  # names or keys per "IN (...)" lookup
+
+
+def _latest_rows(db: sqlite3.Connection, batch: list[Candidate]) -> dict[tuple[str, int], tuple[Any, ...]]:
+    """The latest row of each (shown name, inode) of ``batch`` that has one, looked up
+    a chunk of names at a time: (id, final_name, attempts, status, commit_pairs,
+    replay_of)."""
+    wanted = {(shown(c.name), c.ino) for c in batch}
+    names = sorted({name for name, _ in wanted})
+    rows: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for i in range(0, len(names), SQL_CHUNK):
+        chunk = names[i:i + SQL_CHUNK]
+        for name, ino, *row in db.execute(
+                "SELECT name, ino, id, final_name, attempts, status, commit_pairs, replay_of FROM files "
+                f"WHERE name IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk):
+            if (name, ino) in wanted:
+                rows[(name, ino)] = tuple(row)  # ordered by id: the latest one stays
+    return rows
+
+
+class _FreshNames:
+    """The final names of a batch's new files, chosen in one transaction. Most keep
+    their own name: whether its derived names are reserved was looked up for all of
+    them at once, and the reservations they make are written together (``write``,
+    before anything else reads the table). A name in use takes ``Store._free_name``."""
+
+    def __init__(self, db: sqlite3.Connection, names: list[str], derived: Callable[[str], list[str]]) -> None:
+        self.db = db
+        self.derived = derived
+        keys = sorted({shown(k) for name in names for k in derived(name)})
+        self.reserved: set[str] = set()  # shown keys some live file holds, among the batch's own names'
+        for i in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[i:i + SQL_CHUNK]
+            self.reserved.update(k for (k,) in db.execute(
+                f"SELECT key FROM reserved WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        self.pending: list[tuple[str, int]] = []  # (shown key, file id), not yet written
+
+    def choose(self, name: str, taken: Callable[[str], bool],
+               free_name: Callable[..., tuple[str, list[str]]]) -> tuple[str, list[str]]:
+        """``name`` itself if it is free on disk and none of its derived names is
+        reserved; else the first free name from it on (the table read, so what this
+        batch reserved so far is written first)."""
+        keys = self.derived(name)
+        shown_keys = [shown(k) for k in keys]
+        if not any(k in self.reserved for k in shown_keys):
+            try:
+                used = taken(name)
+            except NotADirectoryError:  # a directory of its path is a file: free_name finds another
+                used = True
+            if not used:
+                return name, keys
+        self.write()
+        final, keys = free_name(self.db, NO_FILE, name, taken, self.derived)
+        return final, keys
+
+    def reserve(self, file_id: int, keys: list[str]) -> None:
+        for key in keys:
+            k = shown(key)
+            self.reserved.add(k)
+            self.pending.append((k, file_id))
+
+    def reserved_elsewhere(self, keys: list[str]) -> None:
+        """Keys a file seen before reserved in the table meanwhile."""
+        self.reserved.update(shown(k) for k in keys)
+
+    def write(self) -> None:
+        if self.pending:
+            self.db.executemany("INSERT OR REPLACE INTO reserved (key, file_id) VALUES (?, ?)", self.pending)
+            self.pending = []
 
 
 class _Transaction:

@@ -211,8 +211,8 @@ class Commit:
         """Its staged outputs are all there, and its input is as it was claimed: one
         whose size or mtime changed since was still being written, and is never
         committed (it waits, claimed, until it is stable; no attempt)."""
-        out = self.queue.output
-        missing = [t for t, _ in res.staged if not os.path.lexists(out / t)]
+        out = f"{self.queue.output}/"
+        missing = [t for t, _ in res.staged if not os.path.lexists(out + t)]
         if missing:  # another execution removed it, or a person did: this attempt is void
             self.outcomes.charge(flight, "committing", Failure(
                 f"its staged output {missing[0]} disappeared before the commit", "error", worker=pid))
