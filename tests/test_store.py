@@ -325,3 +325,15 @@ def test_a_batch_bigger_than_a_lookup_finds_every_file_seen_before(tmp_path: Pat
     assert [r.final_name for r in records] == names
     assert {r.name: r.id for r in records if r.known} == before
     assert len({r.id for r in records}) == len(names)
+
+
+def test_one_file_twice_in_a_batch_keeps_one_row_and_one_name(tmp_path: Path) -> None:
+    """The daemon never sends the same (name, inode) twice in one batch; if a caller
+    did, the second finds the row the first made, as when each file was a statement."""
+    folders = Folders(tmp_path)
+    store = Store(tmp_path / "state.db")
+    twice = Candidate("a.log", 1, 1, 7, 0o100644)
+    first, second = store.claim([twice, twice], "me", folders)
+    assert (first.id, first.final_name, first.known) == (second.id, "a.log", False)
+    assert second.known and second.final_name == "a.log"
+    assert len(statuses(tmp_path / "state.db")) == 1

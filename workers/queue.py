@@ -641,15 +641,12 @@ class FolderQueue:
     def taken(self, name: str, suffixes: Sequence[str]) -> bool:
         """Whether ``name``, or a name derived from it (its outputs, its reason file),
         is already used in processed/, failed/ or output/."""
+        lexists = _used
+        if lexists(self._proc + name) or lexists(self._fail + name) or lexists(self._fail + reason_name(name)):
+            return True
         # ``name`` itself in output/ too: the main output drops a compression suffix.
-        outputs = dict.fromkeys((name, *(output_name(name, s) for s in ("", *suffixes))))
-        paths = [self._proc + name, self._fail + name, self._fail + reason_name(name),
-                 *(self._out + n for n in outputs)]
-        if "/" not in name and all(name_bytes(n) <= NAME_MAX for n in (reason_name(name), *outputs)):
-            # A base name that fits, in folders of ours: a name access(2) does not find
-            # is free (ENOENT), found without the cost of an exception per free name.
-            return any(os.access(p, os.F_OK, follow_symlinks=False) for p in paths)
-        return any(_used(p) for p in paths)
+        return any(lexists(self._out + n) for n in dict.fromkeys((name, *(output_name(name, s)
+                                                                           for s in ("", *suffixes)))))
 
     def forget_reason(self, final_name: str) -> None:
         """The reason file of a failed file that was moved back by hand (not a failed

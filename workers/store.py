@@ -215,6 +215,8 @@ class Store:
                     assert file_id is not None  # an INSERT gives its row's id
                     fresh.reserve(file_id, keys)
                     records.append(FileRecord(file_id, c.name, final, 0))
+                    # The same file again in this batch (no caller sends one) finds this row.
+                    known[(name, c.ino)] = (file_id, shown(final), 0, "claimed", None, None)
                     continue
                 fresh.write()  # what is reserved so far is in the table before any other look at it
                 file_id, final_shown, attempts, status, pairs, replay_shown = row
