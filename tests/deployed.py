@@ -53,6 +53,7 @@ LOGIN_SHELL = "/bin/sh"
 SHARED_TMP = Path("/var/tmp")
 # What the deployment runs: the daemon's code and its pinned runtime dependencies.
 DEPLOYED = ("supervisor.py", "workers", "web", "requirements.txt")
+PASV_PORTS = 16  # vsftpd's passive range: room for the concurrent uploads, whatever port a bind finds taken
 # A clean environment for what runs as another user: no HOME=/root, no venv of root's.
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1"}
@@ -771,8 +772,8 @@ class Vsftpd(Server):
         self.pasv_ports: tuple[int, int] = (0, 0)
 
     def prepare(self) -> None:
-        low = _free_range(4)
-        self.pasv_ports = (low, low + 3)
+        low = _free_range(PASV_PORTS)
+        self.pasv_ports = (low, low + PASV_PORTS - 1)
         self.config_path.write_text(textwrap.dedent(f"""\
             listen=YES
             listen_ipv6=NO
@@ -898,9 +899,13 @@ class Smbd(Server):
 
 
 def _free_range(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports (vsftpd's passive range)."""
+    """The first of ``count`` consecutive free loopback ports (vsftpd's passive range),
+    below the kernel's ephemeral range: a port in that range can be taken meanwhile as
+    the source port of any connection on the machine (the parallel suite makes many),
+    and vsftpd then answers PASV with "500 OOPS: vsf_sysutil_bind"."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(100):
-        low = free_port()
+        low = 10000 + secrets.randbelow(ephemeral_low - 10000 - count)
         socks: list[socket.socket] = []
         try:
             for port in range(low, low + count):
@@ -913,7 +918,7 @@ def _free_range(count: int) -> int:
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError(f"no {count} consecutive free loopback ports")
+    raise RuntimeError(f"no {count} consecutive free loopback ports below {ephemeral_low}")
 
 
 def fd_listing(user: ServiceUser, python: str | Path, pid: int) -> str:
