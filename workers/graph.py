@@ -182,14 +182,21 @@ def _process_method(instance: Any) -> Callable[..., Any] | None:
     return instance if callable(instance) else None
 
 
-def _declared_emits(instance: Any, where: str) -> dict[str, str] | None:
-    declared = getattr(instance, "emits", None)
-    if declared is None:
-        return None
+def _declared(instance: Any, attr: str, where: str, what: str) -> Any:
+    """A processor's declaration ``attr`` (a value or a method giving it), None if it
+    has none; a string or a non-iterable is refused: ``attr must be <what>``."""
+    declared = getattr(instance, attr, None)
     if callable(declared):
         declared = declared()
-    if isinstance(declared, str) or not isinstance(declared, Iterable):
-        raise ConfigError(f"{where}.processor", "emits must be a list of tags (or a mapping tag -> option)")
+    if declared is not None and (isinstance(declared, str) or not isinstance(declared, Iterable)):
+        raise ConfigError(f"{where}.processor", f"{attr} must be {what}")
+    return declared
+
+
+def _declared_emits(instance: Any, where: str) -> dict[str, str] | None:
+    declared = _declared(instance, "emits", where, "a list of tags (or a mapping tag -> option)")
+    if declared is None:
+        return None
     if isinstance(declared, Mapping):
         return {str(t): str(k) for t, k in declared.items()}
     return {str(t): "emits" for t in declared}
@@ -197,11 +204,7 @@ def _declared_emits(instance: Any, where: str) -> dict[str, str] | None:
 
 def _declared_side_outputs(instance: Any, where: str) -> tuple[str, ...]:
     """A user processor's ``side_outputs``: the suffixes it opens with ctx.side_output."""
-    declared = getattr(instance, "side_outputs", ())
-    if callable(declared):
-        declared = declared()
-    if isinstance(declared, str) or not isinstance(declared, Iterable):
-        raise ConfigError(f"{where}.processor", "side_outputs must be a list of suffixes")
+    declared = _declared(instance, "side_outputs", where, "a list of suffixes") or ()
     try:
         return tuple(require_suffix("side_outputs", s) for s in declared)
     except OptionError as exc:

@@ -206,7 +206,11 @@ class Store:
                 name = shown(c.name)
                 row = known.get((name, c.ino))
                 if row is None:  # new: its name chosen first (it reserves nothing yet), then one INSERT
-                    final, keys = fresh.choose(c.name, taken, self._free_name)
+                    chosen = fresh.own_name(c.name, taken)
+                    if chosen is None:  # in use: the first free name from it on, the table read
+                        fresh.write()  # so what this batch reserved so far is there
+                        chosen = self._free_name(db, NO_FILE, c.name, taken, derived)
+                    final, keys = chosen
                     cur = db.execute(
                         "INSERT INTO files (name, ino, size, mtime_ns, final_name, status, owner, updated) "
                         "VALUES (?, ?, ?, ?, ?, 'claimed', ?, ?)",
@@ -291,9 +295,8 @@ class Store:
         return row is not None
 
     @staticmethod
-    def _reserve(db: sqlite3.Connection, file_id: int, keys: list[str], fresh: bool = False) -> None:
-        if not fresh:
-            db.execute("DELETE FROM reserved WHERE file_id = ?", (file_id,))
+    def _reserve(db: sqlite3.Connection, file_id: int, keys: list[str]) -> None:
+        db.execute("DELETE FROM reserved WHERE file_id = ?", (file_id,))
         db.executemany("INSERT OR REPLACE INTO reserved (key, file_id) VALUES (?, ?)",
                        [(shown(k), file_id) for k in keys])
 
@@ -539,8 +542,8 @@ class _FreshNames:
 
     def __init__(self, db: sqlite3.Connection, names: list[str], derived: Callable[[str], list[str]]) -> None:
         self.db = db
-        self.derived = derived
-        keys = sorted({shown(k) for name in names for k in derived(name)})
+        self.own = {name: derived(name) for name in names}  # each new file's own name's derived names
+        keys = sorted({shown(k) for derived_keys in self.own.values() for k in derived_keys})
         self.reserved: set[str] = set()  # shown keys some live file holds, among the batch's own names'
         for i in range(0, len(keys), SQL_CHUNK):
             chunk = keys[i:i + SQL_CHUNK]
@@ -548,23 +551,17 @@ class _FreshNames:
                 f"SELECT key FROM reserved WHERE key IN ({','.join('?' * len(chunk))})", chunk))
         self.pending: list[tuple[str, int]] = []  # (shown key, file id), not yet written
 
-    def choose(self, name: str, taken: Callable[[str], bool],
-               free_name: Callable[..., tuple[str, list[str]]]) -> tuple[str, list[str]]:
-        """``name`` itself if it is free on disk and none of its derived names is
-        reserved; else the first free name from it on (the table read, so what this
-        batch reserved so far is written first)."""
-        keys = self.derived(name)
-        shown_keys = [shown(k) for k in keys]
-        if not any(k in self.reserved for k in shown_keys):
-            try:
-                used = taken(name)
-            except NotADirectoryError:  # a directory of its path is a file: free_name finds another
-                used = True
-            if not used:
-                return name, keys
-        self.write()
-        final, keys = free_name(self.db, NO_FILE, name, taken, self.derived)
-        return final, keys
+    def own_name(self, name: str, taken: Callable[[str], bool]) -> tuple[str, list[str]] | None:
+        """``name`` itself and its derived names, if it is free on disk and none of them
+        is reserved; None if not (the caller then finds the first free name from it on)."""
+        keys = self.own[name]
+        if any(shown(k) in self.reserved for k in keys):
+            return None
+        try:
+            used = taken(name)
+        except NotADirectoryError:  # a directory of its path is a file: another name is found
+            return None
+        return None if used else (name, keys)
 
     def reserve(self, file_id: int, keys: list[str]) -> None:
         for key in keys:

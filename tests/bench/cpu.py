@@ -12,29 +12,15 @@ run it from a worktree of each, alternating.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench import throughput  # noqa: E402  its workload, config and running daemon
-
-
-def by_mode(root: int) -> dict[int, tuple[float, float]]:
-    """(user, system) CPU seconds so far of a process and all its descendants."""
-    top = psutil.Process(root)
-    found = {}
-    for p in [top, *top.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            found[p.pid] = (t.user, t.system)
-    return found
 
 
 def one_run(base: Path, files: int, lines: int, durable: bool) -> dict[str, float]:
@@ -44,28 +30,15 @@ def one_run(base: Path, files: int, lines: int, durable: bool) -> dict[str, floa
     config = throughput.write_config(base / "run", 2, durable)
     workload = throughput.build_workload(base, "small", files, lines)
     throughput.fresh_watch_dir(config.parent / "watch_dir", workload)
-    samples: list[tuple[int, dict[int, tuple[float, float]]]] = []
-    plain = throughput.cpu_by_pid
+    measure = throughput.run_running(config, workload, 2)
+    cpu, per_file = measure.cpu, 1e6 / files
 
-    def sampled(root: int) -> dict[int, float]:
-        samples.append((root, by_mode(root)))
-        return plain(root)
+    def others(mode: str) -> float:
+        return (cpu.get(f"workers {mode}", 0.0) + cpu.get(f"other {mode}", 0.0)) * per_file
 
-    throughput.cpu_by_pid = sampled  # run_running samples twice: before and after the timed part
-    try:
-        measure = throughput.run_running(config, workload, 2)
-    finally:
-        throughput.cpu_by_pid = plain
-    (root, before), (_, after) = samples
-    per_file = 1e6 / files
-
-    def spent(pids: list[int], mode: int) -> float:
-        return sum(after[p][mode] - before.get(p, (0.0, 0.0))[mode] for p in pids) * per_file
-
-    others = [p for p in after if p != root]
-    return {"files/s": files / measure.seconds, "supervisor user": spent([root], 0),
-            "supervisor system": spent([root], 1), "others user": spent(others, 0),
-            "others system": spent(others, 1)}
+    return {"files/s": files / measure.seconds, "supervisor user": cpu["supervisor user"] * per_file,
+            "supervisor system": cpu["supervisor system"] * per_file, "others user": others("user"),
+            "others system": others("system")}
 
 
 def main(argv: list[str] | None = None) -> int:

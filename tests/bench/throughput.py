@@ -522,24 +522,28 @@ def run_running(config: Path, workload: Workload, workers: int) -> Measure:
     return Measure(last - started, warnings=warnings, cpu=cpu)
 
 
-def cpu_by_pid(root: int) -> dict[int, float]:
-    """CPU seconds (user + system) so far of a process and all its descendants."""
+def cpu_by_pid(root: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) so far of a process and all its descendants."""
     top = psutil.Process(root)
     found = {}
     for p in [top, *top.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            found[p.pid] = t.user + t.system
+            found[p.pid] = (t.user, t.system)
     return found
 
 
-def cpu_by_role(supervisor: int, before: dict[int, float], after: dict[int, float],
+def cpu_by_role(supervisor: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
                 workers: set[int]) -> dict[str, float]:
-    """CPU seconds spent between two samples: the supervisor, the workers, the rest."""
-    roles = {"supervisor": 0.0, "workers": 0.0, "other": 0.0}
-    for pid, seconds in after.items():
+    """CPU seconds spent between two samples: the supervisor, the workers, the rest
+    (user + system), and each of those by mode ("supervisor user", "supervisor system"...)."""
+    roles: dict[str, float] = {}
+    for pid, (user, system) in after.items():
         role = "supervisor" if pid == supervisor else "workers" if pid in workers else "other"
-        roles[role] += seconds - before.get(pid, 0.0)
+        was_user, was_system = before.get(pid, (0.0, 0.0))
+        for key, seconds in ((role, user + system - was_user - was_system), (f"{role} user", user - was_user),
+                             (f"{role} system", system - was_system)):
+            roles[key] = roles.get(key, 0.0) + seconds
     return roles
 
 
@@ -779,12 +783,15 @@ def report_workload(workload: Workload, results: Results, args: argparse.Namespa
             target = targeted.get((c, base))
             verdict = "" if target is None else f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
             print(f"  {f'ratio {c} / {base}':<60} {ratio:8.2f}{verdict}")
-    print("  CPU per file (medians, all cores), µs:")
+    print("  CPU per file (medians, all cores; the system part in brackets), µs:")
     for c in (LOOP, LOOP_SYNCED, RUNNING, RUNNING_NOT_DURABLE):
         cpu = results.median_cpu(c) if c in CONTENDERS else {}
-        if cpu:
-            parts = "   ".join(f"{role} {seconds * 1e6 / files:8,.0f}" for role, seconds in cpu.items())
-            print(f"  {c:<34} {parts}   total {sum(cpu.values()) * 1e6 / files:8,.0f}")
+        roles = {role: seconds for role, seconds in cpu.items() if not role.endswith((" user", " system"))}
+        if roles:
+            parts = "   ".join(f"{role} {seconds * 1e6 / files:8,.0f}" + (
+                f" (system {cpu[role + ' system'] * 1e6 / files:,.0f})" if role + " system" in cpu else "")
+                for role, seconds in roles.items())
+            print(f"  {c:<34} {parts}   total {sum(roles.values()) * 1e6 / files:8,.0f}")
     startup, tail = results.median(DURABLE, "startup"), results.median(DURABLE, "tail")
     print(f"  foldermill fixed costs: start -> first claim {startup:.2f} s, last commit -> exit {tail:.2f} s")
     warnings = sum(m.warnings for c in CONTENDERS if c.startswith("foldermill") for m in results.runs[c])
